@@ -1,0 +1,141 @@
+// flex_attention: forward and backward, on the CPU or a CUDA GPU, for any score_mod and mask_mod.
+//
+//   s = scale * q.k ; s = score_mod(s, b, h, q_idx, kv_idx) ; s = -inf where mask_mod is false
+//   p = softmax over kv ; out = p.v ; lse = log(sum_kv exp(s))        (natural log, f32)
+// A row whose every key is masked gets out = 0, lse = -inf, zero gradients.
+#pragma once
+
+#include "block_mask.h"
+#include "detail/args.h"
+#include "detail/cpu/attention_bwd.h"
+#include "detail/cpu/attention_fwd.h"
+#include "detail/cuda/dispatch.h"
+#include "mods.h"
+#include "tensor.h"
+
+namespace flexattn {
+
+struct AttentionOptions {
+  float scale = 0.0f;        // 0 means 1/sqrt(head_dim)
+  bool enable_gqa = false;   // Hq a multiple of Hkv; query head h reads kv head h / (Hq / Hkv)
+  void* stream = nullptr;    // cudaStream_t for Device::cuda; nullptr is the default stream
+  // Backward only. true: dQ is reduced in a fixed order, bit-identical run to run (the default on
+  // every backend). false: a backend may use atomics where that is faster.
+  bool deterministic = true;
+};
+
+struct AttentionOutput {
+  Tensor out;  // [B, Hq, Lq, Dv] in q's dtype
+  Tensor lse;  // [B, Hq, Lq] f32, natural log
+};
+struct AttentionGrads {
+  Tensor dq, dk, dv;
+};
+
+// ---- lower layer: caller-owned strided views ----------------------------------------------------
+template <class ScoreMod, class MaskMod>
+void flex_attention_into(const TensorView& q, const TensorView& k, const TensorView& v,
+                         const TensorView& out, const TensorView& lse, ScoreMod score_mod,
+                         const BlockMask<MaskMod>& block_mask, AttentionOptions opts = {}) {
+  detail::check_score_mod<ScoreMod>();
+  detail::check_mask_mod<MaskMod>();
+  const detail::FwdArgs args =
+      detail::make_forward_args(q, k, v, out, lse, block_mask.data(), opts);
+  if (args.q.device == Device::cpu) {
+    detail::cpu::forward(args, score_mod, block_mask.mask_mod());
+  } else {
+    detail::cuda::forward(args, score_mod, block_mask.mask_mod());
+  }
+}
+
+template <class ScoreMod, class MaskMod>
+void flex_attention_backward_into(const TensorView& q, const TensorView& k, const TensorView& v,
+                                  const TensorView& out, const TensorView& lse,
+                                  const TensorView& dout, const TensorView& dq,
+                                  const TensorView& dk, const TensorView& dv, ScoreMod score_mod,
+                                  const BlockMask<MaskMod>& block_mask,
+                                  AttentionOptions opts = {}) {
+  detail::check_differentiable_score_mod<ScoreMod>();
+  detail::check_mask_mod<MaskMod>();
+  const detail::BwdArgs args = detail::make_backward_args(q, k, v, out, lse, dout, dq, dk, dv,
+                                                          block_mask.data(), opts);
+  if (args.q.device == Device::cpu) {
+    detail::cpu::backward(args, score_mod, block_mask.mask_mod());
+  } else {
+    detail::cuda::backward(args, score_mod, block_mask.mask_mod());
+  }
+}
+
+// ---- front door: owning tensors -------------------------------------------------------------------
+template <class ScoreMod, class MaskMod>
+AttentionOutput flex_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                               ScoreMod score_mod, const BlockMask<MaskMod>& block_mask,
+                               AttentionOptions opts = {}) {
+  detail::check_score_mod<ScoreMod>();
+  const detail::AttnDims d =
+      detail::check_attention_inputs(q.view(), k.view(), v.view(), block_mask.data(), opts);
+  AttentionOutput r{Tensor::empty({d.B, d.Hq, d.Lq, d.Dv}, q.dtype(), q.device()),
+                    Tensor::empty({d.B, d.Hq, d.Lq}, DType::f32, q.device())};
+  flex_attention_into(q.view(), k.view(), v.view(), r.out.view(), r.lse.view(), score_mod,
+                      block_mask, opts);
+  return r;
+}
+
+namespace detail {
+// The block mask the overloads without one use: every tile full, on q's device.
+BlockMask<NoopMask> dense_block_mask(const Tensor& q, const Tensor& k);
+}  // namespace detail
+
+template <class MaskMod>
+AttentionOutput flex_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                               const BlockMask<MaskMod>& block_mask, AttentionOptions opts = {}) {
+  return flex_attention(q, k, v, NoopScore{}, block_mask, opts);
+}
+template <class ScoreMod>
+  requires(!std::same_as<ScoreMod, AttentionOptions>)
+AttentionOutput flex_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                               ScoreMod score_mod, AttentionOptions opts = {}) {
+  return flex_attention(q, k, v, score_mod, detail::dense_block_mask(q, k), opts);
+}
+inline AttentionOutput flex_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                                      AttentionOptions opts = {}) {
+  return flex_attention(q, k, v, NoopScore{}, detail::dense_block_mask(q, k), opts);
+}
+
+template <class ScoreMod, class MaskMod>
+AttentionGrads flex_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                       const Tensor& out, const Tensor& lse, const Tensor& dout,
+                                       ScoreMod score_mod, const BlockMask<MaskMod>& block_mask,
+                                       AttentionOptions opts = {}) {
+  detail::check_differentiable_score_mod<ScoreMod>();
+  detail::check_attention_inputs(q.view(), k.view(), v.view(), block_mask.data(), opts);
+  AttentionGrads g{Tensor::empty(q.shape(), q.dtype(), q.device()),
+                   Tensor::empty(k.shape(), k.dtype(), k.device()),
+                   Tensor::empty(v.shape(), v.dtype(), v.device())};
+  flex_attention_backward_into(q.view(), k.view(), v.view(), out.view(), lse.view(), dout.view(),
+                               g.dq.view(), g.dk.view(), g.dv.view(), score_mod, block_mask, opts);
+  return g;
+}
+template <class MaskMod>
+AttentionGrads flex_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                       const Tensor& out, const Tensor& lse, const Tensor& dout,
+                                       const BlockMask<MaskMod>& block_mask,
+                                       AttentionOptions opts = {}) {
+  return flex_attention_backward(q, k, v, out, lse, dout, NoopScore{}, block_mask, opts);
+}
+template <class ScoreMod>
+  requires(!std::same_as<ScoreMod, AttentionOptions>)
+AttentionGrads flex_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                       const Tensor& out, const Tensor& lse, const Tensor& dout,
+                                       ScoreMod score_mod, AttentionOptions opts = {}) {
+  return flex_attention_backward(q, k, v, out, lse, dout, score_mod,
+                                 detail::dense_block_mask(q, k), opts);
+}
+inline AttentionGrads flex_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                              const Tensor& out, const Tensor& lse,
+                                              const Tensor& dout, AttentionOptions opts = {}) {
+  return flex_attention_backward(q, k, v, out, lse, dout, NoopScore{},
+                                 detail::dense_block_mask(q, k), opts);
+}
+
+}  // namespace flexattn

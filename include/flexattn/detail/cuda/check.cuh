@@ -1,0 +1,23 @@
+// CUDA error handling: every runtime call and every launch is checked and turned into
+// flexattn::Error, so a bad launch never passes silently as exit code 0.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "../../tensor.h"
+
+namespace flexattn::detail::cuda {
+
+inline void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) {
+    throw Error(std::string("flexattn: CUDA error in ") + what + ": " + cudaGetErrorString(e));
+  }
+}
+
+}  // namespace flexattn::detail::cuda
+
+#define FLEXATTN_CUDA_CHECK(expr) ::flexattn::detail::cuda::check((expr), #expr)
+// After a <<<...>>> launch: catches bad configurations (too much shared memory, bad grid).
+#define FLEXATTN_CUDA_CHECK_LAUNCH(name) ::flexattn::detail::cuda::check(cudaGetLastError(), name)

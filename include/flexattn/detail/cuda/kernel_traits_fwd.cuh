@@ -1,0 +1,103 @@
+// Tile shapes of the sm80 forward kernel, one per head dim, and the arguments it is launched with.
+//
+// Layout shared by every head dim: a CTA owns BLOCK_M query rows; warp w owns rows
+// [w * ROWS_PER_WARP, (w + 1) * ROWS_PER_WARP) for the whole kernel (its S, P and O fragments,
+// its softmax statistics, its slice of Q in shared memory), so warps only meet at the K / V tiles.
+// ROWS_PER_WARP = 32 (two m16 tiles) halves the shared-memory traffic of the K / V fragments
+// against 16 rows, which matters on H100 where ldmatrix bandwidth, not mma.sync, bounds a warp;
+// it costs registers: O is ROWS_PER_WARP * D / 32 floats per thread and S is
+// ROWS_PER_WARP * BLOCK_N / 32. The 255-register ceiling picks the shapes below.
+//
+// Shared memory: Q (BLOCK_M, D), one K tile and one V tile (BLOCK_N, D) each. Rows are padded by
+// 16 bytes: the row pitch is then an odd number of 16-byte chunks, so the 8 row addresses of one
+// ldmatrix (and 8 consecutive 16-byte cp.async writes) land in 8 different bank groups - no bank
+// conflicts, without a swizzle that would have to special-case D = 96. The output tile is staged
+// through Q's region (each warp writes only its own rows, which only it ever read).
+//
+// Pipeline ("two stages", FlashAttention-2's schedule): the load of V[j] flies while S = Q K[j]^T
+// is computed, the load of K[j+1] while softmax and O += P V[j] are. One K and one V buffer keep
+// D = 128 at 70 KB, so two CTAs fit on an SM of an A100 (164 KB) as well as an H100 (227 KB).
+#pragma once
+
+#include <cstdint>
+
+namespace flexattn::detail::cuda {
+
+template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, int kMinBlocksPerSm_>
+struct FwdTraits {
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = kBlockM_;
+  static constexpr int kBlockN = kBlockN_;
+  static constexpr int kNWarps = kNWarps_;
+  static constexpr int kNThreads = kNWarps * 32;
+  static constexpr int kMinBlocksPerSm = kMinBlocksPerSm_;  // __launch_bounds__ occupancy hint
+  static constexpr int kRowsPerWarp = kBlockM / kNWarps;
+  static constexpr int kMTiles = kRowsPerWarp / 16;  // m16 tiles per warp
+  static constexpr int kNTilesS = kBlockN / 8;       // n8 tiles of S (kv columns)
+  static constexpr int kNTilesO = kHeadDim / 8;      // n8 tiles of O (head-dim columns)
+  static constexpr int kChunksPerRow = kHeadDim / 8; // 16-byte chunks of 16-bit elements
+  static constexpr int kSmemPitch = kHeadDim + 8;    // elements; see the padding note above
+  static constexpr int kSmemQ = kBlockM * kSmemPitch;  // elements
+  static constexpr int kSmemK = kBlockN * kSmemPitch;
+  static constexpr int kSmemV = kBlockN * kSmemPitch;
+  static constexpr int kSmemBytes = (kSmemQ + kSmemK + kSmemV) * 2;
+
+  static_assert(kHeadDim % 16 == 0 && kBlockN % 16 == 0, "mma k16 slices");
+  static_assert(kRowsPerWarp == 16 || kRowsPerWarp == 32, "a warp owns one or two m16 tiles");
+  static_assert((kBlockM * kChunksPerRow) % kNThreads == 0, "Q tile splits evenly over threads");
+  static_assert((kBlockN * kChunksPerRow) % kNThreads == 0, "K/V tile splits evenly");
+  static_assert((kRowsPerWarp * kChunksPerRow) % 32 == 0, "output rows split evenly over a warp");
+};
+
+// Per head dim. Registers per thread ~ O + S + ~60 (fragments, addresses, statistics).
+//  D    BLOCK_M x BLOCK_N  warps  O+S floats  smem    why
+//  32   128 x 128          4      32 + 128    30 KB   tiny O: a wide kv tile halves loop overhead
+//  64   128 x 128          4      64 + 128    55 KB   as FlashAttention-2 picks for d64
+//  96   128 x 64           4      96 + 64     53 KB   S of 128 columns would pass 255 registers
+//  128  128 x 64           4      128 + 64    70 KB   2 CTAs / SM on A100 and H100 (regs and smem)
+//  192  128 x 64           8      96 + 32     102 KB  32 rows per warp would need 192 + 64 floats
+//  256  128 x 64           8      128 + 32    135 KB  1 CTA / SM; 8 warps hide latency instead
+// BLOCK_M = 128 for all, so the default BlockMask blocks (128 x 128) tile exactly; a mask's
+// block_q must be a multiple of BLOCK_M and its block_kv of BLOCK_N (launch_fwd.cuh checks).
+template <int D>
+struct FwdConfig;
+template <>
+struct FwdConfig<32> : FwdTraits<32, 128, 128, 4, 2> {};
+template <>
+struct FwdConfig<64> : FwdTraits<64, 128, 128, 4, 2> {};
+template <>
+struct FwdConfig<96> : FwdTraits<96, 128, 64, 4, 2> {};
+template <>
+struct FwdConfig<128> : FwdTraits<128, 128, 64, 4, 2> {};
+template <>
+struct FwdConfig<192> : FwdTraits<192, 128, 64, 8, 1> {};
+template <>
+struct FwdConfig<256> : FwdTraits<256, 128, 64, 8, 1> {};
+
+// Everything the kernel reads, resolved on the host. Strides are in elements; lengths fit int
+// (the functors take int indices). The block-mask lists are int32 device arrays (BlockMaskData).
+struct FwdParams {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* out;
+  float* lse;
+  int64_t q_sb, q_sh, q_sr;  // batch, head, row strides of q [B, Hq, Lq, D]
+  int64_t k_sb, k_sh, k_sr;  // of k [B, Hkv, Lkv, D]
+  int64_t v_sb, v_sh, v_sr;  // of v [B, Hkv, Lkv, D]
+  int64_t o_sb, o_sh, o_sr;  // of out [B, Hq, Lq, D]
+  int64_t l_sb, l_sh, l_sr;  // of lse [B, Hq, Lq]
+  int Lq, Lkv;
+  int group;                 // Hq / Hkv: query head h reads kv head h / group
+  float scale;               // natural units: s = scale * q.k
+  float scale_log2;          // scale * log2(e), for score_mod-free variants
+  // block mask
+  const int32_t* kv_num;
+  const int32_t* kv_idx;
+  const int32_t* full_kv_num;
+  const int32_t* full_kv_idx;
+  int mask_b, mask_h;        // 1 broadcasts
+  int nqb, nkvb, block_q, block_kv;
+};
+
+}  // namespace flexattn::detail::cuda

@@ -1,0 +1,8 @@
+// flexattn: FlexAttention for C++. Include this one header.
+#pragma once
+
+#include "attention.h"
+#include "block_mask.h"
+#include "math.h"
+#include "mods.h"
+#include "tensor.h"

@@ -1,0 +1,157 @@
+// The math layer score_mods are written in: float functions and a forward-mode dual number.
+//
+// A score_mod written generically in T (`template <class T> T operator()(T s, ...)`) is called with
+// `float` in the forward pass and with `Dual` in the backward pass, where `Dual{s, 1}` carries
+// d(score_mod)/d(score) out in `.d`. That is how the backward differentiates any user functor
+// without a hand-written gradient. Index arguments are ints: they never carry a derivative.
+//
+// Device-safe: no host-only header is needed when compiled for the GPU (NVRTC keeps working).
+#pragma once
+
+#include "config.h"
+
+#if !defined(__CUDACC_RTC__)
+#include <cmath>
+#include <type_traits>
+#endif
+
+namespace flexattn {
+
+struct Dual {
+  float v = 0.0f;  // value
+  float d = 0.0f;  // derivative with respect to the raw score
+  Dual() = default;
+  FLEXATTN_HD constexpr Dual(float value, float deriv = 0.0f) : v(value), d(deriv) {}
+};
+
+// ---- float ------------------------------------------------------------------------------------
+#if defined(__CUDA_ARCH__)
+FLEXATTN_HD inline float exp(float x) { return ::expf(x); }
+FLEXATTN_HD inline float exp2(float x) { return ::exp2f(x); }
+FLEXATTN_HD inline float log(float x) { return ::logf(x); }
+FLEXATTN_HD inline float log2(float x) { return ::log2f(x); }
+FLEXATTN_HD inline float tanh(float x) { return ::tanhf(x); }
+FLEXATTN_HD inline float sqrt(float x) { return ::sqrtf(x); }
+FLEXATTN_HD inline float sin(float x) { return ::sinf(x); }
+FLEXATTN_HD inline float cos(float x) { return ::cosf(x); }
+FLEXATTN_HD inline float abs(float x) { return ::fabsf(x); }
+FLEXATTN_HD inline float pow(float x, float y) { return ::powf(x, y); }
+#else
+FLEXATTN_HD inline float exp(float x) { return std::exp(x); }
+FLEXATTN_HD inline float exp2(float x) { return std::exp2(x); }
+FLEXATTN_HD inline float log(float x) { return std::log(x); }
+FLEXATTN_HD inline float log2(float x) { return std::log2(x); }
+FLEXATTN_HD inline float tanh(float x) { return std::tanh(x); }
+FLEXATTN_HD inline float sqrt(float x) { return std::sqrt(x); }
+FLEXATTN_HD inline float sin(float x) { return std::sin(x); }
+FLEXATTN_HD inline float cos(float x) { return std::cos(x); }
+FLEXATTN_HD inline float abs(float x) { return std::fabs(x); }
+FLEXATTN_HD inline float pow(float x, float y) { return std::pow(x, y); }
+#endif
+// double overloads: the float64 reference calls the same generic score_mods with double.
+#if !defined(__CUDACC_RTC__)
+inline double exp(double x) { return std::exp(x); }
+inline double exp2(double x) { return std::exp2(x); }
+inline double log(double x) { return std::log(x); }
+inline double log2(double x) { return std::log2(x); }
+inline double tanh(double x) { return std::tanh(x); }
+inline double sqrt(double x) { return std::sqrt(x); }
+inline double sin(double x) { return std::sin(x); }
+inline double cos(double x) { return std::cos(x); }
+inline double abs(double x) { return std::fabs(x); }
+inline double pow(double x, double y) { return std::pow(x, y); }
+inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+inline double max(double a, double b) { return a > b ? a : b; }
+inline double min(double a, double b) { return a < b ? a : b; }
+inline double where(bool c, double a, double b) { return c ? a : b; }
+#endif
+FLEXATTN_HD inline float sigmoid(float x) { return 1.0f / (1.0f + exp(-x)); }
+FLEXATTN_HD inline float max(float a, float b) { return a > b ? a : b; }
+FLEXATTN_HD inline float min(float a, float b) { return a < b ? a : b; }
+FLEXATTN_HD inline float where(bool c, float a, float b) { return c ? a : b; }
+
+// ---- Dual arithmetic ----------------------------------------------------------------------------
+FLEXATTN_HD inline Dual operator+(Dual a, Dual b) { return {a.v + b.v, a.d + b.d}; }
+FLEXATTN_HD inline Dual operator-(Dual a, Dual b) { return {a.v - b.v, a.d - b.d}; }
+FLEXATTN_HD inline Dual operator*(Dual a, Dual b) { return {a.v * b.v, a.d * b.v + a.v * b.d}; }
+FLEXATTN_HD inline Dual operator/(Dual a, Dual b) {
+  return {a.v / b.v, (a.d * b.v - a.v * b.d) / (b.v * b.v)};
+}
+FLEXATTN_HD inline Dual operator-(Dual a) { return {-a.v, -a.d}; }
+FLEXATTN_HD inline Dual operator+(Dual a) { return a; }
+
+// Mixed with plain numbers (float, int, double): the number is a constant.
+#define FLEXATTN_DUAL_SCALAR_OPS(S)                                                               \
+  FLEXATTN_HD inline Dual operator+(Dual a, S b) { return {a.v + float(b), a.d}; }                \
+  FLEXATTN_HD inline Dual operator+(S a, Dual b) { return {float(a) + b.v, b.d}; }                \
+  FLEXATTN_HD inline Dual operator-(Dual a, S b) { return {a.v - float(b), a.d}; }                \
+  FLEXATTN_HD inline Dual operator-(S a, Dual b) { return {float(a) - b.v, -b.d}; }               \
+  FLEXATTN_HD inline Dual operator*(Dual a, S b) { return {a.v * float(b), a.d * float(b)}; }     \
+  FLEXATTN_HD inline Dual operator*(S a, Dual b) { return {float(a) * b.v, float(a) * b.d}; }     \
+  FLEXATTN_HD inline Dual operator/(Dual a, S b) { return {a.v / float(b), a.d / float(b)}; }     \
+  FLEXATTN_HD inline Dual operator/(S a, Dual b) {                                                \
+    return {float(a) / b.v, -float(a) * b.d / (b.v * b.v)};                                       \
+  }                                                                                               \
+  FLEXATTN_HD inline bool operator<(Dual a, S b) { return a.v < float(b); }                       \
+  FLEXATTN_HD inline bool operator>(Dual a, S b) { return a.v > float(b); }                       \
+  FLEXATTN_HD inline bool operator<=(Dual a, S b) { return a.v <= float(b); }                     \
+  FLEXATTN_HD inline bool operator>=(Dual a, S b) { return a.v >= float(b); }                     \
+  FLEXATTN_HD inline bool operator<(S a, Dual b) { return float(a) < b.v; }                       \
+  FLEXATTN_HD inline bool operator>(S a, Dual b) { return float(a) > b.v; }
+FLEXATTN_DUAL_SCALAR_OPS(float)
+FLEXATTN_DUAL_SCALAR_OPS(double)
+FLEXATTN_DUAL_SCALAR_OPS(int)
+#undef FLEXATTN_DUAL_SCALAR_OPS
+
+FLEXATTN_HD inline Dual& operator+=(Dual& a, Dual b) { return a = a + b; }
+FLEXATTN_HD inline Dual& operator-=(Dual& a, Dual b) { return a = a - b; }
+FLEXATTN_HD inline Dual& operator*=(Dual& a, Dual b) { return a = a * b; }
+FLEXATTN_HD inline Dual& operator/=(Dual& a, Dual b) { return a = a / b; }
+FLEXATTN_HD inline bool operator<(Dual a, Dual b) { return a.v < b.v; }
+FLEXATTN_HD inline bool operator>(Dual a, Dual b) { return a.v > b.v; }
+FLEXATTN_HD inline bool operator<=(Dual a, Dual b) { return a.v <= b.v; }
+FLEXATTN_HD inline bool operator>=(Dual a, Dual b) { return a.v >= b.v; }
+
+// ---- Dual functions (chain rule) ----------------------------------------------------------------
+FLEXATTN_HD inline Dual exp(Dual a) {
+  const float e = exp(a.v);
+  return {e, a.d * e};
+}
+FLEXATTN_HD inline Dual exp2(Dual a) {
+  const float e = exp2(a.v);
+  return {e, a.d * e * 0.69314718055994531f};
+}
+FLEXATTN_HD inline Dual log(Dual a) { return {log(a.v), a.d / a.v}; }
+FLEXATTN_HD inline Dual log2(Dual a) { return {log2(a.v), a.d / (a.v * 0.69314718055994531f)}; }
+FLEXATTN_HD inline Dual tanh(Dual a) {
+  const float t = tanh(a.v);
+  return {t, a.d * (1.0f - t * t)};
+}
+FLEXATTN_HD inline Dual sqrt(Dual a) {
+  const float r = sqrt(a.v);
+  return {r, a.d * 0.5f / r};
+}
+FLEXATTN_HD inline Dual sin(Dual a) { return {sin(a.v), a.d * cos(a.v)}; }
+FLEXATTN_HD inline Dual cos(Dual a) { return {cos(a.v), -a.d * sin(a.v)}; }
+FLEXATTN_HD inline Dual abs(Dual a) { return a.v < 0.0f ? -a : a; }
+FLEXATTN_HD inline Dual pow(Dual a, float y) {
+  const float p = pow(a.v, y - 1.0f);
+  return {p * a.v, a.d * y * p};
+}
+FLEXATTN_HD inline Dual sigmoid(Dual a) {
+  const float s = sigmoid(a.v);
+  return {s, a.d * s * (1.0f - s)};
+}
+FLEXATTN_HD inline Dual max(Dual a, Dual b) { return a.v >= b.v ? a : b; }
+FLEXATTN_HD inline Dual min(Dual a, Dual b) { return a.v <= b.v ? a : b; }
+FLEXATTN_HD inline Dual max(Dual a, float b) { return a.v >= b ? a : Dual{b, 0.0f}; }
+FLEXATTN_HD inline Dual min(Dual a, float b) { return a.v <= b ? a : Dual{b, 0.0f}; }
+FLEXATTN_HD inline Dual where(bool c, Dual a, Dual b) { return c ? a : b; }
+FLEXATTN_HD inline Dual where(bool c, Dual a, float b) { return c ? a : Dual{b, 0.0f}; }
+FLEXATTN_HD inline Dual where(bool c, float a, Dual b) { return c ? Dual{a, 0.0f} : b; }
+
+// Value of a float or a Dual, for code that must branch on it.
+FLEXATTN_HD inline float value_of(float x) { return x; }
+FLEXATTN_HD inline float value_of(Dual x) { return x.v; }
+
+}  // namespace flexattn

@@ -1,0 +1,290 @@
+// score_mods and mask_mods: the stock variants, their combinators, and the concepts a user's own
+// functor must satisfy.
+//
+//   score_mod:  template <class T> T operator()(T score, int b, int h, int q_idx, int kv_idx) const
+//   mask_mod:   bool operator()(int b, int h, int q_idx, int kv_idx) const
+//
+// both marked FLEXATTN_HD. `h` is the QUERY head. Kernels never call a functor with an index past
+// the end of the sequence: lanes beyond Lq / Lkv are masked before the functor is reached.
+//
+// A mask_mod may also carry a tile rule, used by create_block_mask to classify a whole tile without
+// evaluating it element by element:
+//   TileKind tile_kind(int b, int h, int q0, int q1, int k0, int k1) const   // rows [q0,q1), cols [k0,k1)
+// It must be exact when it answers empty, partial or full, and answers `unknown` otherwise (the
+// builder then evaluates that tile element by element).
+#pragma once
+
+#include <cstdint>
+
+#include "config.h"
+#include "math.h"
+
+#if !defined(__CUDACC_RTC__)
+#include <concepts>
+#endif
+
+namespace flexattn {
+
+enum class TileKind : unsigned char { empty = 0, partial = 1, full = 2, unknown = 3 };
+
+#if !defined(__CUDACC_RTC__)
+// ---- concepts -----------------------------------------------------------------------------------
+template <class F>
+concept ScoreModFunctor = std::copy_constructible<F> && requires(const F& f, float s, int i) {
+  { f(s, i, i, i, i) } -> std::convertible_to<float>;
+};
+template <class F>
+concept DifferentiableScoreModFunctor = ScoreModFunctor<F> && requires(const F& f, Dual s, int i) {
+  { f(s, i, i, i, i) } -> std::convertible_to<Dual>;
+};
+template <class F>
+concept MaskModFunctor = std::copy_constructible<F> && requires(const F& f, int i) {
+  { f(i, i, i, i) } -> std::convertible_to<bool>;
+};
+template <class F>
+concept HasTileRule = requires(const F& f, int i) {
+  { f.tile_kind(i, i, i, i, i, i) } -> std::same_as<TileKind>;
+};
+
+namespace detail {
+template <class S>
+constexpr void check_score_mod() {
+  static_assert(std::copy_constructible<S>, "flexattn: a score_mod must be copyable");
+  static_assert(ScoreModFunctor<S>,
+                "flexattn: score_mod must be callable as score_mod(float score, int b, int h, int "
+                "q_idx, int kv_idx) const and return the new score; write it as "
+                "`template <class T> FLEXATTN_HD T operator()(T score, int b, int h, int q_idx, "
+                "int kv_idx) const`");
+}
+template <class S>
+constexpr void check_differentiable_score_mod() {
+  check_score_mod<S>();
+  static_assert(DifferentiableScoreModFunctor<S>,
+                "flexattn: the backward pass calls score_mod with flexattn::Dual to differentiate "
+                "it; make operator() a template in the score type T (not float-only) and use "
+                "flexattn::exp/tanh/... so it accepts Dual");
+}
+template <class M>
+constexpr void check_mask_mod() {
+  static_assert(std::copy_constructible<M>, "flexattn: a mask_mod must be copyable");
+  static_assert(MaskModFunctor<M>,
+                "flexattn: mask_mod must be callable as mask_mod(int b, int h, int q_idx, int "
+                "kv_idx) const and return bool (true keeps the score)");
+}
+}  // namespace detail
+#endif
+
+// ---- tile-rule helpers --------------------------------------------------------------------------
+namespace detail {
+// Keeps (q, kv) iff lo <= q - kv <= hi. Over a tile, q - kv takes every integer in
+// [q0 - (k1 - 1), (q1 - 1) - k0], so the band test below is exact.
+FLEXATTN_HD inline TileKind diagonal_band_tile(int q0, int q1, int k0, int k1, long long lo,
+                                               long long hi) {
+  const long long dmin = (long long)q0 - (k1 - 1);
+  const long long dmax = (long long)(q1 - 1) - k0;
+  if (dmax < lo || dmin > hi) return TileKind::empty;
+  if (dmin >= lo && dmax <= hi) return TileKind::full;
+  return TileKind::partial;
+}
+}  // namespace detail
+
+// ---- stock mask_mods ----------------------------------------------------------------------------
+struct NoopMask {
+  FLEXATTN_HD bool operator()(int, int, int, int) const { return true; }
+  FLEXATTN_HD TileKind tile_kind(int, int, int, int, int, int) const { return TileKind::full; }
+};
+
+struct CausalMask {
+  FLEXATTN_HD bool operator()(int, int, int q, int kv) const { return kv <= q; }
+  FLEXATTN_HD TileKind tile_kind(int, int, int q0, int q1, int k0, int k1) const {
+    return detail::diagonal_band_tile(q0, q1, k0, k1, 0, 1LL << 40);
+  }
+};
+
+struct SlidingWindowMask {
+  int window;  // keeps 0 <= q - kv <= window: the query and `window` keys before it
+  FLEXATTN_HD bool operator()(int, int, int q, int kv) const {
+    return q - kv >= 0 && q - kv <= window;
+  }
+  FLEXATTN_HD TileKind tile_kind(int, int, int q0, int q1, int k0, int k1) const {
+    return detail::diagonal_band_tile(q0, q1, k0, k1, 0, window);
+  }
+};
+
+struct PrefixLMMask {
+  int prefix_len;  // keys before prefix_len are seen by every query; the rest causally
+  FLEXATTN_HD bool operator()(int, int, int q, int kv) const { return kv < prefix_len || kv <= q; }
+  FLEXATTN_HD TileKind tile_kind(int, int, int q0, int q1, int k0, int k1) const {
+    if (k1 <= prefix_len) return TileKind::full;
+    const TileKind c = detail::diagonal_band_tile(q0, q1, k0, k1, 0, 1LL << 40);
+    if (k0 >= prefix_len || c == TileKind::full) return c;
+    return TileKind::partial;  // prefix columns kept, some later column dropped (c not full)
+  }
+};
+
+struct DocumentMask {
+  const int32_t* doc_ids;  // one id per position, on the tensors' device, length >= max(Lq, Lkv)
+  FLEXATTN_HD bool operator()(int, int, int q, int kv) const { return doc_ids[q] == doc_ids[kv]; }
+  // Exact from the id ranges of the tile's rows and columns where they decide it: one document on
+  // both sides is full, disjoint id ranges are empty; anything else is left to the element scan.
+  FLEXATTN_HD TileKind tile_kind(int, int, int q0, int q1, int k0, int k1) const {
+    int32_t qlo = doc_ids[q0], qhi = qlo, klo = doc_ids[k0], khi = klo;
+    for (int i = q0 + 1; i < q1; ++i) {
+      const int32_t d = doc_ids[i];
+      qlo = d < qlo ? d : qlo;
+      qhi = d > qhi ? d : qhi;
+    }
+    for (int i = k0 + 1; i < k1; ++i) {
+      const int32_t d = doc_ids[i];
+      klo = d < klo ? d : klo;
+      khi = d > khi ? d : khi;
+    }
+    if (qhi < klo || khi < qlo) return TileKind::empty;
+    if (qlo == qhi && klo == khi) return qlo == klo ? TileKind::full : TileKind::empty;
+    return TileKind::unknown;
+  }
+};
+
+namespace detail {
+template <class M>
+FLEXATTN_HD TileKind tile_kind_of(const M& m, int b, int h, int q0, int q1, int k0, int k1) {
+  if constexpr (requires { m.tile_kind(b, h, q0, q1, k0, k1); }) {
+    return m.tile_kind(b, h, q0, q1, k0, k1);
+  } else {
+    return TileKind::unknown;
+  }
+}
+}  // namespace detail
+
+template <class A, class B>
+struct AndMask {
+  A a;
+  B b;
+  FLEXATTN_HD bool operator()(int bi, int h, int q, int kv) const {
+    return a(bi, h, q, kv) && b(bi, h, q, kv);
+  }
+  FLEXATTN_HD TileKind tile_kind(int bi, int h, int q0, int q1, int k0, int k1) const {
+    const TileKind ta = detail::tile_kind_of(a, bi, h, q0, q1, k0, k1);
+    if (ta == TileKind::empty) return ta;
+    const TileKind tb = detail::tile_kind_of(b, bi, h, q0, q1, k0, k1);
+    if (tb == TileKind::empty) return tb;
+    if (ta == TileKind::full) return tb;  // a keeps all: the tile is whatever b is
+    if (tb == TileKind::full) return ta;
+    return TileKind::unknown;             // two partial/unknown tiles may still cancel out
+  }
+};
+
+template <class A, class B>
+struct OrMask {
+  A a;
+  B b;
+  FLEXATTN_HD bool operator()(int bi, int h, int q, int kv) const {
+    return a(bi, h, q, kv) || b(bi, h, q, kv);
+  }
+  FLEXATTN_HD TileKind tile_kind(int bi, int h, int q0, int q1, int k0, int k1) const {
+    const TileKind ta = detail::tile_kind_of(a, bi, h, q0, q1, k0, k1);
+    if (ta == TileKind::full) return ta;
+    const TileKind tb = detail::tile_kind_of(b, bi, h, q0, q1, k0, k1);
+    if (tb == TileKind::full) return tb;
+    if (ta == TileKind::empty) return tb;
+    if (tb == TileKind::empty) return ta;
+    return TileKind::unknown;
+  }
+};
+
+template <class A>
+struct NotMask {
+  A a;
+  FLEXATTN_HD bool operator()(int bi, int h, int q, int kv) const { return !a(bi, h, q, kv); }
+  FLEXATTN_HD TileKind tile_kind(int bi, int h, int q0, int q1, int k0, int k1) const {
+    const TileKind t = detail::tile_kind_of(a, bi, h, q0, q1, k0, k1);
+    if (t == TileKind::empty) return TileKind::full;
+    if (t == TileKind::full) return TileKind::empty;
+    return t;
+  }
+};
+
+inline CausalMask causal() { return {}; }
+inline SlidingWindowMask sliding_window(int w) { return {w}; }
+inline PrefixLMMask prefix_lm(int prefix_len) { return {prefix_len}; }
+inline DocumentMask document(const int32_t* doc_ids) { return {doc_ids}; }
+inline NoopMask noop_mask() { return {}; }
+
+template <class M0, class... Ms>
+auto and_masks(M0 m0, Ms... ms) {
+  if constexpr (sizeof...(Ms) == 0) {
+    return m0;
+  } else {
+    using Rest = decltype(and_masks(ms...));
+    return AndMask<M0, Rest>{m0, and_masks(ms...)};
+  }
+}
+template <class M0, class... Ms>
+auto or_masks(M0 m0, Ms... ms) {
+  if constexpr (sizeof...(Ms) == 0) {
+    return m0;
+  } else {
+    using Rest = decltype(or_masks(ms...));
+    return OrMask<M0, Rest>{m0, or_masks(ms...)};
+  }
+}
+template <class M>
+NotMask<M> not_mask(M m) {
+  return {m};
+}
+
+// ---- stock score_mods ---------------------------------------------------------------------------
+struct NoopScore {
+  template <class T>
+  FLEXATTN_HD T operator()(T s, int, int, int, int) const {
+    return s;
+  }
+};
+
+struct RelativePosition {
+  template <class T>
+  FLEXATTN_HD T operator()(T s, int, int, int q, int kv) const {
+    return s + float(q - kv);
+  }
+};
+
+struct Alibi {
+  int num_heads;
+  FLEXATTN_HD float slope(int h) const {
+    return exp2(-8.0f * float(h + 1) / float(num_heads));
+  }
+  template <class T>
+  FLEXATTN_HD T operator()(T s, int, int h, int q, int kv) const {
+    return s + slope(h) * float(kv - q);
+  }
+};
+
+struct Softcap {
+  float cap;
+  template <class T>
+  FLEXATTN_HD T operator()(T s, int, int, int, int) const {
+    return cap * tanh(s / cap);
+  }
+};
+
+// g(f(score, ...), ...)
+template <class F, class G>
+struct Composed {
+  F f;
+  G g;
+  template <class T>
+  FLEXATTN_HD T operator()(T s, int b, int h, int q, int kv) const {
+    return g(f(s, b, h, q, kv), b, h, q, kv);
+  }
+};
+
+inline NoopScore noop_score() { return {}; }
+inline RelativePosition relative_position() { return {}; }
+inline Alibi alibi(int num_heads) { return {num_heads}; }
+inline Softcap softcap(float cap) { return {cap}; }
+template <class F, class G>
+Composed<F, G> compose(F f, G g) {
+  return {f, g};
+}
+
+}  // namespace flexattn

@@ -1,0 +1,216 @@
+// Validation of attention arguments: every bad input becomes a flexattn::Error naming the argument
+// and the expected value, raised before any output is allocated or written.
+#include <cmath>
+#include <sstream>
+#include <string>
+
+#include "flexattn/attention.h"
+
+namespace flexattn::detail {
+namespace {
+
+[[noreturn]] void fail(const std::string& fn, const std::string& msg) {
+  throw Error("flexattn::" + fn + ": " + msg);
+}
+
+std::string shape_str(const TensorView& t) {
+  std::ostringstream s;
+  s << "[";
+  for (int i = 0; i < t.rank; ++i) s << (i ? ", " : "") << t.shape[i];
+  s << "]";
+  return s.str();
+}
+
+// Rank, unit last stride, dtype and device of one view.
+void check_view(const std::string& fn, const char* name, const TensorView& t, int rank,
+                const char* layout, DType dtype, const char* dtype_from, Device device,
+                const char* device_from) {
+  if (t.data == nullptr && t.numel() != 0) fail(fn, std::string(name) + " has no data");
+  if (t.rank != rank) {
+    fail(fn, std::string(name) + " must have rank " + std::to_string(rank) + " " + layout +
+                 "; got rank " + std::to_string(t.rank) + " " + shape_str(t));
+  }
+  if (t.shape[rank - 1] > 1 && t.stride[rank - 1] != 1) {
+    fail(fn, std::string(name) + " must be contiguous in its last dim (stride 1); got stride " +
+                 std::to_string(t.stride[rank - 1]));
+  }
+  if (t.dtype != dtype) {
+    fail(fn, std::string(name) + " has dtype " + to_string(t.dtype) + "; expected " +
+                 to_string(dtype) + " (" + dtype_from + ")");
+  }
+  if (t.device != device) {
+    fail(fn, std::string(name) + " is on " + to_string(t.device) + "; expected " +
+                 to_string(device) + " (" + device_from + ")");
+  }
+}
+
+void check_dim(const std::string& fn, const char* name, const TensorView& t, int dim,
+               const char* dim_name, int64_t expected, const char* expected_from) {
+  if (t.shape[dim] != expected) {
+    fail(fn, std::string(name) + ".shape[" + std::to_string(dim) + "] (" + dim_name + ") is " +
+                 std::to_string(t.shape[dim]) + "; expected " + std::to_string(expected) + " (" +
+                 expected_from + ")");
+  }
+}
+
+void check_shape(const std::string& fn, const char* name, const TensorView& t,
+                 std::initializer_list<int64_t> expected, const char* layout) {
+  int i = 0;
+  for (int64_t e : expected) {
+    if (t.shape[i] != e) {
+      std::ostringstream s;
+      s << name << " has shape " << shape_str(t) << "; expected [";
+      int j = 0;
+      for (int64_t x : expected) s << (j++ ? ", " : "") << x;
+      s << "] " << layout;
+      fail(fn, s.str());
+    }
+    ++i;
+  }
+}
+
+AttnDims check_inputs(const std::string& fn, const TensorView& q, const TensorView& k,
+                      const TensorView& v, const BlockMaskData& mask,
+                      const AttentionOptions& opts) {
+  if (q.rank != 4) {
+    fail(fn, "q must have rank 4 [B, Hq, Lq, D]; got rank " + std::to_string(q.rank) + " " +
+                 shape_str(q));
+  }
+  if (q.dtype != DType::f32 && q.dtype != DType::f16 && q.dtype != DType::bf16) {
+    fail(fn, "q has an unknown dtype");
+  }
+  check_view(fn, "q", q, 4, "[B, Hq, Lq, D]", q.dtype, "q's dtype", q.device, "q's device");
+  check_view(fn, "k", k, 4, "[B, Hkv, Lkv, D]", q.dtype, "q's dtype", q.device, "q's device");
+  check_view(fn, "v", v, 4, "[B, Hkv, Lkv, Dv]", q.dtype, "q's dtype", q.device, "q's device");
+  AttnDims d;
+  d.B = q.shape[0];
+  d.Hq = q.shape[1];
+  d.Lq = q.shape[2];
+  d.D = q.shape[3];
+  d.Hkv = k.shape[1];
+  d.Lkv = k.shape[2];
+  d.Dv = v.shape[3];
+  const char* names[4] = {"B", "Hq", "Lq", "D"};
+  for (int i = 0; i < 4; ++i) {
+    if (q.shape[i] < 1) {
+      fail(fn, std::string("q.shape[") + std::to_string(i) + "] (" + names[i] +
+                   ") must be >= 1; got " + std::to_string(q.shape[i]));
+    }
+  }
+  if (d.Hkv < 1) fail(fn, "k.shape[1] (Hkv) must be >= 1; got " + std::to_string(d.Hkv));
+  if (d.Lkv < 1) fail(fn, "k.shape[2] (Lkv) must be >= 1; got " + std::to_string(d.Lkv));
+  if (d.Dv < 1) fail(fn, "v.shape[3] (Dv) must be >= 1; got " + std::to_string(d.Dv));
+  check_dim(fn, "k", k, 0, "B", d.B, "q's batch");
+  check_dim(fn, "k", k, 3, "D", d.D, "q's head dim");
+  check_dim(fn, "v", v, 0, "B", d.B, "q's batch");
+  check_dim(fn, "v", v, 1, "Hkv", d.Hkv, "k's heads");
+  check_dim(fn, "v", v, 2, "Lkv", d.Lkv, "k's length");
+  if (d.Hq % d.Hkv != 0) {
+    fail(fn, "q heads (Hq = " + std::to_string(d.Hq) + ") must be a multiple of k/v heads (Hkv = " +
+                 std::to_string(d.Hkv) + ")");
+  }
+  if (d.Hq != d.Hkv && !opts.enable_gqa) {
+    fail(fn, "q has " + std::to_string(d.Hq) + " heads and k/v " + std::to_string(d.Hkv) +
+                 "; set AttentionOptions.enable_gqa = true for grouped-query attention");
+  }
+  constexpr int64_t kMaxHeadDim = 256;
+  if (d.D > kMaxHeadDim) {
+    fail(fn, "head dim D = " + std::to_string(d.D) + " is not supported; expected 1.." +
+                 std::to_string(kMaxHeadDim));
+  }
+  if (d.Dv > kMaxHeadDim) {
+    fail(fn, "value head dim Dv = " + std::to_string(d.Dv) + " is not supported; expected 1.." +
+                 std::to_string(kMaxHeadDim));
+  }
+  if (q.device == Device::cuda && !cuda_available()) {
+    fail(fn, "q is on cuda, but this build of flexattn has no CUDA backend or no GPU is visible");
+  }
+  if (!std::isfinite(opts.scale)) fail(fn, "AttentionOptions.scale must be finite");
+  d.scale = opts.scale != 0.0f ? opts.scale : 1.0f / std::sqrt(static_cast<float>(d.D));
+
+  if (mask.device != q.device) {
+    fail(fn, std::string("block_mask is on ") + to_string(mask.device) + "; expected " +
+                 to_string(q.device) + " (q's device)");
+  }
+  if (mask.q_len != d.Lq || mask.kv_len != d.Lkv) {
+    fail(fn, "block_mask was built for q_len " + std::to_string(mask.q_len) + ", kv_len " +
+                 std::to_string(mask.kv_len) + "; expected Lq " + std::to_string(d.Lq) +
+                 ", Lkv " + std::to_string(d.Lkv));
+  }
+  if (mask.B != 1 && mask.B != d.B) {
+    fail(fn, "block_mask batch is " + std::to_string(mask.B) + "; expected 1 or " +
+                 std::to_string(d.B) + " (q's batch)");
+  }
+  if (mask.H != 1 && mask.H != d.Hq) {
+    fail(fn, "block_mask heads is " + std::to_string(mask.H) + "; expected 1 or " +
+                 std::to_string(d.Hq) + " (q's heads)");
+  }
+  return d;
+}
+
+}  // namespace
+
+AttnDims check_attention_inputs(const TensorView& q, const TensorView& k, const TensorView& v,
+                                const BlockMaskData& mask, const AttentionOptions& opts) {
+  return check_inputs("flex_attention", q, k, v, mask, opts);
+}
+
+FwdArgs make_forward_args(const TensorView& q, const TensorView& k, const TensorView& v,
+                          const TensorView& out, const TensorView& lse, const BlockMaskData& mask,
+                          const AttentionOptions& opts) {
+  const std::string fn = "flex_attention";
+  FwdArgs a;
+  a.dims = check_inputs(fn, q, k, v, mask, opts);
+  const AttnDims& d = a.dims;
+  check_view(fn, "out", out, 4, "[B, Hq, Lq, Dv]", q.dtype, "q's dtype", q.device, "q's device");
+  check_shape(fn, "out", out, {d.B, d.Hq, d.Lq, d.Dv}, "[B, Hq, Lq, Dv]");
+  check_view(fn, "lse", lse, 3, "[B, Hq, Lq]", DType::f32, "lse is always f32", q.device,
+             "q's device");
+  check_shape(fn, "lse", lse, {d.B, d.Hq, d.Lq}, "[B, Hq, Lq]");
+  a.q = q;
+  a.k = k;
+  a.v = v;
+  a.out = out;
+  a.lse = lse;
+  a.mask = &mask;
+  a.stream = opts.stream;
+  return a;
+}
+
+BwdArgs make_backward_args(const TensorView& q, const TensorView& k, const TensorView& v,
+                           const TensorView& out, const TensorView& lse, const TensorView& dout,
+                           const TensorView& dq, const TensorView& dk, const TensorView& dv,
+                           const BlockMaskData& mask, const AttentionOptions& opts) {
+  const std::string fn = "flex_attention_backward";
+  BwdArgs a;
+  a.dims = check_inputs(fn, q, k, v, mask, opts);
+  const AttnDims& d = a.dims;
+  auto same_as_q = [&](const char* name, const TensorView& t, const char* layout,
+                       std::initializer_list<int64_t> shape) {
+    check_view(fn, name, t, 4, layout, q.dtype, "q's dtype", q.device, "q's device");
+    check_shape(fn, name, t, shape, layout);
+  };
+  same_as_q("out", out, "[B, Hq, Lq, Dv]", {d.B, d.Hq, d.Lq, d.Dv});
+  same_as_q("dout", dout, "[B, Hq, Lq, Dv]", {d.B, d.Hq, d.Lq, d.Dv});
+  check_view(fn, "lse", lse, 3, "[B, Hq, Lq]", DType::f32, "lse is always f32", q.device,
+             "q's device");
+  check_shape(fn, "lse", lse, {d.B, d.Hq, d.Lq}, "[B, Hq, Lq]");
+  same_as_q("dq", dq, "[B, Hq, Lq, D]", {d.B, d.Hq, d.Lq, d.D});
+  same_as_q("dk", dk, "[B, Hkv, Lkv, D]", {d.B, d.Hkv, d.Lkv, d.D});
+  same_as_q("dv", dv, "[B, Hkv, Lkv, Dv]", {d.B, d.Hkv, d.Lkv, d.Dv});
+  a.q = q;
+  a.k = k;
+  a.v = v;
+  a.out = out;
+  a.lse = lse;
+  a.dout = dout;
+  a.dq = dq;
+  a.dk = dk;
+  a.dv = dv;
+  a.mask = &mask;
+  a.stream = opts.stream;
+  a.deterministic = opts.deterministic;
+  return a;
+}
+
+}  // namespace flexattn::detail

@@ -1,0 +1,44 @@
+// Internal to src/cpu: one table of kernel entry points per instruction set. Each ISA lives in its
+// own translation unit compiled with that ISA's flags (see sources.cmake); kernels.cpp picks one
+// table at run time, once, so no code compiled with AVX flags ever runs on a CPU without them.
+#pragma once
+
+#include <cstdint>
+
+#include "flexattn/detail/cpu/kernels.h"
+
+namespace flexattn::detail::cpu::isa {
+
+struct KernelTable {
+  const char* name;
+  void (*gemm)(Trans ta, Trans tb, int M, int N, int K, const float* A, int64_t lda,
+               const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate);
+  void (*load_row)(const void* src, DType dtype, float* dst, int64_t n);
+  void (*store_row)(const float* src, void* dst, DType dtype, int64_t n);
+  float (*exp_sub_sum)(float* x, int64_t n, float c);
+  float (*max_of)(const float* x, int64_t n);
+  void (*scale)(float* y, int64_t n, float a);
+  void (*online_softmax_t)(float* st, int64_t ldst, int N, int M, float* row_max, float* row_sum,
+                           float* alpha);
+  // Register-resident FMA chains for `iters` iterations; returns the flops done (and a value the
+  // caller must consume so the loop is not optimised away, through `sink`).
+  double (*fma_peak_loop)(int64_t iters, float* sink);
+};
+
+const KernelTable& portable_table();
+#if defined(FLEXATTN_CPU_X86)
+const KernelTable& avx2_table();
+const KernelTable& avx512_table();
+#endif
+
+// The table in use (chosen on first call; FLEXATTN_CPU_ISA=portable|avx2|avx512 narrows the choice).
+const KernelTable& active();
+
+// Scalar conversions shared by every ISA for tails and as the portable path. Round to nearest even;
+// NaN stays NaN (quiet), infinities and subnormals are kept exactly as IEEE describes.
+float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);
+float bf16_to_f32(uint16_t h);
+uint16_t f32_to_bf16(float f);
+
+}  // namespace flexattn::detail::cpu::isa

@@ -1,0 +1,138 @@
+// Portable kernels: plain C++ that any compiler and CPU runs. The reference for the SIMD tables
+// and the path on CPUs without AVX2 (or with FLEXATTN_CPU_ISA=portable). Loops are written so the
+// compiler can vectorise them with whatever the baseline flags allow.
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "isa.h"
+
+namespace flexattn::detail::cpu::isa {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+void gemm_portable(Trans ta, Trans tb, int M, int N, int K, const float* A, int64_t lda,
+                   const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  auto a_at = [&](int m, int k) { return ta == Trans::N ? A[m * lda + k] : A[k * lda + m]; };
+  for (int m = 0; m < M; ++m) {
+    float* c = C + m * ldc;
+    if (!accumulate) std::memset(c, 0, sizeof(float) * N);
+    if (tb == Trans::N) {
+      // Row update: c[0:N] += a(m, k) * B[k, 0:N], contiguous in n.
+      for (int k = 0; k < K; ++k) {
+        const float a = a_at(m, k);
+        const float* b = B + k * ldb;
+        for (int n = 0; n < N; ++n) c[n] += a * b[n];
+      }
+    } else {
+      // B[n*ldb + k]: dot products along k.
+      for (int n = 0; n < N; ++n) {
+        const float* b = B + n * ldb;
+        float s = 0.0f;
+        for (int k = 0; k < K; ++k) s += a_at(m, k) * b[k];
+        c[n] += s;
+      }
+    }
+  }
+}
+
+void load_row_portable(const void* src, DType dtype, float* dst, int64_t n) {
+  switch (dtype) {
+    case DType::f32:
+      std::memcpy(dst, src, sizeof(float) * n);
+      return;
+    case DType::f16: {
+      const auto* s = static_cast<const uint16_t*>(src);
+      for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i]);
+      return;
+    }
+    case DType::bf16: {
+      const auto* s = static_cast<const uint16_t*>(src);
+      for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
+      return;
+    }
+  }
+}
+
+void store_row_portable(const float* src, void* dst, DType dtype, int64_t n) {
+  switch (dtype) {
+    case DType::f32:
+      std::memcpy(dst, src, sizeof(float) * n);
+      return;
+    case DType::f16: {
+      auto* d = static_cast<uint16_t*>(dst);
+      for (int64_t i = 0; i < n; ++i) d[i] = f32_to_f16(src[i]);
+      return;
+    }
+    case DType::bf16: {
+      auto* d = static_cast<uint16_t*>(dst);
+      for (int64_t i = 0; i < n; ++i) d[i] = f32_to_bf16(src[i]);
+      return;
+    }
+  }
+}
+
+float exp_sub_sum_portable(float* x, int64_t n, float c) {
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - c);
+    sum += x[i];
+  }
+  return sum;
+}
+
+float max_of_portable(const float* x, int64_t n) {
+  float m = kNegInf;
+  for (int64_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+void scale_portable(float* y, int64_t n, float a) {
+  for (int64_t i = 0; i < n; ++i) y[i] *= a;
+}
+
+void online_softmax_t_portable(float* st, int64_t ldst, int N, int M, float* row_max,
+                               float* row_sum, float* alpha) {
+  for (int m = 0; m < M; ++m) {
+    float mx = row_max[m];
+    for (int n = 0; n < N; ++n) mx = st[n * ldst + m] > mx ? st[n * ldst + m] : mx;
+    // Nothing kept yet: subtract 0 instead of -inf so every exp2(-inf) is a clean 0.
+    const bool empty = mx == kNegInf;
+    alpha[m] = empty ? 1.0f : std::exp2(row_max[m] - mx);
+    row_max[m] = mx;
+    row_sum[m] *= alpha[m];
+  }
+  for (int n = 0; n < N; ++n) {
+    float* s = st + n * ldst;
+    for (int m = 0; m < M; ++m) {
+      const float sub = row_max[m] == kNegInf ? 0.0f : row_max[m];
+      s[m] = std::exp2(s[m] - sub);
+      row_sum[m] += s[m];
+    }
+  }
+}
+
+double fma_peak_portable(int64_t iters, float* sink) {
+  float acc[16];
+  for (int j = 0; j < 16; ++j) acc[j] = 1.0f + 0.001f * j;
+  const float a = 0.999999f, b = 1e-7f;
+  for (int64_t i = 0; i < iters; ++i) {
+    for (int j = 0; j < 16; ++j) acc[j] = std::fma(acc[j], a, b);
+  }
+  float s = 0.0f;
+  for (int j = 0; j < 16; ++j) s += acc[j];
+  *sink = s;
+  return 2.0 * 16.0 * static_cast<double>(iters);
+}
+
+}  // namespace
+
+const KernelTable& portable_table() {
+  static const KernelTable t{"portable",        gemm_portable,   load_row_portable,
+                             store_row_portable, exp_sub_sum_portable, max_of_portable,
+                             scale_portable,     online_softmax_t_portable, fma_peak_portable};
+  return t;
+}
+
+}  // namespace flexattn::detail::cpu::isa

@@ -1,0 +1,171 @@
+#include "flexattn/tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "device_memory.h"
+#include "flexattn/detail/cpu/kernels.h"
+
+namespace flexattn {
+
+const char* to_string(DType t) {
+  switch (t) {
+    case DType::f32: return "f32";
+    case DType::f16: return "f16";
+    case DType::bf16: return "bf16";
+  }
+  return "?";
+}
+
+const char* to_string(Device d) { return d == Device::cpu ? "cpu" : "cuda"; }
+
+size_t dtype_size(DType t) { return t == DType::f32 ? 4 : 2; }
+
+bool cuda_available() { return detail::cuda_device_present(); }
+
+// ---- Buffer -------------------------------------------------------------------------------------
+Buffer Buffer::allocate(size_t bytes, Device device) {
+  Buffer b;
+  b.bytes_ = bytes;
+  b.device_ = device;
+  // A zero-byte request still gets a distinct allocation so a defined Buffer is never null.
+  const size_t n = bytes == 0 ? 1 : bytes;
+  if (device == Device::cpu) {
+    // 64-byte alignment: SIMD loads of whole cache lines; aligned_alloc wants a multiple of it.
+    void* p = std::aligned_alloc(64, (n + 63) / 64 * 64);
+    if (!p) throw Error("flexattn: out of host memory allocating " + std::to_string(bytes) + " bytes");
+    b.ptr_ = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+  } else {
+    void* p = detail::cuda_malloc(n);
+    b.ptr_ = std::shared_ptr<void>(p, [](void* q) { detail::cuda_free(q); });
+  }
+  return b;
+}
+
+Buffer Buffer::from_host(const void* src, size_t bytes, Device device) {
+  Buffer b = allocate(bytes, device);
+  if (bytes == 0) return b;
+  if (device == Device::cpu) {
+    std::memcpy(b.data(), src, bytes);
+  } else {
+    detail::cuda_copy_to_device(b.data(), src, bytes);
+  }
+  return b;
+}
+
+void Buffer::copy_to_host(void* dst, size_t bytes) const {
+  if (bytes > bytes_) {
+    throw Error("flexattn: Buffer::copy_to_host of " + std::to_string(bytes) +
+                " bytes from a buffer of " + std::to_string(bytes_));
+  }
+  if (bytes == 0) return;
+  if (device_ == Device::cpu) {
+    std::memcpy(dst, data(), bytes);
+  } else {
+    detail::cuda_copy_to_host(dst, data(), bytes);
+  }
+}
+
+// ---- Tensor -------------------------------------------------------------------------------------
+namespace {
+int64_t checked_numel(const std::vector<int64_t>& shape) {
+  if (shape.empty() || shape.size() > static_cast<size_t>(kMaxRank)) {
+    throw Error("flexattn: Tensor shape must have 1 to 4 dims; got " + std::to_string(shape.size()));
+  }
+  int64_t n = 1;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (shape[i] < 0) {
+      throw Error("flexattn: Tensor shape[" + std::to_string(i) + "] must be >= 0; got " +
+                  std::to_string(shape[i]));
+    }
+    n *= shape[i];
+  }
+  return n;
+}
+}  // namespace
+
+Tensor Tensor::empty(std::vector<int64_t> shape, DType dtype, Device device) {
+  const int64_t n = checked_numel(shape);
+  Tensor t;
+  t.shape_ = std::move(shape);
+  t.dtype_ = dtype;
+  t.buffer_ = Buffer::allocate(static_cast<size_t>(n) * dtype_size(dtype), device);
+  return t;
+}
+
+Tensor Tensor::from_host(const float* src, std::vector<int64_t> shape, DType dtype, Device device) {
+  const int64_t n = checked_numel(shape);
+  if (device == Device::cpu) {
+    Tensor t = empty(std::move(shape), dtype, device);
+    detail::cpu::store_row(src, t.data(), dtype, n);
+    return t;
+  }
+  std::vector<unsigned char> staged(static_cast<size_t>(n) * dtype_size(dtype));
+  detail::cpu::store_row(src, staged.data(), dtype, n);
+  Tensor t;
+  t.shape_ = std::move(shape);
+  t.dtype_ = dtype;
+  t.buffer_ = Buffer::from_host(staged.data(), staged.size(), device);
+  return t;
+}
+
+void Tensor::copy_to_host(float* dst) const {
+  const int64_t n = numel();
+  if (device() == Device::cpu) {
+    detail::cpu::load_row(data(), dtype_, dst, n);
+    return;
+  }
+  std::vector<unsigned char> staged(static_cast<size_t>(n) * dtype_size(dtype_));
+  buffer_.copy_to_host(staged.data(), staged.size());
+  detail::cpu::load_row(staged.data(), dtype_, dst, n);
+}
+
+std::vector<float> Tensor::to_host() const {
+  std::vector<float> r(static_cast<size_t>(numel()));
+  copy_to_host(r.data());
+  return r;
+}
+
+void Tensor::fill(float value) {
+  const std::vector<float> v(static_cast<size_t>(numel()), value);
+  if (device() == Device::cpu) {
+    detail::cpu::store_row(v.data(), data(), dtype_, numel());
+    return;
+  }
+  std::vector<unsigned char> staged(static_cast<size_t>(numel()) * dtype_size(dtype_));
+  detail::cpu::store_row(v.data(), staged.data(), dtype_, numel());
+  detail::cuda_copy_to_device(data(), staged.data(), staged.size());
+}
+
+int64_t Tensor::size(int dim) const {
+  if (dim < 0) dim += rank();
+  if (dim < 0 || dim >= rank()) {
+    throw Error("flexattn: Tensor::size(" + std::to_string(dim) + ") on a rank-" +
+                std::to_string(rank()) + " tensor");
+  }
+  return shape_[static_cast<size_t>(dim)];
+}
+
+int64_t Tensor::numel() const {
+  int64_t n = shape_.empty() ? 0 : 1;
+  for (int64_t s : shape_) n *= s;
+  return n;
+}
+
+TensorView Tensor::view() const {
+  TensorView v;
+  v.data = const_cast<void*>(data());
+  v.dtype = dtype_;
+  v.device = device();
+  v.rank = rank();
+  int64_t stride = 1;
+  for (int i = rank() - 1; i >= 0; --i) {
+    v.shape[i] = shape_[static_cast<size_t>(i)];
+    v.stride[i] = stride;
+    stride *= shape_[static_cast<size_t>(i)];
+  }
+  return v;
+}
+
+}  // namespace flexattn

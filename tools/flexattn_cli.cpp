@@ -1,0 +1,330 @@
+// The `flexattn` command line.
+//
+//   flexattn demo                      masks, their tile pictures, forward + backward checked
+//                                      against the float64 reference, times (CPU, and the GPU
+//                                      when one is present)
+//   flexattn run --variant causal --b 1 --hq 8 --lq 4096 --d 64 --dtype f32 --device cpu
+//                [--hkv N --lkv N --dv N --check --backward --repeats N --block-q N --block-kv N]
+//   flexattn variants                  lists the variant names
+//
+// Exit code 0 when every requested check passed, 1 when one failed, 2 on bad arguments.
+#include <flexattn/flexattn.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "flexattn/detail/kept_fraction.h"
+#include "reference/reference.h"
+
+namespace fa = flexattn;
+
+namespace {
+
+struct Config {
+  std::string variant = "causal";
+  int64_t b = 1, hq = 4, hkv = 0, lq = 1024, lkv = 0, d = 64, dv = 0;
+  fa::DType dtype = fa::DType::f32;
+  fa::Device device = fa::Device::cpu;
+  bool check = false, backward = false;
+  int repeats = 3;
+  int block_q = 128, block_kv = 128;
+  int window = 256, prefix = 256, docs = 4;
+  float cap = 30.0f;
+  uint64_t seed = 0;  // 0: fresh from std::random_device
+};
+
+const char* kVariants[] = {"noop",    "causal",          "sliding_window", "prefix_lm",
+                           "document", "causal_document", "alibi_causal",   "softcap"};
+
+// Calls f(score_mod, mask_mod_for_device, mask_mod_for_host). Two mask objects because the
+// document mask holds a pointer that must live on the tensors' device for the kernel and on the
+// host for the reference.
+template <class F>
+void with_variant(const Config& c, const int32_t* docs_dev, const int32_t* docs_host, F&& f) {
+  const std::string& v = c.variant;
+  if (v == "noop") return f(fa::NoopScore{}, fa::noop_mask(), fa::noop_mask());
+  if (v == "causal") return f(fa::NoopScore{}, fa::causal(), fa::causal());
+  if (v == "sliding_window") {
+    return f(fa::NoopScore{}, fa::sliding_window(c.window), fa::sliding_window(c.window));
+  }
+  if (v == "prefix_lm") return f(fa::NoopScore{}, fa::prefix_lm(c.prefix), fa::prefix_lm(c.prefix));
+  if (v == "document") return f(fa::NoopScore{}, fa::document(docs_dev), fa::document(docs_host));
+  if (v == "causal_document") {
+    return f(fa::NoopScore{}, fa::and_masks(fa::causal(), fa::document(docs_dev)),
+             fa::and_masks(fa::causal(), fa::document(docs_host)));
+  }
+  if (v == "alibi_causal") return f(fa::alibi(int(c.hq)), fa::causal(), fa::causal());
+  if (v == "softcap") return f(fa::softcap(c.cap), fa::noop_mask(), fa::noop_mask());
+  throw fa::Error("unknown --variant '" + v + "' (run `flexattn variants`)");
+}
+
+double median_ms(const std::function<void()>& fn, int repeats) {
+  fn();  // warm-up: thread pool start, first-touch of scratch
+  std::vector<double> t;
+  for (int i = 0; i < std::max(1, repeats); ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    fn();
+    t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                    .count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// ||a - b|| / ||b||, and whether a holds a NaN (an unwritten poisoned element).
+struct Err {
+  double rel = 0.0;
+  bool nan = false;
+};
+Err rel_err(const std::vector<float>& a, const std::vector<double>& b) {
+  double num = 0.0, den = 0.0;
+  Err e;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (std::isnan(a[i])) e.nan = true;
+    const double ref = std::isinf(b[i]) ? 0.0 : b[i];
+    const double got = std::isinf(b[i]) && a[i] == b[i] ? 0.0 : a[i];
+    num += (got - ref) * (got - ref);
+    den += ref * ref;
+  }
+  e.rel = std::sqrt(num / std::max(den, 1e-300));
+  return e;
+}
+
+// Tolerances on the relative L2 error against float64: f32 accumulates in f32 throughout;
+// f16/bf16 round inputs, P and outputs to 11 / 8 significant bits.
+double tolerance(fa::DType t, bool grad) {
+  switch (t) {
+    case fa::DType::f32: return grad ? 1e-4 : 2e-5;
+    case fa::DType::f16: return grad ? 1e-2 : 4e-3;
+    case fa::DType::bf16: return grad ? 4e-2 : 2e-2;
+  }
+  return 0.0;
+}
+
+fa::Tensor random_tensor(std::vector<int64_t> shape, const Config& c, std::mt19937_64& rng,
+                         std::vector<double>* rounded) {
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> h(static_cast<size_t>(n));
+  for (float& x : h) x = dist(rng);
+  fa::Tensor t = fa::Tensor::from_host(h.data(), shape, c.dtype, c.device);
+  if (rounded) {  // the reference sees exactly the values the kernel sees
+    const std::vector<float> back = t.to_host();
+    rounded->assign(back.begin(), back.end());
+  }
+  return t;
+}
+
+bool small_enough_for_reference(const Config& c) {
+  return double(c.b) * c.hq * c.lq * c.lkv * std::max(c.d, c.dv) <= 1.2e9;
+}
+
+// One configuration: build the mask, time forward (and backward), check against float64.
+bool run_one(const Config& c) {
+  std::mt19937_64 rng(c.seed ? c.seed : std::random_device{}());
+  std::vector<int32_t> docs_host(static_cast<size_t>(std::max(c.lq, c.lkv)));
+  // Documents of uneven lengths, so boundaries fall inside tiles.
+  for (size_t i = 0; i < docs_host.size(); ++i) {
+    docs_host[i] = int32_t((i * i / docs_host.size()) * c.docs / docs_host.size());
+  }
+  const fa::Buffer docs_dev =
+      fa::Buffer::from_host(docs_host.data(), docs_host.size() * sizeof(int32_t), c.device);
+
+  bool ok = true;
+  with_variant(c, static_cast<const int32_t*>(docs_dev.data()), docs_host.data(),
+               [&](auto score_mod, auto mask_dev, auto mask_host) {
+    const fa::BlockMaskOptions bo{c.block_q, c.block_kv, c.device};
+    const auto t_mask0 = std::chrono::steady_clock::now();
+    auto bm = fa::create_block_mask(mask_dev, 1, 1, c.lq, c.lkv, bo);
+    const double mask_ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_mask0).count();
+    const double density = fa::detail::kept_fraction(bm.data().to_cpu(), mask_host, 1, 1);
+
+    std::vector<double> q64, k64, v64, do64;
+    fa::Tensor q = random_tensor({c.b, c.hq, c.lq, c.d}, c, rng, &q64);
+    fa::Tensor k = random_tensor({c.b, c.hkv, c.lkv, c.d}, c, rng, &k64);
+    fa::Tensor v = random_tensor({c.b, c.hkv, c.lkv, c.dv}, c, rng, &v64);
+    fa::AttentionOptions opts;
+    opts.enable_gqa = c.hq != c.hkv;
+
+    fa::AttentionOutput o;
+    const double fwd_ms =
+        median_ms([&] { o = fa::flex_attention(q, k, v, score_mod, bm, opts); }, c.repeats);
+    const double fwd_flops = 4.0 * c.b * c.hq * c.lq * c.lkv * c.d * density;
+    std::printf("  %-16s %-4s %-4s fwd %9.2f ms %8.1f GFLOP/s  (mask %.2f ms, %.1f%% sparse)",
+                c.variant.c_str(), fa::to_string(c.device), fa::to_string(c.dtype), fwd_ms,
+                fwd_flops / fwd_ms * 1e-6, mask_ms, bm.sparsity());
+    const bool check = c.check && small_enough_for_reference(c);
+    const fa::reference::Shape sh{c.b, c.hq, c.hkv, c.lq, c.lkv, c.d, c.dv};
+    const double scale = fa::reference::default_scale(c.d);
+    if (check) {
+      const auto ref = fa::reference::forward(sh, q64, k64, v64, scale, score_mod, mask_host);
+      const Err eo = rel_err(o.out.to_host(), ref.out), el = rel_err(o.lse.to_host(), ref.lse);
+      const bool pass = !eo.nan && !el.nan && eo.rel <= tolerance(c.dtype, false) &&
+                        el.rel <= tolerance(c.dtype, false);
+      ok = ok && pass;
+      std::printf("  check %s (out %.1e, lse %.1e)", pass ? "ok" : "FAILED", eo.rel, el.rel);
+    } else if (c.check) {
+      std::printf("  check skipped (too large for the float64 reference)");
+    }
+    std::printf("\n");
+    if (!c.backward) return;
+
+    fa::Tensor dout = random_tensor({c.b, c.hq, c.lq, c.dv}, c, rng, &do64);
+    fa::AttentionGrads g;
+    const double bwd_ms = median_ms(
+        [&] { g = fa::flex_attention_backward(q, k, v, o.out, o.lse, dout, score_mod, bm, opts); },
+        c.repeats);
+    std::printf("  %-16s %-4s %-4s bwd %9.2f ms %8.1f GFLOP/s", c.variant.c_str(),
+                fa::to_string(c.device), fa::to_string(c.dtype), bwd_ms,
+                2.5 * fwd_flops / bwd_ms * 1e-6);
+    if (check) {
+      const auto ref = fa::reference::backward(sh, q64, k64, v64, do64, scale, score_mod, mask_host);
+      const Err eq = rel_err(g.dq.to_host(), ref.dq), ek = rel_err(g.dk.to_host(), ref.dk),
+                ev = rel_err(g.dv.to_host(), ref.dv);
+      const double tol = tolerance(c.dtype, true);
+      const bool pass = !eq.nan && !ek.nan && !ev.nan && eq.rel <= tol && ek.rel <= tol &&
+                        ev.rel <= tol;
+      ok = ok && pass;
+      std::printf("  check %s (dq %.1e, dk %.1e, dv %.1e)", pass ? "ok" : "FAILED", eq.rel, ek.rel,
+                  ev.rel);
+    }
+    std::printf("\n");
+  });
+  return ok;
+}
+
+int demo() {
+  std::printf("flexattn demo: block masks at L = 2048, 128 x 128 tiles\n\n");
+  const int64_t L = 2048;
+  std::vector<int32_t> docs(L);
+  const int64_t bounds[] = {300, 700, 1500, L};  // 4 documents, boundaries inside tiles
+  for (int64_t i = 0, d = 0; i < L; ++i) {
+    while (i >= bounds[d]) ++d;
+    docs[size_t(i)] = int32_t(d);
+  }
+  auto show = [&](const char* name, auto mask) {
+    const auto bm = fa::create_block_mask(mask, 1, 1, L, L);
+    std::printf("%s: %.1f%% of tiles skipped\n%s\n", name, bm.sparsity(), bm.to_string().c_str());
+  };
+  show("causal", fa::causal());
+  show("sliding_window(512)", fa::sliding_window(512));
+  show("document (4 docs)", fa::and_masks(fa::causal(), fa::document(docs.data())));
+  show("prefix_lm(512)", fa::prefix_lm(512));
+
+  bool ok = true;
+  std::vector<fa::Device> devices = {fa::Device::cpu};
+  if (fa::cuda_available()) devices.push_back(fa::Device::cuda);
+  for (fa::Device dev : devices) {
+    Config c;
+    c.device = dev;
+    c.dtype = dev == fa::Device::cpu ? fa::DType::f32 : fa::DType::bf16;
+    c.hq = c.hkv = 4;
+    c.lq = c.lkv = 1024;
+    c.d = c.dv = dev == fa::Device::cpu ? 64 : 128;
+    c.check = c.backward = true;
+    std::printf("forward + backward on %s, %s, B=%lld H=%lld L=%lld D=%lld, checked against the "
+                "float64 reference:\n",
+                fa::to_string(dev), fa::to_string(c.dtype), (long long)c.b, (long long)c.hq,
+                (long long)c.lq, (long long)c.d);
+    for (const char* v : {"noop", "causal", "sliding_window", "document", "prefix_lm",
+                          "alibi_causal", "softcap"}) {
+      c.variant = v;
+      ok = run_one(c) && ok;
+    }
+    std::printf("\n");
+  }
+  if (!fa::cuda_available()) std::printf("(no CUDA GPU visible: GPU part skipped)\n");
+  std::printf("%s\n", ok ? "demo: all checks passed" : "demo: SOME CHECKS FAILED");
+  return ok ? 0 : 1;
+}
+
+int usage() {
+  std::fprintf(stderr,
+               "usage: flexattn demo\n"
+               "       flexattn run [--variant NAME] [--b N] [--hq N] [--hkv N] [--lq N] [--lkv N]\n"
+               "                    [--d N] [--dv N] [--dtype f32|f16|bf16] [--device cpu|cuda]\n"
+               "                    [--check] [--backward] [--repeats N] [--block-q N]\n"
+               "                    [--block-kv N] [--window N] [--prefix N] [--docs N]\n"
+               "                    [--cap X] [--seed N]\n"
+               "       flexattn variants\n");
+  return 2;
+}
+
+int run(int argc, char** argv) {
+  Config c;
+  for (int i = 2; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) throw fa::Error("missing value after " + a);
+      return argv[++i];
+    };
+    auto num = [&]() { return std::stoll(next()); };
+    if (a == "--variant") c.variant = next();
+    else if (a == "--b") c.b = num();
+    else if (a == "--hq") c.hq = num();
+    else if (a == "--hkv") c.hkv = num();
+    else if (a == "--lq") c.lq = num();
+    else if (a == "--lkv") c.lkv = num();
+    else if (a == "--d") c.d = num();
+    else if (a == "--dv") c.dv = num();
+    else if (a == "--repeats") c.repeats = int(num());
+    else if (a == "--block-q") c.block_q = int(num());
+    else if (a == "--block-kv") c.block_kv = int(num());
+    else if (a == "--window") c.window = int(num());
+    else if (a == "--prefix") c.prefix = int(num());
+    else if (a == "--docs") c.docs = int(num());
+    else if (a == "--cap") c.cap = std::stof(next());
+    else if (a == "--seed") c.seed = uint64_t(num());
+    else if (a == "--check") c.check = true;
+    else if (a == "--backward") c.backward = true;
+    else if (a == "--dtype") {
+      const std::string t = next();
+      if (t == "f32") c.dtype = fa::DType::f32;
+      else if (t == "f16") c.dtype = fa::DType::f16;
+      else if (t == "bf16") c.dtype = fa::DType::bf16;
+      else throw fa::Error("--dtype must be f32, f16 or bf16; got " + t);
+    } else if (a == "--device") {
+      const std::string t = next();
+      if (t == "cpu") c.device = fa::Device::cpu;
+      else if (t == "cuda") c.device = fa::Device::cuda;
+      else throw fa::Error("--device must be cpu or cuda; got " + t);
+    } else {
+      throw fa::Error("unknown argument " + a);
+    }
+  }
+  if (c.hkv == 0) c.hkv = c.hq;
+  if (c.lkv == 0) c.lkv = c.lq;
+  if (c.dv == 0) c.dv = c.d;
+  return run_one(c) ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) return usage();
+  const std::string cmd = argv[1];
+  try {
+    if (cmd == "demo") return demo();
+    if (cmd == "run") return run(argc, argv);
+    if (cmd == "variants") {
+      for (const char* v : kVariants) std::printf("%s\n", v);
+      return 0;
+    }
+  } catch (const fa::Error& e) {
+    std::fprintf(stderr, "flexattn: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "flexattn: bad argument: %s\n", e.what());
+    return 2;
+  }
+  return usage();
+}
