@@ -26,7 +26,7 @@ inline uint64_t fresh_seed() {
 // n values ~ N(0, stddev^2). Never zeros: tests must not pass on inputs that hide bugs.
 inline std::vector<float> random_normal(int64_t n, std::mt19937_64& rng, float stddev = 1.0f) {
   std::normal_distribution<float> dist(0.0f, stddev);
-  std::vector<float> x(size_t(n));
+  std::vector<float> x(static_cast<size_t>(n));
   for (float& e : x) e = dist(rng);
   return x;
 }

@@ -72,7 +72,8 @@ std::string BlockMaskData::to_string(int max_rows, int max_cols, int limit) cons
   // As PyTorch's BlockMask.to_string: each character pair summarises row_step x col_step tiles;
   // a non-positive max_rows / max_cols draws one pair per tile.
   const int64_t row_step = max_rows > 0 ? std::max<int64_t>(1, (nqb + max_rows - 1) / max_rows) : 1;
-  const int64_t col_step = max_cols > 0 ? std::max<int64_t>(1, (nkvb + max_cols - 1) / max_cols) : 1;
+  const int64_t col_step =
+      max_cols > 0 ? std::max<int64_t>(1, (nkvb + max_cols - 1) / max_cols) : 1;
   // Pieces joined by newlines, as PyTorch joins them: one per (b, h) shown, then "..." if any
   // were left out.
   std::vector<std::string> pieces;
@@ -145,13 +146,14 @@ void check_block_mask_args(int64_t B, int64_t H, int64_t q_len, int64_t kv_len,
   // mask_mods take int indices: every b, h, q_idx and kv_idx must fit.
   for (auto [name, v] : {std::pair{"B", B}, {"H", H}, {"q_len", q_len}, {"kv_len", kv_len}}) {
     if (v > INT_MAX) {
-      fail(std::string(name) + " is " + std::to_string(v) + "; expected <= " +
-           std::to_string(INT_MAX) + " (mask_mod indices are int)");
+      fail(std::string(name) + " is " + std::to_string(v) +
+           "; expected <= " + std::to_string(INT_MAX) + " (mask_mod indices are int)");
     }
   }
   if (opts.device == Device::cuda && !cuda_available()) {
-    fail("device is cuda, but no CUDA device is available in this build/process; expected "
-         "Device::cpu");
+    fail(
+        "device is cuda, but no CUDA device is available in this build/process; expected "
+        "Device::cpu");
   }
 }
 

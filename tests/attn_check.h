@@ -247,8 +247,12 @@ LowpGrads naive_backward_lowp(const Shape& sh, DType dt, float scale, const std:
 
 // ---- comparisons --------------------------------------------------------------------------------
 // atol: one ulp of the dtype at the reference's magnitude (the output is stored in the dtype,
-// so even a perfect kernel is off by up to half of that), and 1e-5 relative for f32, whose
-// naive error can be tiny while ours carries a few ulps from exp and a different summation order.
+// so even a perfect kernel is off by up to half of that), and 1e-5 (relative above 1) for f32,
+// whose naive error can be exactly 0 while ours carries a few ulps from a vectorised exp and
+// another summation order. Hazard that sets the f32 floor: with Lkv = 1, dS = p (dP - rowsum(dO
+// * O)) cancels to exactly 0, so the reference dK is 0, yet any kernel whose p is 1 - ulp leaves
+// ~u |dO.v| per row there (measured 2-4e-6 at Lq = 129). Typical f32 errors are ~1e-6; a key
+// dropped among 128 changes the output by ~1e-2 and is caught.
 inline double atol_for(DType dt, const std::vector<double>& ref) {
   const double mag = reference::max_abs(ref);
   return std::max(2.0 * reference::unit_roundoff(dt) * mag, 1e-5 * std::max(1.0, mag));

@@ -1,6 +1,6 @@
 // create_block_mask on the CPU against brute force: every element of every tile evaluated, for the
-// stock masks, their combinations, custom functors (opaque and per-head), ragged lengths, Lq != Lkv,
-// several block sizes and B/H broadcast. Plus sparsity, to_string and the argument errors.
+// stock masks, their combinations, custom functors (opaque and per-head), ragged lengths, Lq !=
+// Lkv, several block sizes and B/H broadcast. Plus sparsity, to_string and the argument errors.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -32,7 +32,9 @@ std::vector<TileKind> brute_force_kinds(const M& m, int64_t B, int64_t H, int64_
             for (int64_t kv = kb * bkv; kv < std::min(Lkv, (kb + 1) * bkv); ++kv, ++n)
               kept += m(int(b), int(h), int(q), int(kv)) ? 1 : 0;
           kinds[static_cast<size_t>(((b * H + h) * nqb + qb) * nkvb + kb)] =
-              kept == 0 ? TileKind::empty : kept == n ? TileKind::full : TileKind::partial;
+              kept == 0   ? TileKind::empty
+              : kept == n ? TileKind::full
+                          : TileKind::partial;
         }
   return kinds;
 }
@@ -114,10 +116,11 @@ std::vector<int32_t> random_doc_ids(int64_t n, std::mt19937& rng) {
   return ids;
 }
 
-const std::pair<int64_t, int64_t> kLengths[] = {{1, 1},     {17, 17},  {127, 127},  {129, 129},
+const std::pair<int64_t, int64_t> kLengths[] = {{1, 1},       {17, 17},   {127, 127}, {129, 129},
                                                 {1000, 1000}, {127, 129}, {1000, 17}, {17, 1000},
-                                                {129, 1000}, {256, 256}};
-const std::pair<int, int> kBlocks[] = {{16, 16}, {32, 32}, {64, 64}, {128, 128}, {16, 64}, {128, 32}};
+                                                {129, 1000},  {256, 256}};
+const std::pair<int, int> kBlocks[] = {{16, 16},   {32, 32}, {64, 64},
+                                       {128, 128}, {16, 64}, {128, 32}};
 
 class BlockMaskStock : public ::testing::Test {
  protected:
@@ -148,8 +151,8 @@ TEST_F(BlockMaskStock, MatchesBruteForce) {
       check_mask(flexattn::and_masks(flexattn::causal(),
                                      flexattn::not_mask(flexattn::sliding_window(30)), doc),
                  1, 1, Lq, Lkv, bq, bkv);
-      check_mask(flexattn::or_masks(flexattn::not_mask(doc), flexattn::sliding_window(7)), 1, 1,
-                 Lq, Lkv, bq, bkv);
+      check_mask(flexattn::or_masks(flexattn::not_mask(doc), flexattn::sliding_window(7)), 1, 1, Lq,
+                 Lkv, bq, bkv);
     }
   }
 }
@@ -166,7 +169,7 @@ TEST(BlockMask, OpaqueLambdaMatchesBruteForce) {
 // well as partial) and fully random (nearly every tile partial).
 TEST_F(BlockMaskStock, RandomMasksMatchBruteForce) {
   SCOPED_TRACE(::testing::Message() << "seed " << seed_);
-  const uint32_t salt = rng_();
+  const uint32_t salt = static_cast<uint32_t>(rng_());
   auto hash = [salt](uint32_t x) {
     x ^= salt;
     x *= 0x9E3779B1u;
@@ -254,8 +257,8 @@ TEST(BlockMask, SparsityOfKnownMasks) {
   EXPECT_NEAR(causal.sparsity(), 100.0 * (1.0 - 36.0 / 64.0), 1e-12);
   const auto all = flexattn::create_block_mask(flexattn::noop_mask(), 2, 3, 1000, 300);
   EXPECT_EQ(all.sparsity(), 0.0);
-  const auto none = flexattn::create_block_mask(flexattn::not_mask(flexattn::noop_mask()), 1, 2,
-                                                 100, 100);
+  const auto none =
+      flexattn::create_block_mask(flexattn::not_mask(flexattn::noop_mask()), 1, 2, 100, 100);
   EXPECT_EQ(none.sparsity(), 100.0);
 }
 
@@ -287,7 +290,8 @@ TEST(BlockMask, ToStringHeadsAndLimit) {
   size_t rows = 0;
   for (size_t at = 0; (at = s.find("\n", at)) != std::string::npos; ++at) ++rows;
   EXPECT_EQ(rows, 4u * 4u + 3u + 1u);  // 4 blocks of 4 lines, 3 separators, the "..." line break
-  // A large grid (128 x 128 tiles) is summarised to 20 x 20 character pairs.
+  // A large grid (128 x 128 tiles) is summarised to at most 20 x 20 character pairs: 7 x 7 tiles
+  // each (ceil(128 / 20)), so 19 x 19 pairs, as PyTorch draws it.
   const std::string g =
       flexattn::create_block_mask(flexattn::causal(), 1, 1, 16384, 16384).to_string();
   std::vector<size_t> line_chars{0};  // characters (UTF-8 code points) per line
@@ -298,8 +302,8 @@ TEST(BlockMask, ToStringHeadsAndLimit) {
       ++line_chars.back();
     }
   }
-  ASSERT_EQ(line_chars.size(), 1u + 20u + 1u);  // header, 20 rows, empty after the last newline
-  for (size_t r = 1; r <= 20; ++r) EXPECT_EQ(line_chars[r], 40u) << "row " << r;
+  ASSERT_EQ(line_chars.size(), 1u + 19u + 1u);  // header, 19 rows, empty after the last newline
+  for (size_t r = 1; r <= 19; ++r) EXPECT_EQ(line_chars[r], 38u) << "row " << r;
   EXPECT_EQ(flexattn::create_block_mask(flexattn::causal(), 1, 1, 256, 256).to_string(20, 20, 0),
             "...");
 }

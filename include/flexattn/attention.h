@@ -97,8 +97,11 @@ AttentionOutput flex_attention(const Tensor& q, const Tensor& k, const Tensor& v
                                ScoreMod score_mod, AttentionOptions opts = {}) {
   return flex_attention(q, k, v, score_mod, detail::dense_block_mask(q, k), opts);
 }
-inline AttentionOutput flex_attention(const Tensor& q, const Tensor& k, const Tensor& v,
-                                      AttentionOptions opts = {}) {
+// Templates (never called with explicit arguments) rather than inline functions so that a .cu
+// file including this header does not compile the dense kernels unless it calls them.
+template <int = 0>
+AttentionOutput flex_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                               AttentionOptions opts = {}) {
   return flex_attention(q, k, v, NoopScore{}, detail::dense_block_mask(q, k), opts);
 }
 
@@ -131,9 +134,10 @@ AttentionGrads flex_attention_backward(const Tensor& q, const Tensor& k, const T
   return flex_attention_backward(q, k, v, out, lse, dout, score_mod,
                                  detail::dense_block_mask(q, k), opts);
 }
-inline AttentionGrads flex_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
-                                              const Tensor& out, const Tensor& lse,
-                                              const Tensor& dout, AttentionOptions opts = {}) {
+template <int = 0>
+AttentionGrads flex_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                       const Tensor& out, const Tensor& lse, const Tensor& dout,
+                                       AttentionOptions opts = {}) {
   return flex_attention_backward(q, k, v, out, lse, dout, NoopScore{},
                                  detail::dense_block_mask(q, k), opts);
 }

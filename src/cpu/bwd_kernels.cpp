@@ -51,16 +51,6 @@ void dscores_portable(float* p, int64_t ldp, const float* dp, int64_t lddp, cons
   }
 }
 
-float dot_portable(const float* a, const float* b, int64_t n) {
-  // Four partial sums in a fixed pattern: deterministic and not one long dependency chain.
-  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4)
-    for (int j = 0; j < 4; ++j) acc[j] += a[i + j] * b[i + j];
-  for (; i < n; ++i) acc[0] += a[i] * b[i];
-  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
-}
-
 void add_portable(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }
@@ -136,20 +126,6 @@ FLEXATTN_AVX512_FN void dscores_avx512(float* p, int64_t ldp, const float* dp, i
   }
 }
 
-FLEXATTN_AVX512_FN float dot_avx512(const float* a, const float* b, int64_t n) {
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-  int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
-    acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), acc1);
-  }
-  for (; i < n; i += 16) {
-    const __mmask16 k = n - i >= 16 ? __mmask16(0xffff) : tail_mask(int(n - i));
-    acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, a + i), _mm512_maskz_loadu_ps(k, b + i), acc0);
-  }
-  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-}
-
 FLEXATTN_AVX512_FN void add_avx512(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 k = n - i >= 16 ? __mmask16(0xffff) : tail_mask(int(n - i));
@@ -183,13 +159,6 @@ void bwd_dscores(float* p, int64_t ldp, const float* dp, int64_t lddp, const flo
   if (use_avx512()) return dscores_avx512(p, ldp, dp, lddp, g, ldg, M, N, delta, scale);
 #endif
   dscores_portable(p, ldp, dp, lddp, g, ldg, M, N, delta, scale);
-}
-
-float bwd_dot(const float* a, const float* b, int64_t n) {
-#if defined(FLEXATTN_BWD_AVX512)
-  if (use_avx512()) return dot_avx512(a, b, n);
-#endif
-  return dot_portable(a, b, n);
 }
 
 void bwd_add(float* y, const float* x, int64_t n) {

@@ -3,6 +3,7 @@
 // table at run time, once, so no code compiled with AVX flags ever runs on a CPU without them.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "flexattn/detail/cpu/kernels.h"
@@ -11,8 +12,9 @@ namespace flexattn::detail::cpu::isa {
 
 struct KernelTable {
   const char* name;
-  void (*gemm)(Trans ta, Trans tb, int M, int N, int K, const float* A, int64_t lda,
-               const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate);
+  // row_scale: nullptr, or (with accumulate) C's rows are scaled by it before the sum.
+  void (*gemm)(Trans ta, Trans tb, int M, int N, int K, const float* A, int64_t lda, const float* B,
+               int64_t ldb, float* C, int64_t ldc, bool accumulate, const float* row_scale);
   void (*load_row)(const void* src, DType dtype, float* dst, int64_t n);
   void (*store_row)(const float* src, void* dst, DType dtype, int64_t n);
   float (*exp_sub_sum)(float* x, int64_t n, float c);
@@ -31,8 +33,13 @@ const KernelTable& avx2_table();
 const KernelTable& avx512_table();
 #endif
 
-// The table in use (chosen on first call; FLEXATTN_CPU_ISA=portable|avx2|avx512 narrows the choice).
+// The table in use (chosen on first call; FLEXATTN_CPU_ISA=portable|avx2|avx512 narrows the
+// choice).
 const KernelTable& active();
+
+// Thread-local scratch of at least `floats` floats, 64-byte aligned, reused call to call (the
+// gemm's packing buffer). Lives in kernels.cpp so no ISA-flagged object owns a std container.
+float* pack_buffer(size_t floats);
 
 // Scalar conversions shared by every ISA for tails and as the portable path. Round to nearest even;
 // NaN stays NaN (quiet), infinities and subnormals are kept exactly as IEEE describes.

@@ -2,6 +2,7 @@
 // once at run time (isa.h), plus the scalar dtype conversions every table shares.
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <string_view>
 
 #include "isa.h"
@@ -19,8 +20,8 @@ const KernelTable& select() {
   const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                         __builtin_cpu_supports("f16c");
   const bool has_avx512 = has_avx2 && __builtin_cpu_supports("avx512f") &&
-                          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-                          __builtin_cpu_supports("avx512dq");
+                          __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
   if (has_avx512 && want != "avx2") return avx512_table();
   if (has_avx2) return avx2_table();
 #endif
@@ -43,6 +44,23 @@ float float_of(uint32_t u) {
 const KernelTable& active() {
   static const KernelTable& table = select();
   return table;
+}
+
+float* pack_buffer(size_t floats) {
+  struct Block {
+    float* p = nullptr;
+    size_t n = 0;
+    ~Block() { ::operator delete[](p, std::align_val_t{64}); }
+  };
+  thread_local Block block;
+  if (block.n < floats) {
+    ::operator delete[](block.p, std::align_val_t{64});
+    block.p = nullptr;
+    block.n = 0;
+    block.p = static_cast<float*>(::operator new[](floats * sizeof(float), std::align_val_t{64}));
+    block.n = floats;
+  }
+  return block.p;
 }
 
 float f16_to_f32(uint16_t h) {
@@ -85,7 +103,8 @@ float bf16_to_f32(uint16_t h) { return float_of(static_cast<uint32_t>(h) << 16);
 
 uint16_t f32_to_bf16(float f) {
   const uint32_t x = bits_of(f);
-  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);  // quiet NaN
+  if ((x & 0x7fffffffu) > 0x7f800000u)
+    return static_cast<uint16_t>((x >> 16) | 0x40u);  // quiet NaN
   return static_cast<uint16_t>((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
 }
 
@@ -94,7 +113,12 @@ uint16_t f32_to_bf16(float f) {
 void gemm(Trans ta, Trans tb, int M, int N, int K, const float* A, int64_t lda, const float* B,
           int64_t ldb, float* C, int64_t ldc, bool accumulate) {
   if (M <= 0 || N <= 0) return;
-  isa::active().gemm(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+  isa::active().gemm(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, accumulate, nullptr);
+}
+void gemm_rescale(Trans ta, Trans tb, int M, int N, int K, const float* A, int64_t lda,
+                  const float* B, int64_t ldb, float* C, int64_t ldc, const float* row_scale) {
+  if (M <= 0 || N <= 0) return;
+  isa::active().gemm(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, true, row_scale);
 }
 void load_row(const void* src, DType dtype, float* dst, int64_t n) {
   isa::active().load_row(src, dtype, dst, n);

@@ -13,11 +13,15 @@ namespace {
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 void gemm_portable(Trans ta, Trans tb, int M, int N, int K, const float* A, int64_t lda,
-                   const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+                   const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate,
+                   const float* row_scale) {
   auto a_at = [&](int m, int k) { return ta == Trans::N ? A[m * lda + k] : A[k * lda + m]; };
   for (int m = 0; m < M; ++m) {
     float* c = C + m * ldc;
     if (!accumulate) std::memset(c, 0, sizeof(float) * N);
+    if (accumulate && row_scale) {
+      for (int n = 0; n < N; ++n) c[n] *= row_scale[m];
+    }
     if (tb == Trans::N) {
       // Row update: c[0:N] += a(m, k) * B[k, 0:N], contiguous in n.
       for (int k = 0; k < K; ++k) {
@@ -129,9 +133,10 @@ double fma_peak_portable(int64_t iters, float* sink) {
 }  // namespace
 
 const KernelTable& portable_table() {
-  static const KernelTable t{"portable",        gemm_portable,   load_row_portable,
-                             store_row_portable, exp_sub_sum_portable, max_of_portable,
-                             scale_portable,     online_softmax_t_portable, fma_peak_portable};
+  static const KernelTable t{
+      "portable",           gemm_portable,   load_row_portable, store_row_portable,
+      exp_sub_sum_portable, max_of_portable, scale_portable,    online_softmax_t_portable,
+      fma_peak_portable};
   return t;
 }
 

@@ -3,7 +3,7 @@
 //
 // check_attention() runs one case through the public *_into API on Device::cuda (outputs and
 // gradients poisoned with NaN first, so an element the kernel never wrote shows up), then compares
-// with run_reference() in float64:
+// with the float64 oracle (reference/reference.h, the same functors):
 //     max|gpu - exact| <= k * max|naive - exact| + atol
 // where `naive` is the same-precision textbook algorithm (gpu_ref.h). Rows whose every key is
 // masked must come back exactly as out = 0, lse = -inf, dQ = 0.
@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <future>
 #include <random>
 #include <sstream>
 #include <string>
@@ -35,16 +36,8 @@ class GpuTest : public ::testing::Test {
 
 // A fresh seed per case (printed on failure); FLEXATTN_TEST_SEED pins it to reproduce a failure.
 inline uint64_t fresh_seed() {
-  if (const char* env = std::getenv("FLEXATTN_TEST_SEED")) return std::strtoull(env, nullptr, 10);
-  static std::random_device rd;
-  return (uint64_t(rd()) << 32) ^ rd();
-}
-
-inline std::vector<float> random_values(int64_t n, std::mt19937_64& rng, float stddev = 1.0f) {
-  std::normal_distribution<float> dist(0.0f, stddev);
-  std::vector<float> x(size_t(n));
-  for (auto& e : x) e = dist(rng);
-  return x;
+  if (const char* env = std::getenv("FLEXATTN_TEST_SEED")) return std::strtoull(env, nullptr, 0);
+  return reference::fresh_seed();
 }
 
 // A GPU tensor of random values plus its host copy as the GPU holds it (rounded to the dtype).
@@ -56,7 +49,7 @@ inline Input random_input(std::vector<int64_t> shape, DType dt, std::mt19937_64&
                           float stddev = 1.0f) {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
-  const std::vector<float> x = random_values(n, rng, stddev);
+  const std::vector<float> x = reference::random_normal(n, rng, stddev);
   Input in{Tensor::from_host(x.data(), std::move(shape), dt, Device::cuda), {}};
   in.host = in.t.to_host();
   return in;
@@ -68,9 +61,15 @@ inline Tensor poisoned(std::vector<int64_t> shape, DType dt) {
   return t;
 }
 
+// A shape with Dv == D (the GPU kernels' case).
+inline reference::Shape shape(int64_t B, int64_t Hq, int64_t Hkv, int64_t Lq, int64_t Lkv,
+                              int64_t D) {
+  return reference::Shape{B, Hq, Hkv, Lq, Lkv, D, D};
+}
+
 struct CaseOptions {
   DType dtype = DType::bf16;
-  RefShape shape;
+  reference::Shape shape;
   int64_t mask_B = 1, mask_H = 1;  // BlockMask batch / heads (1 broadcasts)
   bool backward = true;
   float scale = 0.0f;  // 0: 1/sqrt(D)
@@ -163,7 +162,7 @@ inline void expect_masked_rows_zero(const std::vector<double>& ref_lse,
 template <class ScoreMod, class MaskMod, class RefScore, class RefMask>
 void check_attention(const CaseOptions& c, ScoreMod score, MaskMod mask, RefScore ref_score,
                      RefMask ref_mask, Tolerance tol = {}) {
-  const RefShape& s = c.shape;
+  const reference::Shape& s = c.shape;
   const uint64_t seed = fresh_seed();
   std::mt19937_64 rng(seed);
   std::ostringstream os;
@@ -192,10 +191,21 @@ void check_attention(const CaseOptions& c, ScoreMod score, MaskMod mask, RefScor
 
   Input dout;
   if (c.backward) dout = random_input({s.B, s.Hq, s.Lq, s.D}, c.dtype, rng);
-  const RefResult ex = run_reference(s, scale, q.host, k.host, v.host, dout.host, ref_score,
-                                     ref_mask, Precision::exact, c.dtype);
-  const RefResult nv = run_reference(s, scale, q.host, k.host, v.host, dout.host, ref_score,
-                                     ref_mask, Precision::naive, c.dtype);
+  // The oracle is single-threaded: run it beside the (multi-threaded) naive computation.
+  auto exact_fwd = std::async(std::launch::async, [&] {
+    return reference::forward(s, reference::to_double(q.host), reference::to_double(k.host),
+                              reference::to_double(v.host), double(scale), ref_score, ref_mask);
+  });
+  auto exact_bwd = std::async(std::launch::async, [&] {
+    if (!c.backward) return reference::Grads{};
+    return reference::backward(s, reference::to_double(q.host), reference::to_double(k.host),
+                               reference::to_double(v.host), reference::to_double(dout.host),
+                               double(scale), ref_score, ref_mask);
+  });
+  const NaiveResult nv = naive_attention(s, scale, q.host, k.host, v.host, dout.host, ref_score,
+                                         ref_mask, c.dtype);
+  const reference::ForwardResult ex = exact_fwd.get();
+  const reference::Grads exg = exact_bwd.get();
   const double eps = dtype_eps(c.dtype);
   expect_close("out", out_h, ex.out, nv.out, tol.k_fwd, eps, ctx);
   // lse is f32 from f32 accumulators: judged against the naive lse plus f32-level slack.
@@ -211,9 +221,9 @@ void check_attention(const CaseOptions& c, ScoreMod score, MaskMod mask, RefScor
   flex_attention_backward_into(q.t.view(), k.t.view(), v.t.view(), out.view(), lse.view(),
                                dout.t.view(), dq.view(), dk.view(), dv.view(), score, bm, opts);
   const std::vector<float> dq_h = dq.to_host(), dk_h = dk.to_host(), dv_h = dv.to_host();
-  expect_close("dq", dq_h, ex.dq, nv.dq, tol.k_bwd, eps, ctx);
-  expect_close("dk", dk_h, ex.dk, nv.dk, tol.k_bwd, eps, ctx);
-  expect_close("dv", dv_h, ex.dv, nv.dv, tol.k_bwd, eps, ctx);
+  expect_close("dq", dq_h, exg.dq, nv.dq, tol.k_bwd, eps, ctx);
+  expect_close("dk", dk_h, exg.dk, nv.dk, tol.k_bwd, eps, ctx);
+  expect_close("dv", dv_h, exg.dv, nv.dv, tol.k_bwd, eps, ctx);
   expect_masked_rows_zero(ex.lse, out_h, dq_h, s.D, ctx);
 }
 

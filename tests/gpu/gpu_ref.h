@@ -1,14 +1,10 @@
-// Host-side oracles for the GPU tests.
+// The naive same-precision attention that calibrates the GPU tests' tolerance.
 //
-// run_reference() computes attention and its gradients with the SAME functors the kernels get, in
-// one of two precisions:
-//   Precision::exact  float64 throughout (the oracle);
-//   Precision::naive  the textbook algorithm as a framework runs it in f16/bf16: every matmul,
-//                     score_mod and softmax result rounded to the low dtype (fp32 accumulation
-//                     inside). Its error against `exact` calibrates the tolerance
-//                     (FlashAttention's rule: fast-path error <= k x naive error + atol).
-// The gradient of score_mod is taken by central finite differences in float64, independently of
-// the library's dual numbers.
+// naive_attention() is the textbook algorithm as a framework runs it in f16/bf16 (FlashAttention's
+// test reference with upcast=False): every matmul, the score_mod and the softmax produce values
+// rounded to the low dtype (fp32-or-better accumulation inside). Its error against the float64
+// oracle (reference/reference.h) sets the bound: GPU error <= k x naive error + atol.
+// The score_mod derivative is a central difference in double, as in the oracle.
 //
 // Work is split over (batch, kv head) groups on host threads: each task owns the dK/dV rows of its
 // kv head, so GQA's reduction over query heads needs no locking.
@@ -16,42 +12,21 @@
 
 #include <flexattn/flexattn.h>
 
+#include "reference/helpers.h"
+#include "reference/reference.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <thread>
 #include <vector>
 
 namespace flexattn::gpu_test {
 
-enum class Precision { exact, naive };
-
-// Round-to-nearest-even of a float to bf16 / f16, returned as float (what storing does on the GPU).
-inline float round_to_bf16(float x) {
-  if (std::isnan(x)) return x;
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-  float r;
-  std::memcpy(&r, &u, 4);
-  return r;
-}
-inline float round_to_f16(float x) { return float(static_cast<_Float16>(x)); }
-inline double round_to(DType dt, double x) {
-  if (dt == DType::bf16) return round_to_bf16(float(x));
-  if (dt == DType::f16) return round_to_f16(float(x));
-  return float(x);
-}
-
-struct RefShape {
-  int64_t B = 1, Hq = 1, Hkv = 1, Lq = 1, Lkv = 1, D = 64;
-  int64_t group() const { return Hq / Hkv; }
-};
-
-struct RefResult {
-  std::vector<double> out, lse, dq, dk, dv;  // layouts of the tensors: [B,H,L,D] and [B,Hq,Lq]
+// Naive results in the layouts of the tensors: [B,H,L,D] and lse [B,Hq,Lq]. Needs Dv == D.
+struct NaiveResult {
+  std::vector<double> out, lse, dq, dk, dv;
 };
 
 // Runs fn(i) for i in [0, n) on up to hardware_concurrency threads.
@@ -71,15 +46,14 @@ void parallel_tasks(int64_t n, F&& fn) {
 // q/k/v/dout: host copies (already rounded to the dtype the GPU saw), contiguous [B,H,L,D].
 // dout may be empty: then only the forward is computed.
 template <class ScoreMod, class MaskMod>
-RefResult run_reference(const RefShape& s, float scale, const std::vector<float>& q,
-                        const std::vector<float>& k, const std::vector<float>& v,
-                        const std::vector<float>& dout, const ScoreMod& score_mod,
-                        const MaskMod& mask_mod, Precision prec, DType dt) {
-  const bool naive = prec == Precision::naive;
-  auto rnd = [&](double x) { return naive ? round_to(dt, x) : x; };
+NaiveResult naive_attention(const reference::Shape& s, float scale, const std::vector<float>& q,
+                            const std::vector<float>& k, const std::vector<float>& v,
+                            const std::vector<float>& dout, const ScoreMod& score_mod,
+                            const MaskMod& mask_mod, DType dt) {
+  auto rnd = [&](double x) { return double(reference::round_to(dt, float(x))); };
   const bool bwd = !dout.empty();
-  const int64_t D = s.D, Lq = s.Lq, Lkv = s.Lkv, G = s.group();
-  RefResult r;
+  const int64_t D = s.D, Lq = s.Lq, Lkv = s.Lkv, G = s.Hq / s.Hkv;
+  NaiveResult r;
   r.out.assign(size_t(s.B * s.Hq * Lq * D), 0.0);
   r.lse.assign(size_t(s.B * s.Hq * Lq), 0.0);
   if (bwd) {
@@ -94,8 +68,8 @@ RefResult run_reference(const RefShape& s, float scale, const std::vector<float>
     const float* K = &k[size_t((b * s.Hkv + hk) * Lkv * D)];
     const float* V = &v[size_t((b * s.Hkv + hk) * Lkv * D)];
     std::vector<double> dk_acc(size_t(Lkv * D), 0.0), dv_acc(size_t(Lkv * D), 0.0);
-    std::vector<double> raw(size_t(Lkv)), p(size_t(Lkv)), dp(size_t(Lkv));
-    std::vector<char> keep(size_t(Lkv));
+    std::vector<double> raw(static_cast<size_t>(Lkv)), p(raw.size()), dp(raw.size());
+    std::vector<char> keep(raw.size());
     for (int64_t h = hk * G; h < (hk + 1) * G; ++h) {
       for (int64_t i = 0; i < Lq; ++i) {
         const size_t row = size_t((b * s.Hq + h) * Lq + i);

@@ -105,7 +105,7 @@ inline double kept_fraction(const std::string& name, int64_t Lq, int64_t Lkv,
 
 // n positions cut into `docs` documents of equal length (the last takes the remainder).
 inline std::vector<int32_t> equal_documents(int64_t n, int docs) {
-  std::vector<int32_t> ids(size_t(n));
+  std::vector<int32_t> ids(static_cast<size_t>(n));
   const int64_t len = (n + docs - 1) / docs;
   for (int64_t i = 0; i < n; ++i) ids[size_t(i)] = int32_t(i / len);
   return ids;

@@ -17,7 +17,8 @@
 // B=1, H=8 with no split at all), preferring the split with the least partial memory: kv chunks cost
 // a dQ partial per chunk (O(group * Lq * D)), head subsets a dK/dV partial per subset
 // (O(Lkv * (D + Dv))). Chunks are cut where they balance the kept-tile count, and items are handed
-// out largest first.
+// out largest first. dQ accumulates in f32: straight into a.dq when it is f32 and unsplit, else in
+// the partials (so f16/bf16 costs one f32 copy of dQ). Per-thread scratch is O(tile), made once.
 #pragma once
 
 #include <algorithm>
@@ -223,15 +224,19 @@ void backward(const BwdArgs& a, const ScoreMod& score_mod, const MaskMod& mask_m
   AlignedFloats dv_part(S > 1 ? size_t(d.B * d.Hkv * S * Lkv * Dv) : 0);
 
   // ---- pass 1: delta = rowsum(dO * O) --------------------------------------------------------------
+  // Through the same gemm (N, T) as dP = dO V^T, one row at a time: its per-element arithmetic does
+  // not depend on the matrix size, so where a row has a single key (O == that V row) delta equals
+  // dP bit for bit and dS = P (dP - delta) is exactly 0, as in exact arithmetic; a differently
+  // ordered dot product would leave ~ulp(|dO.V|) there, which no tolerance of a zero can absorb.
   parallel_for(d.B * d.Hq, [&](int64_t bh, int t) {
     const int64_t b = bh / d.Hq, h = bh % d.Hq;
     Scratch& ws = scratch[size_t(t)];
     float* drow = delta.get() + bh * Lq;
     for (int64_t l = 0; l < Lq; ++l) {
-      int64_t ld;
-      const float* o = f32_rows(a.out, b, h, l, 1, int(Dv), ws.dout, ld);
-      const float* g = f32_rows(a.dout, b, h, l, 1, int(Dv), ws.v, ld);
-      drow[l] = bwd_dot(o, g, Dv);
+      int64_t ldo, ldg;
+      const float* o = f32_rows(a.out, b, h, l, 1, int(Dv), ws.dout, ldo);   // (1, Dv)
+      const float* g = f32_rows(a.dout, b, h, l, 1, int(Dv), ws.v, ldg);     // (1, Dv)
+      gemm(Trans::N, Trans::T, 1, 1, int(Dv), g, ldg, o, ldo, drow + l, 1, false);
     }
   });
 

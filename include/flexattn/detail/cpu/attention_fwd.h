@@ -26,8 +26,8 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <type_traits>
-#include <vector>
 
 #include "../../block_mask.h"
 #include "../../mods.h"
@@ -38,8 +38,8 @@ namespace flexattn::detail::cpu {
 
 namespace fwd {
 
-inline constexpr int kMaxTileQ = 128;     // query rows per work item
-inline constexpr int kMaxChunkKV = 128;   // keys per product / softmax step
+inline constexpr int kMaxTileQ = 128;    // query rows per work item
+inline constexpr int kMaxChunkKV = 128;  // keys per product / softmax step
 inline constexpr float kLog2e = 1.4426950408889634f;
 inline constexpr float kLn2 = 0.6931471805599453f;
 
@@ -47,29 +47,36 @@ inline int64_t round_up16(int64_t n) { return (n + 15) & ~int64_t{15}; }
 
 // Byte pointer to element (i0, i1, i2, 0) of a rank-4 view (or (i0, i1, i2) of a rank-3 one).
 inline char* at(const TensorView& v, int64_t i0, int64_t i1, int64_t i2) {
-  return static_cast<char*>(v.data) +
-         (i0 * v.stride[0] + i1 * v.stride[1] + i2 * v.stride[2]) *
-             static_cast<int64_t>(dtype_size(v.dtype));
+  return static_cast<char*>(v.data) + (i0 * v.stride[0] + i1 * v.stride[1] + i2 * v.stride[2]) *
+                                          static_cast<int64_t>(dtype_size(v.dtype));
 }
 
 // Per-thread scratch, carved out of one allocation made once per call. All sizes in floats,
 // each region 64-byte aligned.
 struct Scratch {
-  int64_t ld_q = 0;                      // leading dim of qt and st (tile rows padded to 16)
+  int64_t ld_q = 0;  // leading dim of qt and st: tile rows padded
   int64_t qt = 0, st = 0, o = 0, rmax = 0, rsum = 0, alpha = 0, kbuf = 0, vbuf = 0, total = 0;
 
   Scratch(int tile_q, int chunk_kv, int64_t D, int64_t Dv, bool convert_kv) {
+    // An odd multiple of 16 floats: a row stride of 512 bytes (128 floats) would map the rows of
+    // a column panel onto a few L1 sets and evict each other.
     ld_q = round_up16(tile_q);
+    if (ld_q % 32 == 0) ld_q += 16;
     int64_t off = 0;
-    auto take = [&](int64_t n) { const int64_t start = off; off += round_up16(n); return start; };
-    qt = take(D * ld_q);               // (D, M)   scaled Q, transposed
-    st = take(chunk_kv * ld_q);        // (N, M)   scores, then probabilities
-    o = take(int64_t{tile_q} * Dv);    // (M, Dv)  unnormalised output
+    auto take = [&](int64_t n) {
+      const int64_t start = off;
+      off += round_up16(n);
+      return start;
+    };
+    qt = take(D * ld_q);         // (D, M)   scaled Q, transposed
+    st = take(chunk_kv * ld_q);  // (N, M)   scores, then probabilities
+    // (M, Dv) unnormalised output; also holds one row of Q (D floats) while Qt is built.
+    o = take(std::max<int64_t>(int64_t{tile_q} * Dv, D));
     rmax = take(tile_q);
     rsum = take(tile_q);
     alpha = take(tile_q);
-    kbuf = convert_kv ? take(chunk_kv * D) : 0;    // (N, D)  K chunk in f32
-    vbuf = convert_kv ? take(chunk_kv * Dv) : 0;   // (N, Dv) V chunk in f32
+    kbuf = convert_kv ? take(chunk_kv * D) : 0;   // (N, D)  K chunk in f32
+    vbuf = convert_kv ? take(chunk_kv * Dv) : 0;  // (N, Dv) V chunk in f32
     total = off;
   }
 };
@@ -88,16 +95,17 @@ struct ForwardJob {
   static constexpr bool kNoopScore = std::is_same_v<ScoreMod, NoopScore>;
 
   // Scores of one chunk (keys [c0, c0 + nc), queries [q0, q0 + m)) through the user's functors,
-  // into the log2 domain. Full tiles of NoopScore never come here.
-  void apply_mods(float* st, int64_t ld, int b, int h, int q0, int m, int c0, int nc,
-                  bool partial) const {
+  // into the log2 domain. Full tiles of NoopScore never come here. Partial is a template argument
+  // so the full-tile loop carries no mask test at all.
+  template <bool Partial>
+  void apply_mods(float* st, int64_t ld, int b, int h, int q0, int m, int c0, int nc) const {
     constexpr float kNegInf = -std::numeric_limits<float>::infinity();
     for (int n = 0; n < nc; ++n) {
       const int kv = c0 + n;
       float* row = st + n * ld;  // (M,) scores of key kv against every query
       for (int i = 0; i < m; ++i) {
         const int q = q0 + i;
-        if (partial && !static_cast<bool>(mask_mod(b, h, q, kv))) {
+        if (Partial && !static_cast<bool>(mask_mod(b, h, q, kv))) {
           row[i] = kNegInf;
         } else if constexpr (!kNoopScore) {
           row[i] = static_cast<float>(score_mod(row[i], b, h, q, kv)) * kLog2e;
@@ -132,7 +140,7 @@ struct ForwardJob {
 
     // Q tile, scaled and transposed. NoopScore folds log2(e) in as well.
     const float qscale = kNoopScore ? d.scale * kLog2e : d.scale;
-    float* qrow = o;  // o is free until the first chunk: borrow one row of it
+    float* qrow = o;  // o is free until the first chunk: borrow D floats of it
     for (int i = 0; i < m; ++i) {
       load_row(at(a.q, b, h, q0 + i), a.q.dtype, qrow, D);
       for (int64_t k = 0; k < D; ++k) qt[k * ld + i] = qrow[k] * qscale;
@@ -180,15 +188,15 @@ struct ForwardJob {
         }
         // (N, M) = (N, D) . (D, M)
         gemm(Trans::N, Trans::N, nc, m, static_cast<int>(D), kp, ldk, qt, ld, st, ld, false);
-        if (partial || !kNoopScore) {
-          apply_mods(st, ld, b, h, static_cast<int>(q0), m, static_cast<int>(c0), nc, partial);
+        if (partial) {
+          apply_mods<true>(st, ld, b, h, static_cast<int>(q0), m, static_cast<int>(c0), nc);
+        } else if constexpr (!kNoopScore) {
+          apply_mods<false>(st, ld, b, h, static_cast<int>(q0), m, static_cast<int>(c0), nc);
         }
         online_softmax_t(st, ld, nc, m, rmax, rsum, alpha);
-        for (int i = 0; i < m; ++i) {
-          if (alpha[i] != 1.0f) scale(o + i * Dv, Dv, alpha[i]);
-        }
-        // (M, Dv) += (N, M)^T . (N, Dv)
-        gemm(Trans::T, Trans::N, m, static_cast<int>(Dv), nc, st, ld, vp, ldv, o, Dv, true);
+        // (M, Dv) = alpha * (M, Dv) + (N, M)^T . (N, Dv)
+        gemm_rescale(Trans::T, Trans::N, m, static_cast<int>(Dv), nc, st, ld, vp, ldv, o, Dv,
+                     alpha);
       }
     }
 
@@ -222,13 +230,16 @@ void forward(const FwdArgs& a, const ScoreMod& score_mod, const MaskMod& mask_mo
   const fwd::Scratch layout(tile_q, chunk_kv, d.D, d.Dv, a.k.dtype != DType::f32);
 
   const int threads = num_threads();
-  // One allocation per call, sliced per thread; +16 floats to align the base to 64 bytes.
-  std::vector<float> storage(static_cast<size_t>(threads * layout.total + 16));
-  float* aligned = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) &
-                                            ~uintptr_t{63});
+  // One allocation per call, sliced per thread, left uninitialised (every region is written before
+  // it is read), so a thread that gets no item never touches its pages. +16 floats to align the
+  // base to 64 bytes.
+  const std::unique_ptr<float[]> storage(
+      new float[static_cast<size_t>(threads * layout.total + 16)]);
+  float* aligned =
+      reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(storage.get()) + 63) & ~uintptr_t{63});
 
-  const fwd::ForwardJob<ScoreMod, MaskMod> job{a,         score_mod, mask_mod,      mask, layout,
-                                               aligned,   tile_q,    sub_tiles,     d.B * d.Hq};
+  const fwd::ForwardJob<ScoreMod, MaskMod> job{a,       score_mod, mask_mod,  mask,      layout,
+                                               aligned, tile_q,    sub_tiles, d.B * d.Hq};
   parallel_for(d.B * d.Hq * mask.nqb * sub_tiles,
                [&job](int64_t item, int tid) { job.run(item, tid); });
 }

@@ -24,9 +24,6 @@ void bwd_probs(float* s, int64_t lds, int M, int N, const float* lse, float scal
 void bwd_dscores(float* p, int64_t ldp, const float* dp, int64_t lddp, const float* g, int64_t ldg,
                  int M, int N, const float* delta, float scale);
 
-// sum_i a[i] * b[i], accumulated in a fixed order.
-float bwd_dot(const float* a, const float* b, int64_t n);
-
 // y[i] += x[i]
 void bwd_add(float* y, const float* x, int64_t n);
 

@@ -32,6 +32,10 @@ enum class Trans : unsigned char { N, T };
 // accumulate=false overwrites C (C need not be initialised).
 void gemm(Trans ta, Trans tb, int M, int N, int K, const float* A, int64_t lda, const float* B,
           int64_t ldb, float* C, int64_t ldc, bool accumulate);
+// C = diag(row_scale) * C + op(A) * op(B): the online softmax's rescale of the running output,
+// fused into the product's load of C.
+void gemm_rescale(Trans ta, Trans tb, int M, int N, int K, const float* A, int64_t lda,
+                  const float* B, int64_t ldb, float* C, int64_t ldc, const float* row_scale);
 
 // ---- conversions --------------------------------------------------------------------------------
 // n contiguous elements of `dtype` <-> float32.

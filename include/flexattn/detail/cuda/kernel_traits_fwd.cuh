@@ -16,7 +16,8 @@
 //
 // Pipeline ("two stages", FlashAttention-2's schedule): the load of V[j] flies while S = Q K[j]^T
 // is computed, the load of K[j+1] while softmax and O += P V[j] are. One K and one V buffer keep
-// D = 128 at 70 KB, so two CTAs fit on an SM of an A100 (164 KB) as well as an H100 (227 KB).
+// D = 128 at 52 KB, so two CTAs fit on an SM of an A100 (164 KB) as well as an H100 (227 KB);
+// registers, not shared memory, cap the CTAs per SM.
 #pragma once
 
 #include <cstdint>
@@ -49,30 +50,33 @@ struct FwdTraits {
   static_assert((kRowsPerWarp * kChunksPerRow) % 32 == 0, "output rows split evenly over a warp");
 };
 
-// Per head dim. Registers per thread ~ O + S + ~60 (fragments, addresses, statistics).
-//  D    BLOCK_M x BLOCK_N  warps  O+S floats  smem    why
-//  32   128 x 128          4      32 + 128    30 KB   tiny O: a wide kv tile halves loop overhead
-//  64   128 x 128          4      64 + 128    55 KB   as FlashAttention-2 picks for d64
-//  96   128 x 64           4      96 + 64     53 KB   S of 128 columns would pass 255 registers
-//  128  128 x 64           4      128 + 64    70 KB   2 CTAs / SM on A100 and H100 (regs and smem)
-//  192  128 x 64           8      96 + 32     102 KB  32 rows per warp would need 192 + 64 floats
-//  256  128 x 64           8      128 + 32    135 KB  1 CTA / SM; 8 warps hide latency instead
+// Per head dim. Registers: `nvcc -Xptxas -v`, sm_90, for noop / causal / document / ALiBi /
+// softcap; every config below has 0 spill bytes. Shapes were picked on an H100 (dev/fwd):
+// at D = 128, 128 x 32 beat 128 x 64 (which spilled ~160 B) by 5-7% on every variant, and both
+// 64 x 64 with 3 CTAs / SM and 8 warps x 16 rows were slower (double K/V fragment traffic).
+//  D    BLOCK_M x BLOCK_N  warps  O+S floats  regs      smem    CTAs/SM
+//  32   128 x 64           4      32 + 64     178-217   30 KB   2
+//  64   128 x 64           4      64 + 64     237-252   36 KB   2  (128 kv columns spilled)
+//  96   128 x 32           4      96 + 32     223-238   40 KB   2  (64 columns spilled 8-36 B)
+//  128  128 x 32           4      128 + 32    254-255   52 KB   2
+//  192  128 x 64           8      96 + 32     241-253   102 KB  1  (32 rows / warp: 192 + 64)
+//  256  128 x 32           8      128 + 16    240-242   101 KB  1  (64 columns spilled 164 B)
 // BLOCK_M = 128 for all, so the default BlockMask blocks (128 x 128) tile exactly; a mask's
 // block_q must be a multiple of BLOCK_M and its block_kv of BLOCK_N (launch_fwd.cuh checks).
 template <int D>
 struct FwdConfig;
 template <>
-struct FwdConfig<32> : FwdTraits<32, 128, 128, 4, 2> {};
+struct FwdConfig<32> : FwdTraits<32, 128, 64, 4, 2> {};
 template <>
-struct FwdConfig<64> : FwdTraits<64, 128, 128, 4, 2> {};
+struct FwdConfig<64> : FwdTraits<64, 128, 64, 4, 2> {};
 template <>
-struct FwdConfig<96> : FwdTraits<96, 128, 64, 4, 2> {};
+struct FwdConfig<96> : FwdTraits<96, 128, 32, 4, 2> {};
 template <>
-struct FwdConfig<128> : FwdTraits<128, 128, 64, 4, 2> {};
+struct FwdConfig<128> : FwdTraits<128, 128, 32, 4, 2> {};
 template <>
 struct FwdConfig<192> : FwdTraits<192, 128, 64, 8, 1> {};
 template <>
-struct FwdConfig<256> : FwdTraits<256, 128, 64, 8, 1> {};
+struct FwdConfig<256> : FwdTraits<256, 128, 32, 8, 1> {};
 
 // Everything the kernel reads, resolved on the host. Strides are in elements; lengths fit int
 // (the functors take int indices). The block-mask lists are int32 device arrays (BlockMaskData).

@@ -24,24 +24,29 @@ inline constexpr bool is_noop_score = false;
 template <>
 inline constexpr bool is_noop_score<NoopScore> = true;
 
-// Per-tile work of the fast path: no functor, no bounds - only the scale into log2 units.
+// Multiplies every score by `f` (used only when the softmax cannot fold the scale, scale < 0).
 template <int MT, int NT>
-FLEXATTN_DEV void scale_scores(float (&s)[MT][NT][4], float scale_log2) {
+FLEXATTN_DEV void scale_scores(float (&s)[MT][NT][4], float f) {
 #pragma unroll
   for (int mi = 0; mi < MT; ++mi)
 #pragma unroll
     for (int ni = 0; ni < NT; ++ni)
 #pragma unroll
-      for (int r = 0; r < 4; ++r) s[mi][ni][r] *= scale_log2;
+      for (int r = 0; r < 4; ++r) s[mi][ni][r] *= f;
 }
 
-// Elementwise path: score_mod on every element (unless it is the no-op), mask_mod where `partial`,
-// bounds where the tile crosses Lq or Lkv. `row0` is the warp's first q row, `n0` the tile's first
-// kv row.
-template <bool kNoopScore, int MT, int NT, class ScoreMod, class MaskMod>
+// The per-element path. Output units (what the softmax multiplies by its `mult` to get log2 units):
+//   kNoopScore: s is left as it is (raw q.k, or already scaled), only dropped scores become -inf;
+//   otherwise:  s = score_mod(scale * s, b, h, q_idx, kv_idx) in natural units (mult = log2 e).
+// kPartial evaluates mask_mod where `partial` (a run-time flag, for the one shared copy of the
+// ragged-tile path); kBounds drops lanes past Lq / Lkv (clamping their indices first). Each tile
+// kind compiles to its own straight-line code: a full tile inside the sequence pays for score_mod
+// alone.
+template <bool kNoopScore, bool kPartial, bool kBounds, int MT, int NT, class ScoreMod,
+          class MaskMod>
 FLEXATTN_DEV void score_and_mask(float (&s)[MT][NT][4], const ScoreMod& score_mod,
-                                 const MaskMod& mask_mod, bool partial, int b, int h, int row0,
-                                 int n0, int Lq, int Lkv, float scale, float scale_log2) {
+                                 const MaskMod& mask_mod, int b, int h, int row0, int n0, int Lq,
+                                 int Lkv, float scale, bool partial) {
   const int lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
 #pragma unroll
@@ -49,24 +54,22 @@ FLEXATTN_DEV void score_and_mask(float (&s)[MT][NT][4], const ScoreMod& score_mo
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int q = row0 + mi * 16 + g + 8 * half;
-      const bool q_in = q < Lq;
+      const bool q_in = !kBounds || q < Lq;
       const int qc = q_in ? q : Lq - 1;
 #pragma unroll
       for (int ni = 0; ni < NT; ++ni) {
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
           const int kv = n0 + ni * 8 + 2 * t + c;
-          const bool kv_in = kv < Lkv;
+          const bool kv_in = !kBounds || kv < Lkv;
           const int kc = kv_in ? kv : Lkv - 1;
           float& x = s[mi][ni][2 * half + c];
           bool keep = q_in && kv_in;
-          if (partial) keep = keep && static_cast<bool>(mask_mod(b, h, qc, kc));
-          float y;
-          if constexpr (kNoopScore) {
-            y = x * scale_log2;
-          } else {
-            y = static_cast<float>(score_mod(x * scale, b, h, qc, kc)) * kLog2e;
+          if constexpr (kPartial) {
+            keep = keep && (!partial || static_cast<bool>(mask_mod(b, h, qc, kc)));
           }
+          float y = x;
+          if constexpr (!kNoopScore) y = static_cast<float>(score_mod(x * scale, b, h, qc, kc));
           x = keep ? y : thread::neg_inf();
         }
       }

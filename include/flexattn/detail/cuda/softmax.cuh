@@ -30,21 +30,22 @@ struct OnlineSoftmax {
     }
   }
 
-  // s: this tile's scores in log2 units (-inf where dropped) -> p = exp2(s - new max), in place.
-  // o: the output accumulators, rescaled by exp2(old max - new max).
+  // s: this tile's scores, -inf where dropped; in log2 units they are s * mult (mult > 0: the
+  // max is taken on s, and the scale rides in the FFMA feeding exp2 - no separate multiply).
+  // On return s holds p = exp2(s * mult - new max) and o is rescaled by exp2(old max - new max).
   template <int NT, int NTO>
-  FLEXATTN_DEV void update(float (&s)[MT][NT][4], float (&o)[MT][NTO][4]) {
+  FLEXATTN_DEV void update(float (&s)[MT][NT][4], float (&o)[MT][NTO][4], float mult) {
 #pragma unroll
     for (int mi = 0; mi < MT; ++mi) {
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int rr = 2 * mi + half;
-        float mx = row_max[rr];
+        float mx = s[mi][0][2 * half];
 #pragma unroll
         for (int ni = 0; ni < NT; ++ni) {
           mx = fmaxf(mx, fmaxf(s[mi][ni][2 * half], s[mi][ni][2 * half + 1]));
         }
-        mx = warp::quad_max(mx);
+        mx = fmaxf(warp::quad_max(mx) * mult, row_max[rr]);  // -inf * mult stays -inf
         const float base = mx == thread::neg_inf() ? 0.0f : mx;  // see HAZARD above
         const float alpha = thread::exp2_approx(row_max[rr] - base);
         row_max[rr] = mx;
@@ -53,7 +54,7 @@ struct OnlineSoftmax {
         for (int ni = 0; ni < NT; ++ni) {
 #pragma unroll
           for (int c = 0; c < 2; ++c) {
-            const float p = thread::exp2_approx(s[mi][ni][2 * half + c] - base);
+            const float p = thread::exp2_approx(fmaf(s[mi][ni][2 * half + c], mult, -base));
             s[mi][ni][2 * half + c] = p;
             sum += p;
           }

@@ -56,10 +56,11 @@ struct KvTileIter {
   }
 
   // Tile at list entry i (partial entries first), sub-tile 0.
-  FLEXATTN_DEV Tile entry(int i) const {
+  FLEXATTN_DEV Tile entry(int i) {
     if (i >= n_total) return {-1, false};
     const bool is_part = i < n_part;
     const int blk = is_part ? __ldg(part + i) : __ldg(full + (i - n_part));
+    sub_left_ = block_kv / kBlockN - 1;
     return {blk * block_kv, is_part};
   }
   FLEXATTN_DEV Tile first() {
@@ -69,12 +70,16 @@ struct KvTileIter {
   // The tile after `cur` (which must be valid).
   FLEXATTN_DEV Tile next(const Tile& cur) {
     const int n0 = cur.n0 + kBlockN;
-    if (n0 % block_kv != 0 && n0 < Lkv) return {n0, cur.partial};  // same block, next sub-tile
+    if (sub_left_ > 0 && n0 < Lkv) {  // same block, next sub-tile
+      --sub_left_;
+      return {n0, cur.partial};
+    }
     return entry(++entry_);
   }
 
  private:
   int entry_ = 0;
+  int sub_left_ = 0;  // sub-tiles of the current block after the current one
 };
 
 }  // namespace flexattn::detail::cuda

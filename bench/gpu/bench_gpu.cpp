@@ -1,0 +1,333 @@
+// flexattn's side of the GPU peer benchmark (bench/gpu_peers.py times the peers, bench/merge_gpu.py
+// puts both in one table). Host-compiled: the stock variants run the library's prebuilt kernels,
+// the very code a user's .cu instantiates for the same functors.
+//
+//   flexattn_bench_gpu [--quick] [--csv PATH] [--dims 64,128] [--lens 16384,8192,2048]
+//                      [--tokens 16384] [--heads 16] [--variants noop,causal,...] [--no-bwd]
+//                      [--no-mask-build] [--budget-s 240]
+//
+// Per (variant, D, L) with B = tokens / L, H = heads, bf16: forward, backward (the default,
+// deterministic) and backward with deterministic = false, each the median of CUDA-event timings
+// after warm-up, on random non-zero inputs; inputs rotate over several sets when one set would fit
+// in L2. TFLOP/s count 4*B*H*L^2*D*density forward and 2.5x that backward (design.md section 4),
+// density = kept fraction of the score matrix. Also the GPU create_block_mask time at L=16384.
+#include <cuda_runtime.h>
+#include <flexattn/flexattn.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "stock_variants.h"
+
+namespace fa = flexattn;
+namespace gt = flexattn::gpu_tools;
+
+namespace {
+
+void cuda_check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
+}
+
+struct Args {
+  std::vector<int> dims = {128, 64};
+  std::vector<int64_t> lens = {16384, 8192, 2048};
+  int64_t tokens = 16384;
+  int64_t heads = 16;
+  std::vector<std::string> variants = gt::bench_variants();
+  bool bwd = true, mask_build = true;
+  double budget_s = 240.0;
+  std::string csv;
+};
+
+template <class T>
+std::vector<T> split_list(const std::string& s) {
+  std::vector<T> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if constexpr (std::is_same_v<T, std::string>) {
+      out.push_back(item);
+    } else {
+      out.push_back(T(std::stoll(item)));
+    }
+  }
+  return out;
+}
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string s = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::invalid_argument("missing value after " + s);
+      return argv[++i];
+    };
+    if (s == "--quick") {
+      a.dims = {128};
+      a.lens = {16384};
+    } else if (s == "--csv") {
+      a.csv = next();
+    } else if (s == "--dims") {
+      a.dims = split_list<int>(next());
+    } else if (s == "--lens") {
+      a.lens = split_list<int64_t>(next());
+    } else if (s == "--tokens") {
+      a.tokens = std::stoll(next());
+    } else if (s == "--heads") {
+      a.heads = std::stoll(next());
+    } else if (s == "--variants") {
+      a.variants = split_list<std::string>(next());
+    } else if (s == "--no-bwd") {
+      a.bwd = false;
+    } else if (s == "--no-mask-build") {
+      a.mask_build = false;
+    } else if (s == "--budget-s") {
+      a.budget_s = std::stod(next());
+    } else {
+      throw std::invalid_argument("unknown argument " + s);
+    }
+  }
+  return a;
+}
+
+// Median over reps of the mean time of `inner` back-to-back calls between two CUDA events; `inner`
+// makes each sample >= 2 ms so launch overhead hides behind queued work (as in gpu_peers.py).
+// fn(i) runs call i (i picks the rotating input set).
+double median_ms(const std::function<void(int)>& fn, int warmup = 3, double target_ms = 300.0,
+                 int min_reps = 5, int max_reps = 30) {
+  cudaEvent_t a, b;
+  cuda_check(cudaEventCreate(&a), "cudaEventCreate");
+  cuda_check(cudaEventCreate(&b), "cudaEventCreate");
+  int call = 0;
+  for (int i = 0; i < warmup; ++i) fn(call++);
+  cuda_check(cudaDeviceSynchronize(), "warm-up");
+  auto sample = [&](int inner) {
+    cuda_check(cudaEventRecord(a, nullptr), "cudaEventRecord");
+    for (int i = 0; i < inner; ++i) fn(call++);
+    cuda_check(cudaEventRecord(b, nullptr), "cudaEventRecord");
+    cuda_check(cudaEventSynchronize(b), "cudaEventSynchronize");
+    float ms = 0.0f;
+    cuda_check(cudaEventElapsedTime(&ms, a, b), "cudaEventElapsedTime");
+    return double(ms) / inner;
+  };
+  const double est = std::max(sample(1), 1e-3);
+  const int inner = std::max(1, int(std::ceil(2.0 / est)));
+  const int reps = std::clamp(int(target_ms / (est * inner)), min_reps, max_reps);
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) t.push_back(sample(inner));
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::nth_element(t.begin(), t.begin() + t.size() / 2, t.end());
+  return t[t.size() / 2];
+}
+
+// Random values ~ uniform with unit variance, never all zero; xorshift keeps 100M values cheap.
+std::vector<float> random_host(size_t n, uint64_t seed) {
+  std::vector<float> x(n);
+  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (auto& e : x) {
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    e = (float(s >> 40) / float(1 << 24) - 0.5f) * 3.4641016f;
+  }
+  return x;
+}
+
+struct Row {
+  std::string variant;
+  int D = 0;
+  int64_t L = 0, B = 0, H = 0;
+  std::string dir;
+  double ms = 0.0, tflops = 0.0, density = 0.0;
+};
+
+class CsvOut {
+ public:
+  explicit CsvOut(const std::string& path) : f_(path.empty() ? nullptr : std::fopen(path.c_str(), "w")) {
+    if (!path.empty() && !f_) throw std::runtime_error("cannot write " + path);
+    if (f_) std::fprintf(f_, "impl,variant,D,L,B,H,dir,ms,tflops,density\n");
+  }
+  ~CsvOut() {
+    if (f_) std::fclose(f_);
+  }
+  void comment(const std::string& s) {
+    if (f_) std::fprintf(f_, "# %s\n", s.c_str());
+  }
+  void add(const Row& r) {
+    std::printf("ours  %-15s D=%-3d L=%-6lld B=%-3lld %-10s %9.3f ms %8.1f TFLOP/s\n",
+                r.variant.c_str(), r.D, (long long)r.L, (long long)r.B, r.dir.c_str(), r.ms,
+                r.tflops);
+    std::fflush(stdout);
+    if (f_) {
+      std::fprintf(f_, "ours,%s,%d,%lld,%lld,%lld,%s,%.6f,%.3f,%.6f\n", r.variant.c_str(), r.D,
+                   (long long)r.L, (long long)r.B, (long long)r.H, r.dir.c_str(), r.ms, r.tflops,
+                   r.density);
+      std::fflush(f_);
+    }
+  }
+
+ private:
+  std::FILE* f_;
+};
+
+// One (D, L) shape: input sets on the GPU plus output buffers, shared by every variant.
+struct ShapeBufs {
+  int64_t B, H, L, D;
+  std::vector<fa::Tensor> q, k, v, dout, out, lse;
+  fa::Tensor dq, dk, dv;
+};
+
+ShapeBufs make_shape(int64_t B, int64_t H, int64_t L, int64_t D, size_t l2_bytes) {
+  ShapeBufs s{B, H, L, D, {}, {}, {}, {}, {}, {}, {}, {}, {}};
+  const std::vector<int64_t> shape = {B, H, L, D};
+  const size_t n = size_t(B * H * L * D);
+  const size_t set_bytes = 3 * n * 2;  // q, k, v in bf16
+  // Rotate over enough sets that one call's inputs are out of L2 when the next set is read.
+  const int sets = set_bytes >= l2_bytes ? 1 : int(std::min<size_t>(4, 3 * l2_bytes / set_bytes + 1));
+  for (int i = 0; i < sets; ++i) {
+    for (auto* vec : {&s.q, &s.k, &s.v, &s.dout}) {
+      const auto x = random_host(n, uint64_t(vec->size() + 1) * 1000 + uint64_t(i) * 7 + uint64_t(D));
+      vec->push_back(fa::Tensor::from_host(x.data(), shape, fa::DType::bf16, fa::Device::cuda));
+    }
+    s.out.push_back(fa::Tensor::empty(shape, fa::DType::bf16, fa::Device::cuda));
+    s.lse.push_back(fa::Tensor::empty({B, H, L}, fa::DType::f32, fa::Device::cuda));
+  }
+  s.dq = fa::Tensor::empty(shape, fa::DType::bf16, fa::Device::cuda);
+  s.dk = fa::Tensor::empty(shape, fa::DType::bf16, fa::Device::cuda);
+  s.dv = fa::Tensor::empty(shape, fa::DType::bf16, fa::Device::cuda);
+  return s;
+}
+
+void bench_variant(const std::string& variant, ShapeBufs& s, bool bwd, CsvOut& csv) {
+  const std::vector<int32_t> doc_host = gt::equal_documents(s.L, 16);
+  fa::Buffer doc_dev =
+      fa::Buffer::from_host(doc_host.data(), doc_host.size() * sizeof(int32_t), fa::Device::cuda);
+  gt::VariantParams p;
+  p.num_heads = int(s.H);
+  p.doc_ids = static_cast<const int32_t*>(doc_dev.data());
+  const double density = gt::kept_fraction(variant, s.L, s.L, p, doc_host.data());
+  const double fwd_flops = 4.0 * double(s.B * s.H) * double(s.L) * double(s.L) * double(s.D) * density;
+  const int sets = int(s.q.size());
+
+  gt::visit_variant(variant, p, [&](auto score, auto mask) {
+    fa::BlockMaskOptions bo;
+    bo.device = fa::Device::cuda;
+    const auto bm = fa::create_block_mask(mask, 1, 1, s.L, s.L, bo);
+    auto row = [&](const char* dir, double ms, double flops) {
+      csv.add(Row{variant, int(s.D), s.L, s.B, s.H, dir, ms, flops / (ms * 1e-3) / 1e12, density});
+    };
+    const double fwd_ms = median_ms([&](int i) {
+      const int j = i % sets;
+      fa::flex_attention_into(s.q[j].view(), s.k[j].view(), s.v[j].view(), s.out[j].view(),
+                              s.lse[j].view(), score, bm);
+    });
+    row("fwd", fwd_ms, fwd_flops);
+    if (!bwd) return;
+    // out/lse of every set now hold that set's forward results (the warm-up ran each set).
+    for (bool det : {true, false}) {
+      fa::AttentionOptions opts;
+      opts.deterministic = det;
+      const double ms = median_ms([&](int i) {
+        const int j = i % sets;
+        fa::flex_attention_backward_into(s.q[j].view(), s.k[j].view(), s.v[j].view(),
+                                         s.out[j].view(), s.lse[j].view(), s.dout[j].view(),
+                                         s.dq.view(), s.dk.view(), s.dv.view(), score, bm, opts);
+      });
+      row(det ? "bwd" : "bwd_nd", ms, 2.5 * fwd_flops);
+    }
+  });
+}
+
+// GPU create_block_mask at L = 16384, 128x128 tiles, B = H = 1: host wall time of the whole call
+// (allocation included) until the GPU is done, median of 20.
+void bench_mask_build(CsvOut& csv) {
+  const int64_t L = 16384;
+  const std::vector<int32_t> doc_host = gt::equal_documents(L, 16);
+  fa::Buffer doc_dev =
+      fa::Buffer::from_host(doc_host.data(), doc_host.size() * sizeof(int32_t), fa::Device::cuda);
+  fa::BlockMaskOptions bo;
+  bo.device = fa::Device::cuda;
+  auto time_build = [&](const char* name, auto mask) {
+    std::vector<double> t;
+    for (int i = 0; i < 23; ++i) {
+      cuda_check(cudaDeviceSynchronize(), "sync");
+      const auto t0 = std::chrono::steady_clock::now();
+      const auto bm = fa::create_block_mask(mask, 1, 1, L, L, bo);
+      cuda_check(cudaDeviceSynchronize(), "sync");
+      const auto t1 = std::chrono::steady_clock::now();
+      if (i >= 3) t.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+    }
+    std::nth_element(t.begin(), t.begin() + t.size() / 2, t.end());
+    const double ms = t[t.size() / 2];
+    std::printf("ours  block mask %-10s L=%lld on the GPU: %.1f us (median of %zu)\n", name,
+                (long long)L, ms * 1e3, t.size());
+    csv.add(Row{name, 0, L, 1, 1, "block_mask", ms, 0.0, 0.0});
+  };
+  time_build("causal", fa::causal());
+  time_build("document", fa::document(static_cast<const int32_t*>(doc_dev.data())));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const Args args = parse(argc, argv);
+    if (!fa::cuda_available()) {
+      std::fprintf(stderr, "bench_gpu: no CUDA device visible\n");
+      return 3;
+    }
+    cudaDeviceProp prop{};
+    cuda_check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
+    std::printf("bench_gpu on %s (%d SMs, L2 %d MB)\n", prop.name, prop.multiProcessorCount,
+                prop.l2CacheSize >> 20);
+    CsvOut csv(args.csv);
+    csv.comment(std::string("device ") + prop.name);
+    const auto start = std::chrono::steady_clock::now();
+    auto elapsed = [&] {
+      return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    };
+    int failures = 0;
+    if (args.mask_build) {
+      try {
+        bench_mask_build(csv);
+      } catch (const std::exception& e) {
+        std::printf("ours  block mask build FAILED: %s\n", e.what());
+        ++failures;
+      }
+    }
+    for (int D : args.dims) {
+      for (int64_t L : args.lens) {
+        const int64_t B = std::max<int64_t>(1, args.tokens / L);
+        if (elapsed() > args.budget_s) {
+          std::printf("ours  D=%d L=%lld skipped: time budget %.0f s spent\n", D, (long long)L,
+                      args.budget_s);
+          continue;
+        }
+        ShapeBufs s = make_shape(B, args.heads, L, D, size_t(prop.l2CacheSize));
+        for (const auto& variant : args.variants) {
+          try {
+            bench_variant(variant, s, args.bwd, csv);
+          } catch (const std::exception& e) {
+            std::printf("ours  %-15s D=%-3d L=%-6lld FAILED: %s\n", variant.c_str(), D,
+                        (long long)L, e.what());
+            ++failures;
+          }
+        }
+      }
+    }
+    std::printf("bench_gpu: done in %.1f s, %d failures\n", elapsed(), failures);
+    return failures ? 1 : 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_gpu: %s\n", e.what());
+    return 2;
+  }
+}

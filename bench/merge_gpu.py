@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Merges flexattn's GPU benchmark (bench/gpu/bench_gpu.cpp) with its peers (bench/gpu_peers.py)
+into one table: TFLOP/s of ours, Flex, FA2 and cuDNN with the ratios ours/Flex, ours/FA2,
+ours/cuDNN, checked against issue 3's targets (H100, bf16, D=128, L=16384):
+  forward   no mask, causal:      ours >= 1.0 x FA2
+  forward   the other variants:   ours >= 0.9 x Flex
+  backward  every variant:        ours >= 0.8 x Flex
+  GPU block mask, L=16384:        < 100 us (causal and document)
+
+  merge_gpu.py OURS_CSV PEERS_CSV [--out-dir DIR]
+prints the table (markdown) and writes DIR/<date>-<card name>.md (card name from nvidia-smi).
+"""
+import argparse
+import csv
+import datetime
+import os
+import re
+import subprocess
+import sys
+
+ORDER = ["noop", "causal", "sliding_window", "document", "alibi_causal", "softcap"]
+TARGET_D, TARGET_L = 128, 16384
+
+
+def load(path):
+    rows, comments = [], []
+    if not path or not os.path.exists(path):
+        return rows, comments
+    with open(path) as f:
+        lines = []
+        for line in f:
+            if line.startswith("#"):
+                comments.append(line[1:].strip())
+            elif line.strip():
+                lines.append(line)
+    rows = list(csv.DictReader(lines))
+    return rows, comments
+
+
+def card_name(comments):
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20).stdout.strip()
+        if out:
+            return out.splitlines()[0].strip()
+    except Exception:
+        pass
+    for c in comments:
+        if c.startswith("device "):
+            return c[len("device "):]
+    return "unknown-gpu"
+
+
+def target(variant, direction, r):
+    """(ratio name, threshold, value) of the issue's target for this row, or None."""
+    if direction == "fwd" and variant in ("noop", "causal"):
+        return ("ours/FA2", 1.0, r.get("fa2"))
+    if direction == "fwd":
+        return ("ours/Flex", 0.9, r.get("flex"))
+    if direction == "bwd":
+        return ("ours/Flex", 0.8, r.get("flex"))
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("ours")
+    ap.add_argument("peers")
+    ap.add_argument("--out-dir", default=".")
+    args = ap.parse_args()
+    ours, c1 = load(args.ours)
+    peers, c2 = load(args.peers)
+    comments = c1 + c2
+    tf = {}  # (impl, variant, D, L, dir) -> TFLOP/s (ms for block_mask)
+    batch = {}
+    for r in ours + peers:
+        key = (r["impl"], r["variant"], int(r["D"]), int(r["L"]), r["dir"])
+        tf[key] = float(r["ms"]) if r["dir"] == "block_mask" else float(r["tflops"])
+        batch[(int(r["D"]), int(r["L"]))] = (int(r["B"]), int(r["H"]))
+    shapes = sorted({(d, l) for (_, _, d, l, dr) in tf if dr != "block_mask"},
+                    key=lambda x: (-x[0], -x[1]))
+
+    def f(x, fmt="{:.1f}"):
+        return "—" if x is None else fmt.format(x)
+
+    def ratio(a, b):
+        return None if a is None or not b else a / b
+
+    out = []
+    card = card_name(comments)
+    out.append(f"# flexattn GPU benchmark — {card}")
+    out.append("")
+    out.append(f"{datetime.date.today().isoformat()}; " + "; ".join(
+        c for c in dict.fromkeys(comments) if not c.startswith("device ")))
+    out.append("bf16, TFLOP/s counted on the kept fraction of the score matrix "
+               "(fwd 4·B·H·L²·D·density, bwd 2.5×). `ours nd`: backward with deterministic=false.")
+    met = total = 0
+    misses = []
+    for (D, L) in shapes:
+        B, H = batch[(D, L)]
+        out.append("")
+        out.append(f"## D={D} L={L} B={B} H={H}")
+        out.append("")
+        out.append("| variant | dir | ours | ours nd | Flex | FA2 | cuDNN | ours/Flex | ours/FA2 "
+                   "| ours/cuDNN | target |")
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        variants = [v for v in ORDER if any(k[1] == v and k[2] == D and k[3] == L for k in tf)]
+        for v in variants:
+            for d in ("fwd", "bwd"):
+                r = {impl: tf.get((impl, v, D, L, d)) for impl in ("ours", "flex", "fa2", "cudnn")}
+                if all(x is None for x in r.values()):
+                    continue
+                nd = tf.get(("ours", v, D, L, "bwd_nd")) if d == "bwd" else None
+                t = target(v, d, r) if (D, L) == (TARGET_D, TARGET_L) else None
+                tcell = ""
+                if t is not None:
+                    total += 1
+                    val = ratio(r["ours"], t[2])
+                    ok = val is not None and val >= t[1]
+                    met += ok
+                    tcell = f"{t[0]} ≥ {t[1]}: {'met' if ok else 'MISSED'}"
+                    if not ok:
+                        misses.append(f"{v} {d}: {t[0]} = {f(val, '{:.2f}')} (need {t[1]})")
+                out.append(f"| {v} | {d} | {f(r['ours'])} | {f(nd)} | {f(r['flex'])} | "
+                           f"{f(r['fa2'])} | {f(r['cudnn'])} | "
+                           f"{f(ratio(r['ours'], r['flex']), '{:.2f}')} | "
+                           f"{f(ratio(r['ours'], r['fa2']), '{:.2f}')} | "
+                           f"{f(ratio(r['ours'], r['cudnn']), '{:.2f}')} | {tcell} |")
+    out.append("")
+    out.append("## Block mask build, L=16384, 128×128 tiles (µs)")
+    out.append("")
+    out.append("| mask | ours (GPU) | Flex create_block_mask (eager) | target |")
+    out.append("|---|---:|---:|---|")
+    for v in ("causal", "document"):
+        o = tf.get(("ours", v, 0, 16384, "block_mask"))
+        p = tf.get(("flex", v, 0, 16384, "block_mask"))
+        tcell = ""
+        if o is not None:
+            total += 1
+            ok = o * 1e3 < 100.0
+            met += ok
+            tcell = f"< 100 µs: {'met' if ok else 'MISSED'}"
+            if not ok:
+                misses.append(f"block mask {v}: {o * 1e3:.0f} us")
+        out.append(f"| {v} | {f(o * 1e3 if o is not None else None)} | "
+                   f"{f(p * 1e3 if p is not None else None)} | {tcell} |")
+    out.append("")
+    out.append(f"Targets (issue 3, D={TARGET_D} L={TARGET_L}): {met}/{total} met"
+               + (f"; missed: {'; '.join(misses)}" if misses else ""))
+    text = "\n".join(out) + "\n"
+    print(text)
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", card).strip("-")
+    os.makedirs(args.out_dir, exist_ok=True)
+    path = os.path.join(args.out_dir, f"{datetime.date.today().isoformat()}-{slug}.md")
+    with open(path, "w") as fh:
+        fh.write(text)
+    print(f"merge_gpu: wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+// Warp-level pieces the backward kernel needs beyond utils.cuh: shared-memory operand loaders
+// for all four orientations of an mma.sync m16n8k16 operand, a warp GEMM over them, and the
+// global-memory ordering primitives of the deterministic dQ reduction.
+//
+// The backward multiplies the same tiles in both orientations (P and P^T, dS and dS^T, K as
+// K^T and as K), so every tile lives once in shared memory, row-major with a padded pitch, and
+// the transposes come from ldmatrix.trans. Loaders hold one 32-bit shared address per lane;
+// every per-fragment offset is a compile-time constant (the pitch is a template argument), so
+// the unrolled GEMM issues ldmatrix with immediate offsets and no address arithmetic.
+#pragma once
+
+#include <cstdint>
+
+#include "utils.cuh"
+
+namespace flexattn::detail::cuda {
+
+namespace bwd {
+
+FLEXATTN_DEV int lane_id() { return static_cast<int>(threadIdx.x % 32); }
+
+// A operand, source row-major: A(m, k) = X[m * kLd + k]. The warp's rows start at m0.
+// ldmatrix matrices: (rows 0-7, k 0-7) (rows 8-15, k 0-7) (rows 0-7, k 8-15) (rows 8-15, k 8-15).
+template <int kLd>
+struct FragA {
+  uint32_t base;
+  FLEXATTN_DEV FragA(const void* x, int m0) {
+    const int l = lane_id();
+    base = smem_u32(x) + static_cast<uint32_t>(((m0 + l % 16) * kLd + (l / 16) * 8) * 2);
+  }
+  FLEXATTN_DEV void load(uint32_t (&a)[4], int mi, int ks) const {
+    warp::ldmatrix_x4(a, base + static_cast<uint32_t>((mi * 16 * kLd + ks * 16) * 2));
+  }
+};
+
+// A operand, source transposed: A(m, k) = W[k * kLd + m] (P^T and dS^T from row-major P, dS).
+// Same four matrices; with .trans each 8x8 block of W arrives transposed.
+template <int kLd>
+struct FragAt {
+  uint32_t base;
+  FLEXATTN_DEV FragAt(const void* w, int m0) {
+    const int l = lane_id(), j = l / 8;
+    base = smem_u32(w) + static_cast<uint32_t>(((l % 8 + (j / 2) * 8) * kLd + m0 + (j % 2) * 8) * 2);
+  }
+  FLEXATTN_DEV void load(uint32_t (&a)[4], int mi, int ks) const {
+    warp::ldmatrix_x4_trans(a, base + static_cast<uint32_t>((ks * 16 * kLd + mi * 16) * 2));
+  }
+};
+
+// B operand from an (n, k) row-major source: B(k, n) = Y[n * kLd + k] (K and V in S = Q K^T,
+// dP = dO V^T). One x4 load gives two n8 tiles: regs {0,1} = tile 2nj, {2,3} = tile 2nj+1.
+template <int kLd>
+struct FragB {
+  uint32_t base;
+  FLEXATTN_DEV FragB(const void* y, int n0) {
+    const int l = lane_id(), j = l / 8;
+    base = smem_u32(y) + static_cast<uint32_t>(((n0 + l % 8 + (j / 2) * 8) * kLd + (j % 2) * 8) * 2);
+  }
+  FLEXATTN_DEV void load(uint32_t (&b)[4], int nj, int ks) const {
+    warp::ldmatrix_x4(b, base + static_cast<uint32_t>((nj * 16 * kLd + ks * 16) * 2));
+  }
+};
+
+// B operand from a (k, n) row-major source: B(k, n) = Z[k * kLd + n] (dO in P^T dO, Q in
+// dS^T Q, K in dS K). Same register order as FragB.
+template <int kLd>
+struct FragBt {
+  uint32_t base;
+  FLEXATTN_DEV FragBt(const void* z, int n0) {
+    const int l = lane_id(), j = l / 8;
+    base = smem_u32(z) + static_cast<uint32_t>(((l % 8 + (j % 2) * 8) * kLd + n0 + (j / 2) * 8) * 2);
+  }
+  FLEXATTN_DEV void load(uint32_t (&b)[4], int nj, int ks) const {
+    warp::ldmatrix_x4_trans(b, base + static_cast<uint32_t>((ks * 16 * kLd + nj * 16) * 2));
+  }
+};
+
+// acc (MI m16 x NI n8 tiles) += A (MI*16, KS*16) * B (KS*16, NI*8), operands from shared memory.
+// The fragments of k-slice ks+1 are loaded before the MMAs of slice ks are issued, so ldmatrix
+// latency hides behind tensor-core work even with only two warps per scheduler.
+template <class T, int MI, int NI, int KS, class FA, class FB>
+FLEXATTN_DEV void warp_gemm(float (&acc)[MI][NI][4], const FA& fa, const FB& fb) {
+  static_assert(NI % 2 == 0, "B fragments come in pairs of n8 tiles");
+  uint32_t a[2][MI][4];
+  uint32_t b[2][NI / 2][4];
+  auto load = [&](int buf, int ks) {
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi) fa.load(a[buf][mi], mi, ks);
+#pragma unroll
+    for (int nj = 0; nj < NI / 2; ++nj) fb.load(b[buf][nj], nj, ks);
+  };
+  load(0, 0);
+#pragma unroll
+  for (int ks = 0; ks < KS; ++ks) {
+    if (ks + 1 < KS) load((ks + 1) % 2, ks + 1);
+    const int cb = ks % 2;
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi) {
+#pragma unroll
+      for (int ni = 0; ni < NI; ++ni) {
+        const uint32_t bb[2] = {b[cb][ni / 2][2 * (ni % 2)], b[cb][ni / 2][2 * (ni % 2) + 1]};
+        warp::mma_16816<T>(acc[mi][ni], a[cb][mi], bb);
+      }
+    }
+  }
+}
+
+template <int MI, int NI>
+FLEXATTN_DEV void zero(float (&acc)[MI][NI][4]) {
+#pragma unroll
+  for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.0f;
+}
+
+// Adds (x, y) to two adjacent f32 in global memory. sm90 has a vector atomic that halves the
+// number of L2 atomic transactions; older GPUs issue two scalar reductions.
+FLEXATTN_DEV void atomic_add2(float* p, float x, float y) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float2*>(p), make_float2(x, y));
+#else
+  atomicAdd(p, x);
+  atomicAdd(p + 1, y);
+#endif
+}
+
+// Relaxed load of a counter written by other CTAs: issued early, it does not hold up the thread's
+// later memory operations the way an acquire load does.
+FLEXATTN_DEV int load_relaxed(const int* p) {
+  int v;
+  asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// Publishes "this CTA's dQ adds into a q tile are done" (deterministic dQ ordering). Call from ONE
+// thread right after a __syncthreads() that follows every thread's adds: the barrier orders the
+// other threads' adds before this thread's fence, and the fence (cumulative, as in a grid-wide
+// barrier) orders them all before the counter bump. Null: nothing pending.
+FLEXATTN_DEV void signal_after_barrier(int* counter) {
+  if (counter == nullptr) return;
+  __threadfence();
+  atomicAdd(counter, 1);
+}
+
+// Acquire load of a counter written by other CTAs (deterministic dQ ordering).
+FLEXATTN_DEV int load_acquire(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+}  // namespace bwd
+
+}  // namespace flexattn::detail::cuda

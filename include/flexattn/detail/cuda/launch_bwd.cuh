@@ -1,0 +1,265 @@
+// Backward dispatch and launch: the ONE place where runtime values (dtype, head dim, mask block
+// sizes, determinism) become template arguments and launch geometry of the backward kernels, and
+// where unsupported values throw.
+//
+//   backward_unsupported_reason()  what the backward cannot take (shared by backward_supported()
+//                                  and the launch, so the two cannot drift apart)
+//   launch_bwd_sm80<D, T>()        one head dim, one dtype: workspaces and the four launches
+//   launch_backward_for<mask>()    a chosen set of head dims (the library's prebuilt variants,
+//                                  src/cuda/prebuilt_bwd*.cu, FLEXATTN_CUDA_HEAD_DIMS)
+//   launch_backward()              every head dim (a user's .cu file: compile-time fusion)
+//
+// Launch sequence on args.stream, all asynchronous:
+//   1. bwd_preprocess_kernel  delta = rowsum(dO * O), lse2 = lse * log2(e), dq_accum = 0
+//   2. deterministic only:    dQ-order counters = 0; bwd_dq_rank_kernel (sparse walks)
+//   3. bwd_kernel_sm80        dK, dV written; dS K added into dq_accum
+//   4. bwd_postprocess_kernel dq = scale * dq_accum in q's dtype
+// One workspace block from cudaMallocAsync on the stream, released with cudaFreeAsync after the
+// last launch (stream-ordered: no synchronisation, and reused by the pool on the next call).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "../../tensor.h"
+#include "../args.h"
+#include "bwd_postprocess.cuh"
+#include "bwd_preprocess.cuh"
+#include "check.cuh"
+#include "kernel_traits_bwd.cuh"
+#include "mainloop_bwd_sm80.cuh"
+
+namespace flexattn::detail::cuda {
+
+// Empty when the backward kernels take these arguments, else the Error message.
+inline std::string backward_unsupported_reason(DType dtype, int64_t D, int64_t Dv) {
+  const std::string pre = "flex_attention_backward on Device::cuda ";
+  if (dtype != DType::f16 && dtype != DType::bf16) {
+    return pre + "takes f16 or bf16 tensors; got " + to_string(dtype);
+  }
+  if (D != 32 && D != 64 && D != 96 && D != 128 && D != 192 && D != 256) {
+    return pre + "does not support head dim " + std::to_string(D) +
+           "; supported head dims: 32, 64, 96, 128, 192, 256";
+  }
+  if (Dv != D) {
+    return pre + "needs v's head dim equal to q's (got D = " + std::to_string(D) +
+           ", Dv = " + std::to_string(Dv) + ")";
+  }
+  return {};
+}
+
+inline bool backward_supported(DType dtype, int64_t D, int64_t Dv) {
+  return backward_unsupported_reason(dtype, D, Dv).empty();
+}
+
+namespace bwd_launch_detail {
+
+// cp.async and the 16-byte loads / stores of the pre/postprocess move 16-byte chunks of rows.
+inline void check_vector_layout(const TensorView& t, const char* name) {
+  bool ok = reinterpret_cast<uintptr_t>(t.data) % 16 == 0;
+  for (int d = 0; d < 3; ++d) ok = ok && (t.stride[d] % 8 == 0 || t.shape[d] == 1);
+  if (!ok) {
+    throw Error(std::string("flex_attention_backward on Device::cuda needs ") + name +
+                " 16-byte aligned with its batch, head and row strides multiples of 8 elements");
+  }
+}
+
+// MaskData is BlockMaskData, a template parameter only so that this header needs no complete type
+// (block_mask.h includes dispatch.h, which includes this file).
+template <class MaskData>
+BwdParams make_params(const BwdArgs& a, const MaskData& m) {
+  const char* names[] = {"q", "k", "v", "out", "dout", "dq", "dk", "dv"};
+  const TensorView* views[] = {&a.q, &a.k, &a.v, &a.out, &a.dout, &a.dq, &a.dk, &a.dv};
+  for (int i = 0; i < 8; ++i) check_vector_layout(*views[i], names[i]);
+  if (a.dims.Lq >= (int64_t{1} << 30) || a.dims.Lkv >= (int64_t{1} << 30)) {
+    throw Error("flex_attention_backward on Device::cuda takes sequence lengths below 2^30");
+  }
+  BwdParams p{};
+  p.q = a.q.data, p.k = a.k.data, p.v = a.v.data, p.out = a.out.data, p.dout = a.dout.data;
+  p.lse = static_cast<const float*>(a.lse.data);
+  p.dq = a.dq.data, p.dk = a.dk.data, p.dv = a.dv.data;
+  p.q_sb = a.q.stride[0], p.q_sh = a.q.stride[1], p.q_sr = a.q.stride[2];
+  p.k_sb = a.k.stride[0], p.k_sh = a.k.stride[1], p.k_sr = a.k.stride[2];
+  p.v_sb = a.v.stride[0], p.v_sh = a.v.stride[1], p.v_sr = a.v.stride[2];
+  p.o_sb = a.out.stride[0], p.o_sh = a.out.stride[1], p.o_sr = a.out.stride[2];
+  p.do_sb = a.dout.stride[0], p.do_sh = a.dout.stride[1], p.do_sr = a.dout.stride[2];
+  p.l_sb = a.lse.stride[0], p.l_sh = a.lse.stride[1], p.l_sr = a.lse.stride[2];
+  p.dq_sb = a.dq.stride[0], p.dq_sh = a.dq.stride[1], p.dq_sr = a.dq.stride[2];
+  p.dk_sb = a.dk.stride[0], p.dk_sh = a.dk.stride[1], p.dk_sr = a.dk.stride[2];
+  p.dv_sb = a.dv.stride[0], p.dv_sh = a.dv.stride[1], p.dv_sr = a.dv.stride[2];
+  p.B = static_cast<int>(a.dims.B);
+  p.Hq = static_cast<int>(a.dims.Hq);
+  p.Hkv = static_cast<int>(a.dims.Hkv);
+  p.group = static_cast<int>(a.dims.group());
+  p.Lq = static_cast<int>(a.dims.Lq);
+  p.Lkv = static_cast<int>(a.dims.Lkv);
+  p.D = static_cast<int>(a.dims.D);
+  p.scale = a.dims.scale;
+  p.scale_log2 = a.dims.scale * kLog2e;
+  p.kv_num = static_cast<const int32_t*>(m.kv_num.data());
+  p.kv_idx = static_cast<const int32_t*>(m.kv_idx.data());
+  p.full_kv_num = static_cast<const int32_t*>(m.full_kv_num.data());
+  p.full_kv_idx = static_cast<const int32_t*>(m.full_kv_idx.data());
+  p.q_num = static_cast<const int32_t*>(m.q_num.data());
+  p.q_idx = static_cast<const int32_t*>(m.q_idx.data());
+  p.full_q_num = static_cast<const int32_t*>(m.full_q_num.data());
+  p.full_q_idx = static_cast<const int32_t*>(m.full_q_idx.data());
+  p.mask_b = static_cast<int>(m.B);
+  p.mask_h = static_cast<int>(m.H);
+  p.nqb = static_cast<int>(m.nqb);
+  p.nkvb = static_cast<int>(m.nkvb);
+  p.block_q = m.block_q;
+  p.block_kv = m.block_kv;
+  p.deterministic = a.deterministic;
+  return p;
+}
+
+inline size_t round_up(size_t x) { return (x + 255) / 256 * 256; }
+
+}  // namespace bwd_launch_detail
+
+// One tile config (BwdTraits), one dtype.
+template <class Cfg, class T, class ScoreMod, class MaskMod>
+void launch_bwd_cfg(BwdParams p, const ScoreMod& score_mod, const MaskMod& mask_mod,
+                    void* stream_ptr) {
+  constexpr int D = Cfg::kHeadDim;
+  using bwd_launch_detail::round_up;
+  const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+
+  // The block mask is walked tile by tile when its blocks are whole multiples of the kernel's
+  // tiles; otherwise every q tile is visited with mask_mod per element (slower, still exact).
+  p.sparse = p.block_q % Cfg::kBlockM == 0 && p.block_kv % Cfg::kBlockN == 0;
+  p.Lq_pad = p.sparse ? p.nqb * p.block_q
+                      : (p.Lq + Cfg::kBlockM - 1) / Cfg::kBlockM * Cfg::kBlockM;
+  p.num_n_tiles = (p.Lkv + Cfg::kBlockN - 1) / Cfg::kBlockN;
+
+  int dev = 0, major = 0, smem_optin = 0;
+  FLEXATTN_CUDA_CHECK(cudaGetDevice(&dev));
+  FLEXATTN_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  FLEXATTN_CUDA_CHECK(
+      cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  if (major < 8) {
+    throw Error("flex_attention_backward on Device::cuda needs an sm80 or newer GPU; this one has "
+                "compute capability " + std::to_string(major) + ".x");
+  }
+  if (smem_optin < Cfg::kSmemBytes) {
+    throw Error("flex_attention_backward on Device::cuda with head dim " + std::to_string(D) +
+                " needs " + std::to_string(Cfg::kSmemBytes / 1024) +
+                " KB of shared memory per block; this GPU allows " +
+                std::to_string(smem_optin / 1024) + " KB");
+  }
+
+  const size_t rows = static_cast<size_t>(p.B) * p.Hq * p.Lq_pad;
+  const size_t m_tiles = rows / Cfg::kBlockM;
+  const bool ranks = p.deterministic && p.sparse;
+  const size_t rank_elems = ranks ? static_cast<size_t>(p.mask_b) * p.mask_h * p.nqb * p.nkvb : 0;
+  const size_t off_lse2 = round_up(rows * D * sizeof(float));
+  const size_t off_delta = off_lse2 + round_up(rows * sizeof(float));
+  const size_t off_sem = off_delta + round_up(rows * sizeof(float));
+  const size_t off_rank = off_sem + (p.deterministic ? round_up(m_tiles * sizeof(int)) : 0);
+  const size_t bytes = off_rank + round_up(rank_elems * sizeof(int));
+
+  char* ws = nullptr;
+  FLEXATTN_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&ws), bytes, stream));
+  p.dq_accum = reinterpret_cast<float*>(ws);
+  p.lse2 = reinterpret_cast<float*>(ws + off_lse2);
+  p.delta = reinterpret_cast<float*>(ws + off_delta);
+  p.dq_sem = p.deterministic ? reinterpret_cast<int*>(ws + off_sem) : nullptr;
+  p.dq_rank = ranks ? reinterpret_cast<int*>(ws + off_rank) : nullptr;
+
+  try {
+    const unsigned Hq = static_cast<unsigned>(p.Hq), B = static_cast<unsigned>(p.B);
+    bwd_preprocess_kernel<T>
+        <<<dim3((p.Lq_pad + kPreRowsPerCta - 1) / kPreRowsPerCta, Hq, B), kPreThreads, 0,
+           stream>>>(p);
+    FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward preprocess kernel");
+    if (p.deterministic) {
+      FLEXATTN_CUDA_CHECK(cudaMemsetAsync(p.dq_sem, 0, m_tiles * sizeof(int), stream));
+    }
+    if (ranks) {
+      bwd_dq_rank_kernel<Cfg::kBlockN>
+          <<<dim3(p.nqb, p.mask_h, p.mask_b), kRankThreads, 0, stream>>>(p);
+      FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward dQ rank kernel");
+    }
+
+    auto* kernel = &bwd_kernel_sm80<Cfg, T, ScoreMod, MaskMod>;
+    FLEXATTN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             Cfg::kSmemBytes));
+    kernel<<<dim3(p.num_n_tiles, p.Hkv, B), Cfg::kNThreads, Cfg::kSmemBytes, stream>>>(
+        p, score_mod, mask_mod);
+    FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward main kernel (sm80)");
+
+    bwd_postprocess_kernel<T>
+        <<<dim3((p.Lq + kPostRowsPerCta - 1) / kPostRowsPerCta, Hq, B), kPostThreads, 0,
+           stream>>>(p);
+    FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward postprocess kernel");
+  } catch (...) {
+    cudaFreeAsync(ws, stream);
+    throw;
+  }
+  FLEXATTN_CUDA_CHECK(cudaFreeAsync(ws, stream));
+}
+
+// One head dim, one dtype: the config of kernel_traits_bwd.cuh.
+template <int D, class T, class ScoreMod, class MaskMod>
+void launch_bwd_sm80(const BwdParams& p, const ScoreMod& score_mod, const MaskMod& mask_mod,
+                     void* stream) {
+  launch_bwd_cfg<BwdConfig<D>, T>(p, score_mod, mask_mod, stream);
+}
+
+// A set of head dims as a bit mask over kBwdHeadDims (bit i: kBwdHeadDims[i]), the same encoding
+// as the forward's, so the library's prebuilt lists read alike.
+inline constexpr int kBwdHeadDims[] = {32, 64, 96, 128, 192, 256};
+inline constexpr unsigned kAllBwdHeadDims = 0x3f;
+constexpr unsigned bwd_head_dim_bit(int D) {
+  for (int i = 0; i < 6; ++i) {
+    if (kBwdHeadDims[i] == D) return 1u << i;
+  }
+  return 0u;
+}
+
+template <unsigned kDims, class ScoreMod, class MaskMod>
+void launch_backward_for(const BwdArgs& args, const ScoreMod& score_mod,
+                         const MaskMod& mask_mod) {
+  if (args.mask == nullptr) throw Error("flex_attention_backward: internal error, no block mask");
+  const std::string why = backward_unsupported_reason(args.q.dtype, args.dims.D, args.dims.Dv);
+  if (!why.empty()) throw Error(why);
+  const BwdParams p = bwd_launch_detail::make_params(args, *args.mask);
+  if (args.dims.B == 0 || args.dims.Hq == 0 || args.dims.Lq == 0 || args.dims.Lkv == 0) return;
+  const bool bf16 = args.q.dtype == DType::bf16;
+  bool launched = false;
+  auto try_dim = [&]<int D>() {
+    if constexpr ((kDims & bwd_head_dim_bit(D)) != 0) {
+      if (args.dims.D != D) return;
+      if (bf16) {
+        launch_bwd_sm80<D, __nv_bfloat16>(p, score_mod, mask_mod, args.stream);
+      } else {
+        launch_bwd_sm80<D, __half>(p, score_mod, mask_mod, args.stream);
+      }
+      launched = true;
+    }
+  };
+  try_dim.template operator()<32>();
+  try_dim.template operator()<64>();
+  try_dim.template operator()<96>();
+  try_dim.template operator()<128>();
+  try_dim.template operator()<192>();
+  try_dim.template operator()<256>();
+  if (!launched) {
+    throw Error("flex_attention_backward on Device::cuda: head dim " +
+                std::to_string(args.dims.D) +
+                " is not among the head dims this library was built with for the stock variants "
+                "(CMake option FLEXATTN_CUDA_HEAD_DIMS); rebuild with it, or call "
+                "flex_attention_backward from a .cu file compiled by nvcc, which instantiates "
+                "every head dim");
+  }
+}
+
+template <class ScoreMod, class MaskMod>
+void launch_backward(const BwdArgs& args, const ScoreMod& score_mod, const MaskMod& mask_mod) {
+  launch_backward_for<kAllBwdHeadDims>(args, score_mod, mask_mod);
+}
+
+}  // namespace flexattn::detail::cuda

@@ -1,0 +1,217 @@
+// Forward dispatch and launch: the ONE place where runtime values (dtype, head dim, mask block
+// sizes) become template arguments of the forward kernel, and where unsupported values throw.
+//
+//   select_forward_kernel()   validates and picks the tile config; shared by forward_supported()
+//                             and launch, so the two cannot drift apart
+//   launch_fwd_sm80<D, T>()   one head dim, one dtype: fills FwdParams and launches
+//   launch_forward()          every head dim (a user's .cu file: compile-time fusion)
+//   launch_forward_for<mask>  a chosen set of head dims (the library's prebuilt variants; see
+//                             src/cuda/prebuilt_fwd*.cu and FLEXATTN_CUDA_HEAD_DIMS). A different
+//                             function from launch_forward, so a user's .cu instantiating every
+//                             head dim never collides (ODR) with the library's narrower copy.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "../../tensor.h"
+#include "../args.h"
+#include "check.cuh"
+#include "kernel_traits_fwd.cuh"
+#include "mainloop_fwd_sm80.cuh"
+
+namespace flexattn::detail::cuda {
+
+inline constexpr int kFwdHeadDims[] = {32, 64, 96, 128, 192, 256};
+// A set of head dims as a bit mask over kFwdHeadDims (bit i: kFwdHeadDims[i]).
+inline constexpr unsigned kAllFwdHeadDims = 0x3f;
+constexpr unsigned fwd_head_dim_bit(int D) {
+  for (int i = 0; i < 6; ++i) {
+    if (kFwdHeadDims[i] == D) return 1u << i;
+  }
+  return 0;
+}
+
+struct FwdKernelChoice {
+  int head_dim = 0;
+  int block_m = 0, block_n = 0;
+};
+
+inline FwdKernelChoice fwd_choice_for(int64_t D) {
+  switch (D) {
+    case 32: return {32, FwdConfig<32>::kBlockM, FwdConfig<32>::kBlockN};
+    case 64: return {64, FwdConfig<64>::kBlockM, FwdConfig<64>::kBlockN};
+    case 96: return {96, FwdConfig<96>::kBlockM, FwdConfig<96>::kBlockN};
+    case 128: return {128, FwdConfig<128>::kBlockM, FwdConfig<128>::kBlockN};
+    case 192: return {192, FwdConfig<192>::kBlockM, FwdConfig<192>::kBlockN};
+    case 256: return {256, FwdConfig<256>::kBlockM, FwdConfig<256>::kBlockN};
+    default: return {};
+  }
+}
+
+// Empty string when the forward kernel takes these arguments, else why not (the Error message).
+inline std::string forward_unsupported_reason(DType dtype, int64_t D, int64_t Dv, int block_q,
+                                              int block_kv) {
+  const std::string pre = "flex_attention on Device::cuda ";
+  if (dtype == DType::f32) return pre + "takes f16 or bf16; got f32";
+  const FwdKernelChoice c = fwd_choice_for(D);
+  if (c.head_dim == 0) {
+    return pre + "does not support head dim " + std::to_string(D) +
+           "; supported head dims: 32, 64, 96, 128, 192, 256";
+  }
+  if (Dv != D) {
+    return pre + "needs v's head dim equal to q's (got D = " + std::to_string(D) +
+           ", Dv = " + std::to_string(Dv) + "); D != Dv is not supported on the GPU";
+  }
+  if (block_q % c.block_m != 0 || block_kv % c.block_n != 0) {
+    return pre + "with head dim " + std::to_string(D) + " tiles the scores by " +
+           std::to_string(c.block_m) + " x " + std::to_string(c.block_n) +
+           ": the BlockMask's block_q (" + std::to_string(block_q) + ") must be a multiple of " +
+           std::to_string(c.block_m) + " and its block_kv (" + std::to_string(block_kv) +
+           ") a multiple of " + std::to_string(c.block_n) +
+           " (the default BlockMaskOptions, 128 x 128, always fit)";
+  }
+  return {};
+}
+
+// The selection function: validates the arguments this kernel depends on and returns its tiles.
+template <class MaskData>
+FwdKernelChoice select_forward_kernel(const FwdArgs& a, const MaskData& mask) {
+  const std::string why = forward_unsupported_reason(a.q.dtype, a.dims.D, a.dims.Dv, mask.block_q,
+                                                     mask.block_kv);
+  if (!why.empty()) throw Error(why);
+  return fwd_choice_for(a.dims.D);
+}
+
+inline bool forward_supported(DType dtype, int64_t D, int64_t Dv, int block_q = 128,
+                              int block_kv = 128) {
+  return forward_unsupported_reason(dtype, D, Dv, block_q, block_kv).empty();
+}
+
+namespace fwd_launch_detail {
+
+// cp.async moves 16-byte chunks of a row: every base pointer 16-byte aligned and every stride of
+// the four views a multiple of 8 elements (the last stride is 1, checked by make_forward_args).
+inline void check_vector_layout(const TensorView& t, const char* name) {
+  bool ok = reinterpret_cast<uintptr_t>(t.data) % 16 == 0;
+  for (int d = 0; d < 3; ++d) ok = ok && (t.stride[d] % 8 == 0 || t.shape[d] == 1);
+  if (!ok) {
+    throw Error(std::string("flex_attention on Device::cuda needs ") + name +
+                " 16-byte aligned with its batch, head and row strides multiples of 8 elements");
+  }
+}
+
+inline void check_device_arch() {
+  int dev = 0, major = 0;
+  FLEXATTN_CUDA_CHECK(cudaGetDevice(&dev));
+  FLEXATTN_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  if (major < 8) {
+    throw Error("flex_attention on Device::cuda needs an sm80 or newer GPU (Ampere, Ada, Hopper); "
+                "this one has compute capability " + std::to_string(major) + ".x");
+  }
+}
+
+template <class MaskData>
+FwdParams make_params(const FwdArgs& a, const MaskData& m) {
+  if (m.device != Device::cuda) {
+    throw Error("flex_attention on Device::cuda needs the BlockMask on Device::cuda too "
+                "(BlockMaskOptions.device = Device::cuda)");
+  }
+  check_vector_layout(a.q, "q");
+  check_vector_layout(a.k, "k");
+  check_vector_layout(a.v, "v");
+  check_vector_layout(a.out, "out");
+  if (a.dims.Lq >= (int64_t{1} << 31) || a.dims.Lkv >= (int64_t{1} << 31)) {
+    throw Error("flex_attention on Device::cuda takes sequence lengths below 2^31");
+  }
+  FwdParams p{};
+  p.q = a.q.data;
+  p.k = a.k.data;
+  p.v = a.v.data;
+  p.out = a.out.data;
+  p.lse = static_cast<float*>(a.lse.data);
+  p.q_sb = a.q.stride[0], p.q_sh = a.q.stride[1], p.q_sr = a.q.stride[2];
+  p.k_sb = a.k.stride[0], p.k_sh = a.k.stride[1], p.k_sr = a.k.stride[2];
+  p.v_sb = a.v.stride[0], p.v_sh = a.v.stride[1], p.v_sr = a.v.stride[2];
+  p.o_sb = a.out.stride[0], p.o_sh = a.out.stride[1], p.o_sr = a.out.stride[2];
+  p.l_sb = a.lse.stride[0], p.l_sh = a.lse.stride[1], p.l_sr = a.lse.stride[2];
+  p.Lq = static_cast<int>(a.dims.Lq);
+  p.Lkv = static_cast<int>(a.dims.Lkv);
+  p.group = static_cast<int>(a.dims.group());
+  p.scale = a.dims.scale;
+  p.scale_log2 = a.dims.scale * kLog2e;
+  p.kv_num = static_cast<const int32_t*>(m.kv_num.data());
+  p.kv_idx = static_cast<const int32_t*>(m.kv_idx.data());
+  p.full_kv_num = static_cast<const int32_t*>(m.full_kv_num.data());
+  p.full_kv_idx = static_cast<const int32_t*>(m.full_kv_idx.data());
+  p.mask_b = static_cast<int>(m.B);
+  p.mask_h = static_cast<int>(m.H);
+  p.nqb = static_cast<int>(m.nqb);
+  p.nkvb = static_cast<int>(m.nkvb);
+  p.block_q = m.block_q;
+  p.block_kv = m.block_kv;
+  return p;
+}
+
+}  // namespace fwd_launch_detail
+
+// One head dim, one dtype. Explicitly instantiated per head dim by the library's prebuilt files.
+template <int D, class T, class ScoreMod, class MaskMod>
+void launch_fwd_sm80(const FwdParams& p, const ScoreMod& score_mod, const MaskMod& mask_mod,
+                     int batch, int heads, void* stream) {
+  using Traits = FwdConfig<D>;
+  auto* kernel = &fwd_kernel_sm80<Traits, T, ScoreMod, MaskMod>;
+  if constexpr (Traits::kSmemBytes > 48 * 1024) {
+    FLEXATTN_CUDA_CHECK(cudaFuncSetAttribute(
+        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes));
+  }
+  const int m_tiles = (p.Lq + Traits::kBlockM - 1) / Traits::kBlockM;
+  kernel<<<FwdTileScheduler::grid(m_tiles, heads, batch), Traits::kNThreads, Traits::kSmemBytes,
+           static_cast<cudaStream_t>(stream)>>>(p, score_mod, mask_mod);
+  FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention forward kernel (sm80)");
+}
+
+template <unsigned kHeadDimMask, class ScoreMod, class MaskMod>
+void launch_forward_for(const FwdArgs& args, const ScoreMod& score_mod, const MaskMod& mask_mod) {
+  if (args.mask == nullptr) throw Error("flex_attention: internal error, no block mask");
+  const auto& mask = *args.mask;
+  const FwdKernelChoice choice = select_forward_kernel(args, mask);
+  const FwdParams p = fwd_launch_detail::make_params(args, mask);
+  if (args.dims.B == 0 || args.dims.Hq == 0) return;
+  fwd_launch_detail::check_device_arch();
+  const int B = static_cast<int>(args.dims.B), H = static_cast<int>(args.dims.Hq);
+  const bool bf16 = args.q.dtype == DType::bf16;
+  bool launched = false;
+  auto try_dim = [&]<int D>() {
+    if constexpr ((kHeadDimMask & fwd_head_dim_bit(D)) != 0) {
+      if (choice.head_dim != D) return;
+      if (bf16) {
+        launch_fwd_sm80<D, __nv_bfloat16>(p, score_mod, mask_mod, B, H, args.stream);
+      } else {
+        launch_fwd_sm80<D, __half>(p, score_mod, mask_mod, B, H, args.stream);
+      }
+      launched = true;
+    }
+  };
+  try_dim.template operator()<32>();
+  try_dim.template operator()<64>();
+  try_dim.template operator()<96>();
+  try_dim.template operator()<128>();
+  try_dim.template operator()<192>();
+  try_dim.template operator()<256>();
+  if (!launched) {
+    throw Error("flex_attention on Device::cuda: head dim " + std::to_string(choice.head_dim) +
+                " is not among the head dims this library was built with for the stock variants "
+                "(CMake option FLEXATTN_CUDA_HEAD_DIMS); rebuild with it, or call flex_attention "
+                "from a .cu file compiled by nvcc, which instantiates every head dim");
+  }
+}
+
+template <class ScoreMod, class MaskMod>
+void launch_forward(const FwdArgs& args, const ScoreMod& score_mod, const MaskMod& mask_mod) {
+  launch_forward_for<kAllFwdHeadDims>(args, score_mod, mask_mod);
+}
+
+}  // namespace flexattn::detail::cuda

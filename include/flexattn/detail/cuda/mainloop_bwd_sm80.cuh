@@ -1,0 +1,440 @@
+// The sm80 backward main kernel (FlashAttention-2's scheme, mma.sync + ldmatrix + cp.async).
+//
+// CTA (kv tile n, kv head, batch): K, V tiles resident in shared memory; dK, dV accumulate in
+// registers over every query head of the kv head's GQA group and every q tile the block mask's
+// TRANSPOSED lists give for this kv block. Per q tile (BLOCK_M rows):
+//   S  = Q K^T                     recomputed scores
+//   s' = score_mod(scale * S) with its derivative g = ds'/ds from flexattn::Dual{s, 1}
+//        (no functor call and g = 1 for NoopScore); mask_mod only on partial tiles
+//   P  = exp2(s' log2e - lse2)     the forward's probabilities, exactly, from its lse
+//   dP = dO V^T ;  dS = P * g * (dP - delta)
+//   dV += P^T dO ;  dK += dS^T Q   (dK scaled once at the end)
+//   dQ partial = dS K              added into the f32 dq_accum workspace (scaled in postprocess)
+//
+// dQ reduction: several CTAs (one per kv tile) add into the same q tile of dq_accum.
+//   deterministic (the default, AttentionOptions::deterministic = true): the adds into one q tile
+//     happen one CTA at a time in a fixed order - descending kv tile - so every element sees the
+//     same sequence of f32 additions on every run. A per-(b, h, q tile) counter says how many
+//     CTAs have added; a CTA waits for its rank (the number of listed kv tiles above it, from
+//     bwd_dq_rank_kernel) and bumps the counter once its adds are fenced. CTAs launch in
+//     descending kv-tile order and walk their q tiles in ascending order, so a CTA only ever waits
+//     for CTAs launched before it (no deadlock), and under causal and sliding-window masks the
+//     order is the order in which the tiles are reached anyway (little waiting). The wait is
+//     bounded: a block mask whose forward and transposed lists disagree degrades to unordered
+//     adds instead of hanging.
+//   non-deterministic: plain f32 atomics, CTAs in ascending kv-tile order (longest lists first
+//     under causal masks, the better schedule). ~15% faster at L = 16k on an H100.
+// Per q tile the dQ GEMM and its adds come before the dK GEMM, so the adds drain behind it.
+//
+// HAZARDS
+//  - lanes past Lq / Lkv: Q, dO, K, V rows past the end are zero-filled (never garbage, which
+//    could be NaN and survive a multiplication by zero), P and dS are forced to 0 there, and the
+//    functors only ever see clamped, in-range indices.
+//  - empty rows (lse = -inf): lse2 = +inf (bwd_preprocess.cuh) makes P = 0, never NaN.
+#pragma once
+
+#include <cstdint>
+
+#include "../../math.h"
+#include "../../mods.h"
+#include "bwd_primitives.cuh"
+#include "kernel_traits_bwd.cuh"
+#include "mask.cuh"
+#include "utils.cuh"
+
+namespace flexattn::detail::cuda {
+
+// The q tiles one kv tile visits for one query head: the partial and full q-blocks of the
+// transposed lists MERGED in ascending order (the deterministic dQ order relies on every CTA
+// reaching its q tiles in ascending order, see the header), each cut into `sub` kernel q tiles.
+// Dense walks every q tile, as partial.
+//
+// next() hands out one item; the list loads it issues are consumed only by a later next(), so a
+// caller that runs two items ahead never waits on them.
+struct BwdQTileWalk {
+  struct Item {
+    int m_tile;    // kernel q tile
+    int qb;        // its mask q-block (the deterministic rank is per q-block)
+    bool partial;  // mask_mod evaluated per element
+  };
+  static constexpr int kEnd = 0x7fffffff;
+
+  const int32_t* part;
+  const int32_t* full;
+  int n_part, n_full;
+  int n_items;  // kernel q tiles to visit
+  int sub;      // kernel q tiles per mask q-block
+  bool dense;
+  int ip = 0, jf = 0;  // next unconsumed entry of each list
+  int vp, vf;          // their values, kEnd once a list is exhausted
+  int r, blk = 0;
+  bool blk_partial = true;
+
+  FLEXATTN_DEV BwdQTileWalk(const BwdParams& p, int b, int hq, int n_tile, int block_m,
+                            int block_n) {
+    if (!p.sparse) {
+      part = full = nullptr;
+      sub = 1;
+      dense = true;
+      n_part = n_items = p.Lq_pad / block_m;
+      n_full = 0;
+    } else {
+      const int bm = p.mask_b == 1 ? 0 : b;
+      const int hm = p.mask_h == 1 ? 0 : hq;
+      const int nb = n_tile * block_n / p.block_kv;
+      const int64_t row = (static_cast<int64_t>(bm) * p.mask_h + hm) * p.nkvb + nb;
+      dense = false;
+      sub = p.block_q / block_m;
+      n_part = __ldg(p.q_num + row);
+      n_full = __ldg(p.full_q_num + row);
+      n_items = (n_part + n_full) * sub;
+      part = p.q_idx + row * p.nqb;
+      full = p.full_q_idx + row * p.nqb;
+    }
+    vp = load_part(0);
+    vf = load_full(0);
+    r = sub - 1;  // the first next() takes a new block
+  }
+  FLEXATTN_DEV int load_part(int i) const {
+    return i < n_part ? (dense ? i : __ldg(part + i)) : kEnd;
+  }
+  FLEXATTN_DEV int load_full(int i) const { return i < n_full ? __ldg(full + i) : kEnd; }
+  // Call at most n_items times.
+  FLEXATTN_DEV Item next() {
+    if (++r == sub) {
+      r = 0;
+      blk_partial = vp < vf;  // a block is never in both lists
+      if (blk_partial) {
+        blk = vp;
+        vp = load_part(++ip);
+      } else {
+        blk = vf;
+        vf = load_full(++jf);
+      }
+    }
+    return {blk * sub + r, blk, blk_partial};
+  }
+};
+
+// cp.async of kRows rows of one (b, h) into a padded tile; rows at or past `len` are zero-filled.
+template <class Cfg, int kRows, class T>
+FLEXATTN_DEV void bwd_load_rows(T* s, const T* g, int64_t stride_r, int row0, int len) {
+  constexpr int kC = Cfg::kChunksPerRow;
+  static_assert((kRows * kC) % Cfg::kNThreads == 0, "tile splits evenly over threads");
+#pragma unroll
+  for (int i = 0; i < kRows * kC / Cfg::kNThreads; ++i) {
+    const int idx = i * Cfg::kNThreads + static_cast<int>(threadIdx.x);
+    const int r = idx / kC, c = idx % kC;
+    const bool ok = row0 + r < len;
+    // Past the end nothing is read, but the address must stay valid: row 0 exists (len >= 1).
+    const T* src = g + (ok ? (row0 + r) * stride_r : 0) + c * 8;
+    cta::cp_async_16(smem_u32(s + r * Cfg::kPitch + c * 8), src, ok);
+  }
+}
+
+// S fragments -> P (stored to shared memory as T) and P * ds'/ds (returned in place).
+// kCheck: the tile is partial (mask_mod per element) or crosses Lq / Lkv (bounds per element).
+template <bool kCheck, class Cfg, class T, class ScoreMod, class MaskMod>
+FLEXATTN_DEV void bwd_probs(float (&s)[Cfg::kSdpMI][Cfg::kSdpNI][4], T* sP,
+                            const float (&lse2)[Cfg::kSdpMI][2], const ScoreMod& score_mod,
+                            const MaskMod& mask_mod, bool partial, int b, int hq, int q0, int k0,
+                            int row_l0, int col_l0, int Lq, int Lkv, float scale,
+                            float scale_log2) {
+  const int lane = bwd::lane_id(), g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int mi = 0; mi < Cfg::kSdpMI; ++mi) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int rl = mi * 16 + g + 8 * half;
+      const int q = q0 + rl;
+      const bool q_in = q < Lq;
+      const int qc = q_in ? q : Lq - 1;
+      const float l2 = lse2[mi][half];
+#pragma unroll
+      for (int ni = 0; ni < Cfg::kSdpNI; ++ni) {
+        float pv[2];
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          float& x = s[mi][ni][2 * half + c];
+          const int kv = k0 + ni * 8 + 2 * t + c;
+          float p, pg;
+          if constexpr (is_noop_score<ScoreMod>) {
+            p = thread::exp2_approx(fmaf(x, scale_log2, -l2));
+            pg = p;
+          } else {
+            const int kc = kCheck ? (kv < Lkv ? kv : Lkv - 1) : kv;
+            const Dual r = score_mod(Dual(x * scale, 1.0f), b, hq, qc, kc);
+            p = thread::exp2_approx(fmaf(r.v, kLog2e, -l2));
+            pg = p > 0.0f ? p * r.d : 0.0f;  // a 0 probability carries no gradient, even if g is inf
+          }
+          if constexpr (kCheck) {
+            const bool kv_in = kv < Lkv;
+            const int kc = kv_in ? kv : Lkv - 1;
+            bool keep = q_in && kv_in;
+            if (partial) keep = keep && static_cast<bool>(mask_mod(b, hq, qc, kc));
+            p = keep ? p : 0.0f;
+            pg = keep ? pg : 0.0f;
+          }
+          pv[c] = p;
+          x = pg;
+        }
+        const int cl = col_l0 + ni * 8 + 2 * t;
+        *reinterpret_cast<uint32_t*>(sP + (row_l0 + rl) * Cfg::kPitchS + cl) =
+            thread::pack2<T>(pv[0], pv[1]);
+      }
+    }
+  }
+}
+
+template <class Cfg, class T, class ScoreMod, class MaskMod>
+__global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
+    bwd_kernel_sm80(const BwdParams p, const ScoreMod score_mod, const MaskMod mask_mod) {
+  constexpr int kBM = Cfg::kBlockM, kBN = Cfg::kBlockN, kD = Cfg::kHeadDim;
+  constexpr int kPitch = Cfg::kPitch, kPitchS = Cfg::kPitchS;
+  extern __shared__ __align__(16) unsigned char bwd_smem[];
+  T* smem = reinterpret_cast<T*>(bwd_smem);
+  T* sK = smem + Cfg::kOffK;  // (BLOCK_N, D)
+  T* sV = smem + Cfg::kOffV;  // (BLOCK_N, D)
+  T* sQ = smem + Cfg::kOffQ;  // kStagesQ x (BLOCK_M, D)
+  T* sDo = smem + Cfg::kOffDo;  // kStagesDo x (BLOCK_M, D)
+  T* sP = smem + Cfg::kOffP;    // (BLOCK_M, BLOCK_N)
+  T* sDs = smem + Cfg::kOffDs;  // (BLOCK_M, BLOCK_N)
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int n_tile = p.deterministic ? p.num_n_tiles - 1 - static_cast<int>(blockIdx.x)
+                                     : static_cast<int>(blockIdx.x);
+  const int hkv = blockIdx.y, b = blockIdx.z;
+  const int n0 = n_tile * kBN;
+
+  const T* k_bh = static_cast<const T*>(p.k) + b * p.k_sb + hkv * p.k_sh;
+  const T* v_bh = static_cast<const T*>(p.v) + b * p.v_sb + hkv * p.v_sh;
+  bwd_load_rows<Cfg, kBN>(sK, k_bh, p.k_sr, n0, p.Lkv);
+  bwd_load_rows<Cfg, kBN>(sV, v_bh, p.v_sr, n0, p.Lkv);
+  cta::cp_async_commit();
+
+  // Warp tile origins of the three GEMM shapes.
+  const int sdp_m0 = (warp % Cfg::kSdpWarpsM) * Cfg::kSdpRows;
+  const int sdp_n0 = (warp / Cfg::kSdpWarpsM) * Cfg::kSdpCols;
+  const int dkv_n0 = (warp % Cfg::kDkvWarpsN) * Cfg::kDkvRows;
+  const int dkv_d0 = (warp / Cfg::kDkvWarpsN) * Cfg::kDkvCols;
+  const int dq_m0 = (warp % Cfg::kDqWarpsM) * Cfg::kDqRows;
+  const int dq_d0 = (warp / Cfg::kDqWarpsM) * Cfg::kDqCols;
+
+  const bwd::FragB<kPitch> fb_k(sK, sdp_n0);     // S  = Q K^T:  B(d, kv) = K[kv][d]
+  const bwd::FragB<kPitch> fb_v(sV, sdp_n0);     // dP = dO V^T: B(d, kv) = V[kv][d]
+  const bwd::FragAt<kPitchS> fa_pt(sP, dkv_n0);  // dV += P^T dO: A(kv, q) = P[q][kv]
+  const bwd::FragAt<kPitchS> fa_dst(sDs, dkv_n0);  // dK += dS^T Q
+  const bwd::FragA<kPitchS> fa_ds(sDs, dq_m0);     // dQ = dS K: A(q, kv) = dS[q][kv]
+  const bwd::FragBt<kPitch> fb_kt(sK, dq_d0);      //            B(kv, d) = K[kv][d]
+
+  float acc_dk[Cfg::kDkvMI][Cfg::kDkvNI][4];  // (BLOCK_N, D) split over warps
+  float acc_dv[Cfg::kDkvMI][Cfg::kDkvNI][4];
+  bwd::zero(acc_dk);
+  bwd::zero(acc_dv);
+
+  const bool n_edge = n0 + kBN > p.Lkv;
+  const int nb = p.sparse ? n0 / p.block_kv : 0;
+  const int sub_n = p.sparse ? p.block_kv / kBN : 1;
+  // Kernel kv tiles after this one inside its own mask kv-block (deterministic rank).
+  const int block_end = (nb + 1) * sub_n < p.num_n_tiles ? (nb + 1) * sub_n : p.num_n_tiles;
+  const int rank_in_block = block_end - 1 - n_tile;
+  const int m_tiles_pad = p.Lq_pad / kBM;
+
+  // Deterministic mode: the counter of the q tile whose dQ adds this CTA made last. Thread 0 bumps
+  // it after the next barrier (the next tile's first one), by then the adds have long drained, so
+  // its fence is short, and only warp 0 pays it.
+  int* pending_sem = nullptr;
+
+  for (int hi = 0; hi < p.group; ++hi) {
+    const int hq = hkv * p.group + hi;
+    BwdQTileWalk walk(p, b, hq, n_tile, kBM, kBN);
+    const int n_items = walk.n_items;
+    if (n_items == 0) continue;
+    const int64_t ws_bh = static_cast<int64_t>(b) * p.Hq + hq;
+    const T* q_bh = static_cast<const T*>(p.q) + b * p.q_sb + hq * p.q_sh;
+    const T* do_bh = static_cast<const T*>(p.dout) + b * p.do_sb + hq * p.do_sh;
+    const int64_t rank_row =
+        p.sparse ? ((static_cast<int64_t>(p.mask_b == 1 ? 0 : b) * p.mask_h +
+                     (p.mask_h == 1 ? 0 : hq)) * p.nqb) * p.nkvb + nb
+                 : 0;
+
+    BwdQTileWalk::Item cur = walk.next();
+    BwdQTileWalk::Item nxt = n_items > 1 ? walk.next() : cur;
+    __syncthreads();  // the previous head's last tile may still be reading Q / dO stage 0
+    bwd_load_rows<Cfg, kBM>(sQ, q_bh, p.q_sr, cur.m_tile * kBM, p.Lq);
+    bwd_load_rows<Cfg, kBM>(sDo, do_bh, p.do_sr, cur.m_tile * kBM, p.Lq);
+    cta::cp_async_commit();
+
+    for (int it = 0; it < n_items; ++it) {
+      const int m0 = cur.m_tile * kBM;
+      const bool has_next = it + 1 < n_items;
+      const int m0_next = nxt.m_tile * kBM;
+      T* sQc = sQ + (Cfg::kStagesQ == 2 ? it % 2 : 0) * kBM * kPitch;
+      T* sDoc = sDo + (Cfg::kStagesDo == 2 ? it % 2 : 0) * kBM * kPitch;
+
+      // Loads whose latency this iteration hides: the walk two items ahead, the deterministic
+      // rank, this tile's row statistics.
+      const BwdQTileWalk::Item nxt2 = it + 2 < n_items ? walk.next() : nxt;
+      int rank = 0;
+      if (p.deterministic && tid == 0) {
+        rank = p.sparse ? __ldg(p.dq_rank + rank_row + static_cast<int64_t>(cur.qb) * p.nkvb) +
+                              rank_in_block
+                        : p.num_n_tiles - 1 - n_tile;
+      }
+      float lse2[Cfg::kSdpMI][2], delta[Cfg::kSdpMI][2];
+#pragma unroll
+      for (int mi = 0; mi < Cfg::kSdpMI; ++mi) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int64_t row = ws_bh * p.Lq_pad + m0 + sdp_m0 + mi * 16 + g + 8 * half;
+          lse2[mi][half] = __ldg(p.lse2 + row);
+          delta[mi][half] = __ldg(p.delta + row);
+        }
+      }
+
+      cta::cp_async_wait<0>();
+      // (a) this tile's Q, dO (and at the start K, V) are visible to every warp; (b) every warp
+      // is done with the previous tile, so its P, dS and Q / dO stage may be overwritten.
+      __syncthreads();
+      int* const sem = p.dq_sem + ws_bh * m_tiles_pad + cur.m_tile;
+      int seen = 0;  // deterministic: this tile's counter, read early (waited on before the adds)
+      if (p.deterministic && tid == 0) {
+        bwd::signal_after_barrier(pending_sem);
+        pending_sem = nullptr;
+        seen = bwd::load_relaxed(sem);
+      }
+      if (has_next && (Cfg::kStagesQ == 2 || Cfg::kStagesDo == 2)) {
+        if constexpr (Cfg::kStagesQ == 2) {
+          bwd_load_rows<Cfg, kBM>(sQ + ((it + 1) % 2) * kBM * kPitch, q_bh, p.q_sr, m0_next, p.Lq);
+        }
+        if constexpr (Cfg::kStagesDo == 2) {
+          bwd_load_rows<Cfg, kBM>(sDo + ((it + 1) % 2) * kBM * kPitch, do_bh, p.do_sr, m0_next,
+                                  p.Lq);
+        }
+        cta::cp_async_commit();
+      }
+
+      // ---- S = Q K^T, P, dP = dO V^T, dS ----------------------------------------------------
+      float acc_s[Cfg::kSdpMI][Cfg::kSdpNI][4];  // (BLOCK_M, BLOCK_N) split over warps
+      bwd::zero(acc_s);
+      bwd::warp_gemm<T, Cfg::kSdpMI, Cfg::kSdpNI, kD / 16>(
+          acc_s, bwd::FragA<kPitch>(sQc, sdp_m0), fb_k);
+      const bool check = cur.partial || n_edge || m0 + kBM > p.Lq;
+      if (check) {
+        bwd_probs<true, Cfg>(acc_s, sP, lse2, score_mod, mask_mod, cur.partial, b, hq,
+                             m0 + sdp_m0, n0 + sdp_n0, sdp_m0, sdp_n0, p.Lq, p.Lkv, p.scale,
+                             p.scale_log2);
+      } else {
+        bwd_probs<false, Cfg>(acc_s, sP, lse2, score_mod, mask_mod, false, b, hq, m0 + sdp_m0,
+                              n0 + sdp_n0, sdp_m0, sdp_n0, p.Lq, p.Lkv, p.scale, p.scale_log2);
+      }
+      float acc_dp[Cfg::kSdpMI][Cfg::kSdpNI][4];  // (BLOCK_M, BLOCK_N)
+      bwd::zero(acc_dp);
+      bwd::warp_gemm<T, Cfg::kSdpMI, Cfg::kSdpNI, kD / 16>(
+          acc_dp, bwd::FragA<kPitch>(sDoc, sdp_m0), fb_v);
+#pragma unroll
+      for (int mi = 0; mi < Cfg::kSdpMI; ++mi) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int rl = sdp_m0 + mi * 16 + g + 8 * half;
+#pragma unroll
+          for (int ni = 0; ni < Cfg::kSdpNI; ++ni) {
+            const float d0 = acc_s[mi][ni][2 * half] * (acc_dp[mi][ni][2 * half] - delta[mi][half]);
+            const float d1 =
+                acc_s[mi][ni][2 * half + 1] * (acc_dp[mi][ni][2 * half + 1] - delta[mi][half]);
+            *reinterpret_cast<uint32_t*>(sDs + rl * kPitchS + sdp_n0 + ni * 8 + 2 * t) =
+                thread::pack2<T>(d0, d1);
+          }
+        }
+      }
+      __syncthreads();  // P and dS complete
+
+      // ---- dV += P^T dO ---------------------------------------------------------------------
+      bwd::warp_gemm<T, Cfg::kDkvMI, Cfg::kDkvNI, kBM / 16>(
+          acc_dv, fa_pt, bwd::FragBt<kPitch>(sDoc, dkv_d0));
+      if constexpr (Cfg::kStagesDo == 1) {
+        if (has_next) {  // dO's last reader is done: load the next tile behind dQ and dK
+          __syncthreads();
+          bwd_load_rows<Cfg, kBM>(sDo, do_bh, p.do_sr, m0_next, p.Lq);
+          cta::cp_async_commit();
+        }
+      }
+
+      // ---- dQ partial = dS K, added into dq_accum (before dK, so the adds drain behind it) ----
+      {
+        float acc_dq[Cfg::kDqMI][Cfg::kDqNI][4];  // (BLOCK_M, D)
+        bwd::zero(acc_dq);
+        bwd::warp_gemm<T, Cfg::kDqMI, Cfg::kDqNI, kBN / 16>(acc_dq, fa_ds, fb_kt);
+        if (p.deterministic) {
+          if (tid == 0) {
+            // Bounded: see the header comment. ~2^22 polls is seconds, far past any real wait.
+            // Once the counter reaches our rank, every earlier CTA's adds into this tile were
+            // performed in L2 (they fenced before bumping it), and ours are issued only after
+            // this load returned, so they are applied after theirs: the order is fixed.
+            for (int spins = 0; seen < rank && spins < (1 << 22); ++spins) {
+              __nanosleep(32);
+              seen = bwd::load_acquire(sem);
+            }
+          }
+          __syncthreads();
+          pending_sem = sem;
+        }
+        float* dqa = p.dq_accum + (ws_bh * p.Lq_pad + m0 + dq_m0) * kD + dq_d0;
+#pragma unroll
+        for (int mi = 0; mi < Cfg::kDqMI; ++mi) {
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+#pragma unroll
+            for (int ni = 0; ni < Cfg::kDqNI; ++ni) {
+              bwd::atomic_add2(dqa + (mi * 16 + g + 8 * half) * kD + ni * 8 + 2 * t,
+                               acc_dq[mi][ni][2 * half], acc_dq[mi][ni][2 * half + 1]);
+            }
+          }
+        }
+      }
+
+      // ---- dK += dS^T Q ---------------------------------------------------------------------
+      bwd::warp_gemm<T, Cfg::kDkvMI, Cfg::kDkvNI, kBM / 16>(
+          acc_dk, fa_dst, bwd::FragBt<kPitch>(sQc, dkv_d0));
+      if constexpr (Cfg::kStagesQ == 1) {
+        if (has_next) {  // Q's last reader is done: load the next tile
+          __syncthreads();
+          bwd_load_rows<Cfg, kBM>(sQ, q_bh, p.q_sr, m0_next, p.Lq);
+          cta::cp_async_commit();
+        }
+      }
+
+      cur = nxt;
+      nxt = nxt2;
+    }
+  }
+  if (p.deterministic) {
+    __syncthreads();
+    if (tid == 0) bwd::signal_after_barrier(pending_sem);
+  }
+
+  cta::cp_async_wait<0>();  // K, V still in flight when no head listed a q tile
+
+  // ---- epilogue: dV, scale * dK in the output dtype --------------------------------------------
+  T* dk_bh = static_cast<T*>(p.dk) + b * p.dk_sb + hkv * p.dk_sh;
+  T* dv_bh = static_cast<T*>(p.dv) + b * p.dv_sb + hkv * p.dv_sh;
+#pragma unroll
+  for (int mi = 0; mi < Cfg::kDkvMI; ++mi) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = n0 + dkv_n0 + mi * 16 + g + 8 * half;
+      if (row >= p.Lkv) continue;
+#pragma unroll
+      for (int ni = 0; ni < Cfg::kDkvNI; ++ni) {
+        const int col = dkv_d0 + ni * 8 + 2 * t;
+        *reinterpret_cast<uint32_t*>(dv_bh + row * p.dv_sr + col) =
+            thread::pack2<T>(acc_dv[mi][ni][2 * half], acc_dv[mi][ni][2 * half + 1]);
+        *reinterpret_cast<uint32_t*>(dk_bh + row * p.dk_sr + col) = thread::pack2<T>(
+            acc_dk[mi][ni][2 * half] * p.scale, acc_dk[mi][ni][2 * half + 1] * p.scale);
+      }
+    }
+  }
+}
+
+}  // namespace flexattn::detail::cuda

@@ -1,0 +1,27 @@
+// The backward pass of the stock variants (detail/variants.h) for host-only callers: the dispatch
+// lives here, the kernels of each head dim in prebuilt_bwd_d<D>.cu so that they compile in
+// parallel (see prebuilt_bwd.h for the head-dim list).
+#include "prebuilt_bwd.h"
+
+#define FLEXATTN_X(S, M)         \
+  FLEXATTN_BWD_EXTERN_D(32, S, M)  \
+  FLEXATTN_BWD_EXTERN_D(64, S, M)  \
+  FLEXATTN_BWD_EXTERN_D(96, S, M)  \
+  FLEXATTN_BWD_EXTERN_D(128, S, M) \
+  FLEXATTN_BWD_EXTERN_D(192, S, M) \
+  FLEXATTN_BWD_EXTERN_D(256, S, M)
+FLEXATTN_FOR_EACH_PREBUILT_VARIANT(FLEXATTN_X)
+#undef FLEXATTN_X
+
+namespace flexattn::detail::cuda {
+
+template <class ScoreMod, class MaskMod>
+void backward_prebuilt(const BwdArgs& args, const ScoreMod& score_mod, const MaskMod& mask_mod) {
+  launch_backward_for<kPrebuiltBwdHeadDims>(args, score_mod, mask_mod);
+}
+
+#define FLEXATTN_X(S, M) template void backward_prebuilt<S, M>(const BwdArgs&, const S&, const M&);
+FLEXATTN_FOR_EACH_PREBUILT_VARIANT(FLEXATTN_X)
+#undef FLEXATTN_X
+
+}  // namespace flexattn::detail::cuda

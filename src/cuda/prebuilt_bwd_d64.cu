@@ -1,0 +1,8 @@
+// Backward kernels of the stock variants for head dim 64 (both dtypes), when the build lists it.
+#include "prebuilt_bwd.h"
+
+#if defined(FLEXATTN_CUDA_HDIM_64)
+#define FLEXATTN_X(S, M) FLEXATTN_BWD_INSTANTIATE_D(64, S, M)
+FLEXATTN_FOR_EACH_PREBUILT_VARIANT(FLEXATTN_X)
+#undef FLEXATTN_X
+#endif

@@ -1,0 +1,193 @@
+// Tensor: construction, shape queries, views, fill, and the f32 <-> f16/bf16 conversions, checked
+// bit for bit against the independent rounding of reference/helpers.h (itself checked here on
+// hand-picked values: ties to even, overflow, subnormals).
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include <flexattn/flexattn.h>
+
+#include "reference/helpers.h"
+
+namespace flexattn {
+namespace {
+
+using reference::round_to;
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+uint32_t bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  return u;
+}
+
+TEST(Rounding, HelperOnKnownValues) {
+  // f16: 10 mantissa bits, max 65504, smallest subnormal 2^-24.
+  EXPECT_EQ(round_to(DType::f16, 1.0f / 3.0f), 0.333251953125f);
+  EXPECT_EQ(round_to(DType::f16, 1.0f + std::ldexp(1.0f, -11)), 1.0f);  // tie -> even
+  EXPECT_EQ(round_to(DType::f16, 1.0f + 3 * std::ldexp(1.0f, -11)), 1.0f + std::ldexp(1.0f, -9));
+  EXPECT_EQ(round_to(DType::f16, 65504.0f), 65504.0f);
+  EXPECT_EQ(round_to(DType::f16, 65519.0f), 65504.0f);
+  EXPECT_EQ(round_to(DType::f16, 65520.0f), kInf);
+  EXPECT_EQ(round_to(DType::f16, -70000.0f), -kInf);
+  EXPECT_EQ(round_to(DType::f16, std::ldexp(1.0f, -24)), std::ldexp(1.0f, -24));
+  EXPECT_EQ(round_to(DType::f16, std::ldexp(1.0f, -25)), 0.0f);  // tie -> even (0)
+  EXPECT_EQ(round_to(DType::f16, 3 * std::ldexp(1.0f, -25)), std::ldexp(1.0f, -23));
+  EXPECT_EQ(round_to(DType::f16, std::ldexp(1.0f, -14) * 1.5f), std::ldexp(1.0f, -14) * 1.5f);
+  EXPECT_EQ(bits(round_to(DType::f16, -std::ldexp(1.0f, -30))), bits(-0.0f));  // sign kept
+  // bf16: 7 mantissa bits, float's exponent range.
+  EXPECT_EQ(round_to(DType::bf16, 1.0f / 3.0f), 0.333984375f);
+  EXPECT_EQ(round_to(DType::bf16, 1.0f + std::ldexp(1.0f, -8)), 1.0f);
+  EXPECT_EQ(round_to(DType::bf16, 1.0f + 3 * std::ldexp(1.0f, -8)), 1.0f + std::ldexp(1.0f, -6));
+  EXPECT_EQ(round_to(DType::bf16, std::ldexp(255.0f, 120)), std::ldexp(255.0f, 120));
+  EXPECT_EQ(round_to(DType::bf16, std::numeric_limits<float>::max()), kInf);
+  EXPECT_EQ(round_to(DType::bf16, std::ldexp(1.0f, -133)), std::ldexp(1.0f, -133));
+  EXPECT_EQ(round_to(DType::bf16, std::ldexp(1.0f, -134)), 0.0f);
+  EXPECT_EQ(round_to(DType::bf16, 300.5f), 300.0f);
+  // f32 is the identity, specials pass through.
+  EXPECT_EQ(round_to(DType::f32, 0.1f), 0.1f);
+  EXPECT_TRUE(std::isnan(round_to(DType::f16, std::numeric_limits<float>::quiet_NaN())));
+  EXPECT_EQ(round_to(DType::bf16, -kInf), -kInf);
+}
+
+// Values over the whole range of each format: normals, subnormals, overflow, ties, specials.
+std::vector<float> conversion_probe(std::mt19937_64& rng) {
+  std::vector<float> x = {0.0f, -0.0f, 1.0f, -1.0f, kInf, -kInf, 65504.0f, 65520.0f, -65536.0f,
+                          std::ldexp(1.0f, -24), std::ldexp(1.0f, -25), 3 * std::ldexp(1.0f, -25),
+                          1.0f + std::ldexp(1.0f, -11), 1.0f + std::ldexp(1.0f, -8),
+                          1.0f + 3 * std::ldexp(1.0f, -8), std::numeric_limits<float>::max(),
+                          std::numeric_limits<float>::denorm_min(), std::ldexp(1.0f, -133)};
+  std::uniform_real_distribution<float> exponent(-140.0f, 128.0f), mant(1.0f, 2.0f);
+  std::uniform_int_distribution<uint32_t> any_bits;
+  for (int i = 0; i < 20000; ++i) {
+    const float sign = (i & 1) ? -1.0f : 1.0f;
+    x.push_back(sign * std::ldexp(mant(rng), int(exponent(rng))));
+    x.push_back(sign * std::ldexp(mant(rng), -30 + i % 48));  // f16's range, densely
+    uint32_t u = any_bits(rng);
+    float f;
+    std::memcpy(&f, &u, 4);
+    if (!std::isnan(f)) x.push_back(f);
+  }
+  return x;
+}
+
+TEST(Tensor, ConversionsMatchIndependentRounding) {
+  const uint64_t seed = reference::fresh_seed();
+  SCOPED_TRACE("seed=" + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const std::vector<float> x = conversion_probe(rng);
+  for (DType dt : {DType::f32, DType::f16, DType::bf16}) {
+    SCOPED_TRACE(to_string(dt));
+    const Tensor t = Tensor::from_host(x.data(), {int64_t(x.size())}, dt);
+    const std::vector<float> back = t.to_host();
+    int64_t wrong = 0;
+    size_t first = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      if (bits(back[i]) != bits(round_to(dt, x[i])) && wrong++ == 0) first = i;
+    }
+    EXPECT_EQ(wrong, 0) << "first: " << x[first] << " -> " << back[first] << ", expected "
+                        << round_to(dt, x[first]);
+    // A stored value converts back exactly.
+    const std::vector<float> again = Tensor::from_host(back.data(), {int64_t(back.size())}, dt).to_host();
+    EXPECT_EQ(std::memcmp(again.data(), back.data(), back.size() * 4), 0);
+  }
+}
+
+TEST(Tensor, NaNSurvivesEveryDtype) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (DType dt : {DType::f32, DType::f16, DType::bf16}) {
+    Tensor t = Tensor::empty({3, 5}, dt);
+    t.fill(nan);
+    for (float v : t.to_host()) EXPECT_TRUE(std::isnan(v)) << to_string(dt);
+    const float src[2] = {nan, -nan};
+    for (float v : Tensor::from_host(src, {2}, dt).to_host()) EXPECT_TRUE(std::isnan(v));
+  }
+}
+
+TEST(Tensor, ShapeQueriesAndView) {
+  const Tensor t = Tensor::empty({2, 3, 5, 7}, DType::bf16);
+  EXPECT_TRUE(t.defined());
+  EXPECT_EQ(t.shape(), (std::vector<int64_t>{2, 3, 5, 7}));
+  EXPECT_EQ(t.rank(), 4);
+  EXPECT_EQ(t.numel(), 210);
+  EXPECT_EQ(t.size(0), 2);
+  EXPECT_EQ(t.size(3), 7);
+  EXPECT_EQ(t.size(-1), 7);
+  EXPECT_THROW(t.size(4), Error);
+  EXPECT_EQ(t.dtype(), DType::bf16);
+  EXPECT_EQ(t.device(), Device::cpu);
+  const TensorView v = t.view();
+  EXPECT_EQ(v.data, t.data());
+  EXPECT_EQ(v.rank, 4);
+  EXPECT_EQ(v.dtype, DType::bf16);
+  EXPECT_EQ(v.device, Device::cpu);
+  const int64_t shape[4] = {2, 3, 5, 7}, stride[4] = {105, 35, 7, 1};
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(v.shape[i], shape[i]);
+    EXPECT_EQ(v.stride[i], stride[i]);
+  }
+  EXPECT_EQ(v.numel(), 210);
+  EXPECT_FALSE(Tensor().defined());
+  EXPECT_EQ(Tensor().numel(), 0);
+}
+
+TEST(Tensor, DtypeInfo) {
+  EXPECT_EQ(dtype_size(DType::f32), 4u);
+  EXPECT_EQ(dtype_size(DType::f16), 2u);
+  EXPECT_EQ(dtype_size(DType::bf16), 2u);
+  EXPECT_STREQ(to_string(DType::f16), "f16");
+  EXPECT_STREQ(to_string(DType::bf16), "bf16");
+  EXPECT_STREQ(to_string(DType::f32), "f32");
+  EXPECT_STREQ(to_string(Device::cpu), "cpu");
+  EXPECT_STREQ(to_string(Device::cuda), "cuda");
+}
+
+TEST(Tensor, FillAndCopyToHost) {
+  for (DType dt : {DType::f32, DType::f16, DType::bf16}) {
+    Tensor t = Tensor::empty({4, 6}, dt);
+    t.fill(-2.5f);
+    std::vector<float> host(24, 0.0f);
+    t.copy_to_host(host.data());
+    for (float v : host) EXPECT_EQ(v, -2.5f);
+    t.fill(0.1f);  // rounded like from_host
+    for (float v : t.to_host()) EXPECT_EQ(bits(v), bits(round_to(dt, 0.1f)));
+  }
+}
+
+TEST(Tensor, CopiesShareStorage) {
+  Tensor a = Tensor::empty({8}, DType::f32);
+  a.fill(1.0f);
+  Tensor b = a;
+  b.fill(3.0f);
+  EXPECT_EQ(a.data(), b.data());
+  for (float v : a.to_host()) EXPECT_EQ(v, 3.0f);
+}
+
+TEST(Tensor, BadShapesThrow) {
+  EXPECT_THROW(Tensor::empty({}, DType::f32), Error);
+  EXPECT_THROW(Tensor::empty({1, 2, 3, 4, 5}, DType::f32), Error);
+  EXPECT_THROW(Tensor::empty({2, -1}, DType::f32), Error);
+  const float x[4] = {1, 2, 3, 4};
+  EXPECT_THROW(Tensor::from_host(x, {}, DType::f16), Error);
+  EXPECT_THROW(Tensor::from_host(x, {-4}, DType::f16), Error);
+  // Zero-sized dims are legal tensors (with zero elements).
+  const Tensor z = Tensor::empty({3, 0}, DType::f32);
+  EXPECT_EQ(z.numel(), 0);
+  EXPECT_TRUE(z.defined());
+}
+
+TEST(Tensor, CudaWithoutCudaThrows) {
+  if (cuda_available()) GTEST_SKIP() << "a CUDA device is present";
+  EXPECT_THROW(Tensor::empty({4}, DType::f32, Device::cuda), Error);
+  const float x[4] = {1, 2, 3, 4};
+  EXPECT_THROW(Tensor::from_host(x, {4}, DType::bf16, Device::cuda), Error);
+}
+
+}  // namespace
+}  // namespace flexattn
