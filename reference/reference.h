@@ -165,7 +165,7 @@ Grads backward(const Shape& sh, const std::vector<double>& q, const std::vector<
         }
         double* dqi = g.dq.data() + row * sh.D;
         for (int64_t j = 0; j < sh.Lkv; ++j) {
-          if (p[j] == 0.0 && s[j] == -std::numeric_limits<double>::infinity()) continue;  // masked
+          if (s[j] == -std::numeric_limits<double>::infinity()) continue;  // masked: no gradient
           const int64_t kv_off = (b * sh.Hkv + hk) * sh.Lkv + j;
           double* dvj = g.dv.data() + kv_off * sh.Dv;
           for (int64_t e = 0; e < sh.Dv; ++e) dvj[e] += p[j] * doi[e];

@@ -61,6 +61,13 @@ inline uint64_t test_seed() {
   return reference::fresh_seed();
 }
 
+// A generator for test data other than q/k/v (document layouts, random masks); the seed is
+// printed with any failure in the calling scope.
+#define FLEXATTN_SEEDED_RNG(name)                                   \
+  const uint64_t name##_seed = ::flexattn::testing::test_seed();    \
+  SCOPED_TRACE(#name " seed=" + std::to_string(name##_seed));       \
+  std::mt19937_64 name(name##_seed)
+
 // Random N(0,1) values, rounded to the dtype so library and reference see identical inputs.
 inline std::vector<float> random_input(int64_t n, DType dt, std::mt19937_64& rng) {
   std::vector<float> x = reference::random_normal(n, rng);

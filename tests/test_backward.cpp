@@ -87,7 +87,7 @@ TEST_P(Backward, StockMasks) {
   Problem p = problem({.B = 1, .Hq = 2, .Hkv = 2, .Lq = 97, .Lkv = 131, .D = 32, .Dv = 32});
   p.block_q = 64;
   p.block_kv = 32;
-  std::mt19937_64 rng(test_seed());
+  FLEXATTN_SEEDED_RNG(rng);
   const std::vector<int32_t> docs = random_documents(131, 40, rng);
   check_backward(p, noop_score(), noop_mask());
   check_backward(p, noop_score(), causal());
@@ -211,6 +211,29 @@ TEST(BackwardApi, DeterministicBitwise) {
     EXPECT_TRUE(same(a.dq, b.dq)) << "dq differs between two identical calls";
     EXPECT_TRUE(same(a.dk, b.dk)) << "dk differs between two identical calls";
     EXPECT_TRUE(same(a.dv, b.dv)) << "dv differs between two identical calls";
+  }
+}
+
+TEST(BackwardApi, NothingKeptGivesExactZeros) {
+  // Every tile skipped: out 0, lse -inf and every gradient exactly 0 (not merely small), no NaN.
+  const Shape s{.B = 2, .Hq = 2, .Hkv = 1, .Lq = 33, .Lkv = 20, .D = 16, .Dv = 8};
+  for (DType dt : {DType::f32, DType::f16, DType::bf16}) {
+    FLEXATTN_SEEDED_RNG(rng);
+    const auto q = random_input(s.q_numel(), dt, rng), k = random_input(s.k_numel(), dt, rng),
+               v = random_input(s.v_numel(), dt, rng), dout = random_input(s.out_numel(), dt, rng);
+    const Tensor tq = Tensor::from_host(q.data(), {s.B, s.Hq, s.Lq, s.D}, dt);
+    const Tensor tk = Tensor::from_host(k.data(), {s.B, s.Hkv, s.Lkv, s.D}, dt);
+    const Tensor tv = Tensor::from_host(v.data(), {s.B, s.Hkv, s.Lkv, s.Dv}, dt);
+    const Tensor tdo = Tensor::from_host(dout.data(), {s.B, s.Hq, s.Lq, s.Dv}, dt);
+    AttentionOptions opts;
+    opts.enable_gqa = true;
+    const auto mask = create_block_mask(NothingMask{}, 1, 1, s.Lq, s.Lkv, {.block_q = 16, .block_kv = 16});
+    const AttentionOutput f = flex_attention(tq, tk, tv, softcap(3.0f), mask, opts);
+    for (float x : f.out.to_host()) ASSERT_EQ(x, 0.0f) << to_string(dt);
+    for (float x : f.lse.to_host()) ASSERT_EQ(x, -kInf) << to_string(dt);
+    const AttentionGrads g = flex_attention_backward(tq, tk, tv, f.out, f.lse, tdo, softcap(3.0f), mask, opts);
+    for (const Tensor* t : {&g.dq, &g.dk, &g.dv})
+      for (float x : t->to_host()) ASSERT_EQ(x, 0.0f) << to_string(dt);
   }
 }
 

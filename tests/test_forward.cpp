@@ -29,7 +29,7 @@ TEST_P(Forward, StockMasks) {
   Problem p = problem({.B = 2, .Hq = 2, .Hkv = 2, .Lq = 129, .Lkv = 127, .D = 32, .Dv = 32});
   p.block_q = 64;
   p.block_kv = 64;
-  std::mt19937_64 rng(test_seed());
+  FLEXATTN_SEEDED_RNG(rng);
   const std::vector<int32_t> docs = random_documents(129, 40, rng);
   check_forward(p, noop_score(), noop_mask());
   check_forward(p, noop_score(), causal());
@@ -72,7 +72,8 @@ TEST_P(Forward, CustomFunctorAndLambda) {
   check_forward(p, CustomScore{0.7f}, PerBatchHeadMask{});
   check_forward(p, lambda_score(), lambda_mask());
   check_forward(p, CustomScore{}, causal());
-  const std::vector<unsigned char> table = random_table(77, 91, test_seed());
+  FLEXATTN_SEEDED_RNG(table_rng);
+  const std::vector<unsigned char> table = random_table(77, 91, table_rng());
   check_forward(p, lambda_score(), TableMask{table.data(), 91});
 }
 
@@ -128,7 +129,7 @@ TEST_P(Forward, ScaleOption) {
 
 TEST_P(Forward, BlockSizes) {
   Problem p = problem({.B = 1, .Hq = 2, .Hkv = 2, .Lq = 100, .Lkv = 111, .D = 32, .Dv = 32});
-  std::mt19937_64 rng(test_seed());
+  FLEXATTN_SEEDED_RNG(rng);
   const std::vector<int32_t> docs = random_documents(111, 30, rng);
   for (auto [bq, bkv] : {std::pair{16, 16}, {32, 64}, {64, 32}, {17, 33}, {256, 256}, {3, 5}}) {
     p.block_q = bq;
@@ -185,10 +186,11 @@ TEST(ForwardShapes, HeadDims) {
 // ---- the owning front door ------------------------------------------------------------------------
 struct FrontDoorInputs {
   Shape s{.B = 2, .Hq = 4, .Hkv = 2, .Lq = 37, .Lkv = 53, .D = 16, .Dv = 8};
+  uint64_t seed = test_seed();  // callers SCOPED_TRACE it
   std::vector<float> q, k, v;
   Tensor tq, tk, tv;
   explicit FrontDoorInputs(DType dt) {
-    std::mt19937_64 rng(test_seed());
+    std::mt19937_64 rng(seed);
     q = random_input(s.q_numel(), dt, rng);
     k = random_input(s.k_numel(), dt, rng);
     v = random_input(s.v_numel(), dt, rng);
@@ -206,6 +208,7 @@ bool same_bytes(const Tensor& a, const Tensor& b) {
 TEST(ForwardApi, FrontDoorMatchesIntoAndReference) {
   for (DType dt : {DType::f32, DType::f16}) {
     FrontDoorInputs in(dt);
+    SCOPED_TRACE("seed=" + std::to_string(in.seed));
     const Shape& s = in.s;
     AttentionOptions opts;
     opts.enable_gqa = true;
@@ -235,6 +238,7 @@ TEST(ForwardApi, FrontDoorMatchesIntoAndReference) {
 
 TEST(ForwardApi, OverloadsWithoutScoreModOrBlockMask) {
   FrontDoorInputs in(DType::f32);
+  SCOPED_TRACE("seed=" + std::to_string(in.seed));
   const Shape& s = in.s;
   AttentionOptions opts;
   opts.enable_gqa = true;
