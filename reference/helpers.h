@@ -51,9 +51,12 @@ inline float round_binary(float x, int mant, int emin, double maxv) {
 
 inline float round_to(DType dtype, float x) {
   switch (dtype) {
-    case DType::f32: return x;
-    case DType::f16: return round_binary(x, 10, -14, 65504.0);  // 0x1.ffcp15
-    case DType::bf16: return round_binary(x, 7, -126, std::ldexp(255.0, 120));  // 0x1.fep127
+    case DType::f32:
+      return x;
+    case DType::f16:
+      return round_binary(x, 10, -14, 65504.0);  // 0x1.ffcp15
+    case DType::bf16:
+      return round_binary(x, 7, -126, std::ldexp(255.0, 120));  // 0x1.fep127
   }
   return x;
 }
@@ -69,9 +72,12 @@ inline std::vector<double> to_double(const std::vector<float>& x) {
 // Unit roundoff of the dtype (half an ulp at 1).
 inline double unit_roundoff(DType dtype) {
   switch (dtype) {
-    case DType::f32: return std::ldexp(1.0, -24);
-    case DType::f16: return std::ldexp(1.0, -11);
-    case DType::bf16: return std::ldexp(1.0, -8);
+    case DType::f32:
+      return std::ldexp(1.0, -24);
+    case DType::f16:
+      return std::ldexp(1.0, -11);
+    case DType::bf16:
+      return std::ldexp(1.0, -8);
   }
   return 0.0;
 }

@@ -40,7 +40,7 @@ inline constexpr double kFactor = 2.0;
 struct Problem {
   Shape shape;
   DType dtype = DType::f32;
-  float scale = 0.0f;              // AttentionOptions::scale (0: 1/sqrt(D))
+  float scale = 0.0f;  // AttentionOptions::scale (0: 1/sqrt(D))
   int block_q = 128, block_kv = 128;
   int64_t mask_B = 0, mask_H = 0;  // BlockMask batch / heads; 0 means the call's B / Hq
   bool strided = false;            // [B, L, H, D] storage with padding (see Operand)
@@ -63,9 +63,9 @@ inline uint64_t test_seed() {
 
 // A generator for test data other than q/k/v (document layouts, random masks); the seed is
 // printed with any failure in the calling scope.
-#define FLEXATTN_SEEDED_RNG(name)                                   \
-  const uint64_t name##_seed = ::flexattn::testing::test_seed();    \
-  SCOPED_TRACE(#name " seed=" + std::to_string(name##_seed));       \
+#define FLEXATTN_SEEDED_RNG(name)                                \
+  const uint64_t name##_seed = ::flexattn::testing::test_seed(); \
+  SCOPED_TRACE(#name " seed=" + std::to_string(name##_seed));    \
   std::mt19937_64 name(name##_seed)
 
 // Random N(0,1) values, rounded to the dtype so library and reference see identical inputs.
@@ -114,7 +114,9 @@ struct Operand {
     }
     std::vector<float> host(size_t(storage_numel), kNaN);
     if (values) {
-      for_each(o.view, [&](int64_t logical, int64_t off) { host[size_t(off)] = (*values)[size_t(logical)]; });
+      for_each(o.view, [&](int64_t logical, int64_t off) {
+        host[size_t(off)] = (*values)[size_t(logical)];
+      });
     }
     o.storage = Tensor::from_host(host.data(), storage_shape, dt);
     o.view.data = o.storage.data();
@@ -142,7 +144,8 @@ struct Operand {
   // Raw storage bytes, for bitwise comparisons.
   std::vector<unsigned char> bytes() const {
     const auto* p = static_cast<const unsigned char*>(storage.data());
-    return std::vector<unsigned char>(p, p + storage.numel() * int64_t(dtype_size(storage.dtype())));
+    return std::vector<unsigned char>(p,
+                                      p + storage.numel() * int64_t(dtype_size(storage.dtype())));
   }
 
   template <class F>
@@ -157,7 +160,8 @@ struct Operand {
   }
 };
 
-// ---- naive low-precision attention ---------------------------------------------------------------
+// ---- naive low-precision attention
+// ---------------------------------------------------------------
 struct LowpForward {
   std::vector<float> out, lse;
 };
@@ -309,7 +313,8 @@ inline int64_t expect_masked_rows_exact(const Shape& sh, const std::vector<float
   return rows;
 }
 
-// ---- one forward check ----------------------------------------------------------------------------
+// ---- one forward check
+// ----------------------------------------------------------------------------
 struct ForwardReport {
   int64_t masked_rows = 0;  // rows the reference finds fully masked
 };
@@ -324,9 +329,9 @@ ForwardReport check_forward(const Problem& p, const ScoreMod& score_mod, const M
   const std::vector<float> k = random_input(sh.k_numel(), p.dtype, rng);
   const std::vector<float> v = random_input(sh.v_numel(), p.dtype, rng);
 
-  const auto mask = create_block_mask(mask_mod, p.mask_B ? p.mask_B : sh.B,
-                                      p.mask_H ? p.mask_H : sh.Hq, sh.Lq, sh.Lkv,
-                                      {.block_q = p.block_q, .block_kv = p.block_kv});
+  const auto mask =
+      create_block_mask(mask_mod, p.mask_B ? p.mask_B : sh.B, p.mask_H ? p.mask_H : sh.Hq, sh.Lq,
+                        sh.Lkv, {.block_q = p.block_q, .block_kv = p.block_kv});
   const Operand qo = Operand::make({sh.B, sh.Hq, sh.Lq, sh.D}, p.dtype, p.strided, &q);
   const Operand ko = Operand::make({sh.B, sh.Hkv, sh.Lkv, sh.D}, p.dtype, p.strided, &k);
   const Operand vo = Operand::make({sh.B, sh.Hkv, sh.Lkv, sh.Dv}, p.dtype, p.strided, &v);
@@ -338,9 +343,9 @@ ForwardReport check_forward(const Problem& p, const ScoreMod& score_mod, const M
   flex_attention_into(qo.view, ko.view, vo.view, out.view, lse.view, score_mod, mask, opts);
 
   const float scale = p.scale != 0.0f ? p.scale : 1.0f / std::sqrt(float(sh.D));
-  const reference::ForwardResult ref = reference::forward(
-      sh, reference::to_double(q), reference::to_double(k), reference::to_double(v), double(scale),
-      score_mod, mask_mod);
+  const reference::ForwardResult ref =
+      reference::forward(sh, reference::to_double(q), reference::to_double(k),
+                         reference::to_double(v), double(scale), score_mod, mask_mod);
   const LowpForward naive = naive_forward_lowp(sh, p.dtype, scale, q, k, v, score_mod, mask_mod);
   const std::vector<float> got_out = out.read(), got_lse = lse.read();
   expect_close("out", got_out, ref.out, naive.out, p.dtype);
@@ -364,9 +369,9 @@ ForwardReport check_backward(const Problem& p, const ScoreMod& score_mod, const 
   const std::vector<float> v = random_input(sh.v_numel(), p.dtype, rng);
   const std::vector<float> dout = random_input(sh.out_numel(), p.dtype, rng);
 
-  const auto mask = create_block_mask(mask_mod, p.mask_B ? p.mask_B : sh.B,
-                                      p.mask_H ? p.mask_H : sh.Hq, sh.Lq, sh.Lkv,
-                                      {.block_q = p.block_q, .block_kv = p.block_kv});
+  const auto mask =
+      create_block_mask(mask_mod, p.mask_B ? p.mask_B : sh.B, p.mask_H ? p.mask_H : sh.Hq, sh.Lq,
+                        sh.Lkv, {.block_q = p.block_q, .block_kv = p.block_kv});
   const Operand qo = Operand::make({sh.B, sh.Hq, sh.Lq, sh.D}, p.dtype, p.strided, &q);
   const Operand ko = Operand::make({sh.B, sh.Hkv, sh.Lkv, sh.D}, p.dtype, p.strided, &k);
   const Operand vo = Operand::make({sh.B, sh.Hkv, sh.Lkv, sh.Dv}, p.dtype, p.strided, &v);
@@ -390,7 +395,8 @@ ForwardReport check_backward(const Problem& p, const ScoreMod& score_mod, const 
       reference::forward(sh, q64, k64, v64, double(scale), score_mod, mask_mod);
   const reference::Grads ref = reference::backward(sh, q64, k64, v64, reference::to_double(dout),
                                                    double(scale), score_mod, mask_mod);
-  const LowpForward naive_fwd = naive_forward_lowp(sh, p.dtype, scale, q, k, v, score_mod, mask_mod);
+  const LowpForward naive_fwd =
+      naive_forward_lowp(sh, p.dtype, scale, q, k, v, score_mod, mask_mod);
   const LowpGrads naive =
       naive_backward_lowp(sh, p.dtype, scale, q, k, v, dout, naive_fwd, score_mod, mask_mod);
   const std::vector<float> got_dq = dq.read(), got_dk = dk.read(), got_dv = dv.read();

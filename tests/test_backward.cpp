@@ -13,19 +13,23 @@
 namespace flexattn::testing {
 namespace {
 
-// ---- the oracle itself ------------------------------------------------------------------------------
+// ---- the oracle itself
+// ------------------------------------------------------------------------------
 TEST(ReferenceForward, HandComputed) {
   // One query, two keys, D = Dv = 1, scale 1: s = (1, 2).
   const Shape s{.B = 1, .Hq = 1, .Hkv = 1, .Lq = 1, .Lkv = 2, .D = 1, .Dv = 1};
-  const auto r = reference::forward(s, {1.0}, {1.0, 2.0}, {3.0, 5.0}, 1.0, noop_score(), noop_mask());
+  const auto r =
+      reference::forward(s, {1.0}, {1.0, 2.0}, {3.0, 5.0}, 1.0, noop_score(), noop_mask());
   const double e1 = std::exp(1.0), e2 = std::exp(2.0);
   EXPECT_NEAR(r.lse[0], std::log(e1 + e2), 1e-14);
   EXPECT_NEAR(r.out[0], (3.0 * e1 + 5.0 * e2) / (e1 + e2), 1e-14);
   // Masking the second key leaves the first alone; masking both gives 0 / -inf.
-  const auto one = reference::forward(s, {1.0}, {1.0, 2.0}, {3.0, 5.0}, 1.0, noop_score(), causal());
+  const auto one =
+      reference::forward(s, {1.0}, {1.0, 2.0}, {3.0, 5.0}, 1.0, noop_score(), causal());
   EXPECT_DOUBLE_EQ(one.out[0], 3.0);
   EXPECT_DOUBLE_EQ(one.lse[0], 1.0);
-  const auto none = reference::forward(s, {1.0}, {1.0, 2.0}, {3.0, 5.0}, 1.0, noop_score(), NothingMask{});
+  const auto none =
+      reference::forward(s, {1.0}, {1.0, 2.0}, {3.0, 5.0}, 1.0, noop_score(), NothingMask{});
   EXPECT_EQ(none.out[0], 0.0);
   EXPECT_EQ(none.lse[0], -std::numeric_limits<double>::infinity());
 }
@@ -34,7 +38,9 @@ TEST(ReferenceBackward, MatchesFiniteDifferencesOfReferenceForward) {
   // GQA, a nonlinear composed score_mod, and a mask with a fully masked row (q = 2 of head 1).
   const Shape sh{.B = 2, .Hq = 4, .Hkv = 2, .Lq = 5, .Lkv = 6, .D = 3, .Dv = 2};
   const auto score_mod = compose(alibi(4), compose(softcap(2.0f), CustomScore{0.3f}));
-  const auto mask_mod = [](int, int h, int q, int kv) { return kv <= q + 1 && !(h == 1 && q == 2); };
+  const auto mask_mod = [](int, int h, int q, int kv) {
+    return kv <= q + 1 && !(h == 1 && q == 2);
+  };
   const double scale = 0.7;
   const uint64_t seed = test_seed();
   SCOPED_TRACE("seed=" + std::to_string(seed));
@@ -42,7 +48,8 @@ TEST(ReferenceBackward, MatchesFiniteDifferencesOfReferenceForward) {
   std::vector<double> q = reference::to_double(reference::random_normal(sh.q_numel(), rng));
   std::vector<double> k = reference::to_double(reference::random_normal(sh.k_numel(), rng));
   std::vector<double> v = reference::to_double(reference::random_normal(sh.v_numel(), rng));
-  const std::vector<double> dout = reference::to_double(reference::random_normal(sh.out_numel(), rng));
+  const std::vector<double> dout =
+      reference::to_double(reference::random_normal(sh.out_numel(), rng));
 
   const reference::Grads g = reference::backward(sh, q, k, v, dout, scale, score_mod, mask_mod);
   // loss = sum(out * dout); its gradient is what backward returns.
@@ -69,7 +76,8 @@ TEST(ReferenceBackward, MatchesFiniteDifferencesOfReferenceForward) {
   check("dv", v, g.dv);
   // The fully masked row (b, h=1, q=2) has exactly zero dq.
   for (int64_t b = 0; b < sh.B; ++b)
-    for (int64_t e = 0; e < sh.D; ++e) EXPECT_EQ(g.dq[size_t(((b * sh.Hq + 1) * sh.Lq + 2) * sh.D + e)], 0.0);
+    for (int64_t e = 0; e < sh.D; ++e)
+      EXPECT_EQ(g.dq[size_t(((b * sh.Hq + 1) * sh.Lq + 2) * sh.D + e)], 0.0);
 }
 
 // ---- the library against the oracle -------------------------------------------------------------
@@ -162,8 +170,7 @@ TEST_P(Backward, StridedViewsAndScale) {
   check_backward(p, alibi(4), causal());
 }
 
-INSTANTIATE_TEST_SUITE_P(Dtypes, Backward,
-                         ::testing::Values(DType::f32, DType::f16, DType::bf16),
+INSTANTIATE_TEST_SUITE_P(Dtypes, Backward, ::testing::Values(DType::f32, DType::f16, DType::bf16),
                          [](const auto& info) { return std::string(to_string(info.param)); });
 
 TEST(BackwardShapes, OddLengths) {
@@ -185,7 +192,8 @@ TEST(BackwardShapes, HeadDims) {
   }
 }
 
-// ---- determinism and the front door ---------------------------------------------------------------
+// ---- determinism and the front door
+// ---------------------------------------------------------------
 TEST(BackwardApi, DeterministicBitwise) {
   // Several q- and kv-tiles per head and several heads so that threads really interleave.
   const Shape s{.B = 2, .Hq = 4, .Hkv = 2, .Lq = 300, .Lkv = 257, .D = 64, .Dv = 32};
@@ -201,10 +209,13 @@ TEST(BackwardApi, DeterministicBitwise) {
     const Tensor tdo = Tensor::from_host(dout.data(), {s.B, s.Hq, s.Lq, s.Dv}, dt);
     AttentionOptions opts;
     opts.enable_gqa = true;
-    const auto mask = create_block_mask(causal(), 1, 1, s.Lq, s.Lkv, {.block_q = 32, .block_kv = 64});
+    const auto mask =
+        create_block_mask(causal(), 1, 1, s.Lq, s.Lkv, {.block_q = 32, .block_kv = 64});
     const AttentionOutput f = flex_attention(tq, tk, tv, softcap(5.0f), mask, opts);
-    const AttentionGrads a = flex_attention_backward(tq, tk, tv, f.out, f.lse, tdo, softcap(5.0f), mask, opts);
-    const AttentionGrads b = flex_attention_backward(tq, tk, tv, f.out, f.lse, tdo, softcap(5.0f), mask, opts);
+    const AttentionGrads a =
+        flex_attention_backward(tq, tk, tv, f.out, f.lse, tdo, softcap(5.0f), mask, opts);
+    const AttentionGrads b =
+        flex_attention_backward(tq, tk, tv, f.out, f.lse, tdo, softcap(5.0f), mask, opts);
     auto same = [](const Tensor& x, const Tensor& y) {
       return std::memcmp(x.data(), y.data(), size_t(x.numel()) * dtype_size(x.dtype())) == 0;
     };
@@ -227,11 +238,13 @@ TEST(BackwardApi, NothingKeptGivesExactZeros) {
     const Tensor tdo = Tensor::from_host(dout.data(), {s.B, s.Hq, s.Lq, s.Dv}, dt);
     AttentionOptions opts;
     opts.enable_gqa = true;
-    const auto mask = create_block_mask(NothingMask{}, 1, 1, s.Lq, s.Lkv, {.block_q = 16, .block_kv = 16});
+    const auto mask =
+        create_block_mask(NothingMask{}, 1, 1, s.Lq, s.Lkv, {.block_q = 16, .block_kv = 16});
     const AttentionOutput f = flex_attention(tq, tk, tv, softcap(3.0f), mask, opts);
     for (float x : f.out.to_host()) ASSERT_EQ(x, 0.0f) << to_string(dt);
     for (float x : f.lse.to_host()) ASSERT_EQ(x, -kInf) << to_string(dt);
-    const AttentionGrads g = flex_attention_backward(tq, tk, tv, f.out, f.lse, tdo, softcap(3.0f), mask, opts);
+    const AttentionGrads g =
+        flex_attention_backward(tq, tk, tv, f.out, f.lse, tdo, softcap(3.0f), mask, opts);
     for (const Tensor* t : {&g.dq, &g.dk, &g.dv})
       for (float x : t->to_host()) ASSERT_EQ(x, 0.0f) << to_string(dt);
   }
@@ -252,7 +265,8 @@ TEST(BackwardApi, FrontDoorMatchesIntoAndReference) {
   AttentionOptions opts;
   opts.enable_gqa = true;
   const AttentionOutput f = flex_attention(tq, tk, tv, relative_position(), opts);
-  const AttentionGrads g = flex_attention_backward(tq, tk, tv, f.out, f.lse, tdo, relative_position(), opts);
+  const AttentionGrads g =
+      flex_attention_backward(tq, tk, tv, f.out, f.lse, tdo, relative_position(), opts);
   EXPECT_EQ(g.dq.shape(), tq.shape());
   EXPECT_EQ(g.dk.shape(), tk.shape());
   EXPECT_EQ(g.dv.shape(), tv.shape());
@@ -271,7 +285,8 @@ TEST(BackwardApi, FrontDoorMatchesIntoAndReference) {
                                        reference::to_double(v), reference::to_double(dout), scale,
                                        relative_position(), noop_mask());
   const auto nf = naive_forward_lowp(s, dt, scale, q, k, v, relative_position(), noop_mask());
-  const auto ng = naive_backward_lowp(s, dt, scale, q, k, v, dout, nf, relative_position(), noop_mask());
+  const auto ng =
+      naive_backward_lowp(s, dt, scale, q, k, v, dout, nf, relative_position(), noop_mask());
   expect_close("dq", g.dq.to_host(), ref.dq, ng.dq, dt);
   expect_close("dk", g.dk.to_host(), ref.dk, ng.dk, dt);
   expect_close("dv", g.dv.to_host(), ref.dv, ng.dv, dt);

@@ -87,24 +87,28 @@ void expect_error(const Args& a, const std::function<void()>& call,
     ADD_FAILURE() << "no exception; expected flexattn::Error naming " << *words.begin();
   } catch (const Error& e) {
     const std::string msg = e.what();
-    for (const char* w : words) EXPECT_TRUE(mentions(msg, w)) << "\"" << msg << "\" does not name " << w;
+    for (const char* w : words)
+      EXPECT_TRUE(mentions(msg, w)) << "\"" << msg << "\" does not name " << w;
   } catch (const std::exception& e) {
     ADD_FAILURE() << "threw a std::exception that is not flexattn::Error: " << e.what();
   }
   EXPECT_TRUE(all_nan(a.out)) << "out written by a call that threw";
   EXPECT_TRUE(all_nan(a.lse)) << "lse written by a call that threw";
-  EXPECT_TRUE(all_nan(a.dq) && all_nan(a.dk) && all_nan(a.dv)) << "gradients written by a call that threw";
+  EXPECT_TRUE(all_nan(a.dq) && all_nan(a.dk) && all_nan(a.dv))
+      << "gradients written by a call that threw";
 }
 
 // Both directions get the same bad input.
 void expect_error_both(Args& a, std::initializer_list<const char*> words) {
   {
     SCOPED_TRACE("forward");
-    expect_error(a, [&] { a.forward(); }, words);
+    expect_error(
+        a, [&] { a.forward(); }, words);
   }
   {
     SCOPED_TRACE("backward");
-    expect_error(a, [&] { a.backward(); }, words);
+    expect_error(
+        a, [&] { a.backward(); }, words);
   }
 }
 
@@ -148,27 +152,23 @@ TEST(Errors, WrongRank) {
   }
 }
 
+// Inputs whose q/k/v shapes disagree: both directions must reject them.
 TEST(Errors, ShapeMismatch) {
-  struct Case {
-    const char* what;
-    std::function<void(Args&)> edit;
-    std::initializer_list<const char*> words;
-  };
-  const Case cases[] = {
-      {"k batch", [](Args& a) { a.k = Args::other({3, 2, 11, 8}); }, {"k", "2"}},
-      {"k head dim", [](Args& a) { a.k = Args::other({2, 2, 11, 7}); }, {"k", "8"}},
-      {"v batch", [](Args& a) { a.v = Args::other({1, 2, 11, 6}); }, {"v", "2"}},
-      {"v heads", [](Args& a) { a.v = Args::other({2, 1, 11, 6}); }, {"v", "2"}},
-      {"v length", [](Args& a) { a.v = Args::other({2, 2, 10, 6}); }, {"v", "11"}},
-      {"q length 0", [](Args& a) { a.q = Args::other({2, 4, 0, 8}); }, {"q"}},
-      {"k length 0", [](Args& a) { a.k = Args::other({2, 2, 0, 8}); a.v = Args::other({2, 2, 0, 6}); }, {"k"}},
-  };
-  for (const Case& c : cases) {
-    SCOPED_TRACE(c.what);
+  auto check = [](const char* what, void (*edit)(Args&), std::initializer_list<const char*> words) {
+    SCOPED_TRACE(what);
     Args a;
-    c.edit(a);
-    expect_error_both(a, c.words);
-  }
+    edit(a);
+    expect_error_both(a, words);
+  };
+  check("k batch", [](Args& a) { a.k = Args::other({3, 2, 11, 8}); }, {"k", "2"});
+  check("k head dim", [](Args& a) { a.k = Args::other({2, 2, 11, 7}); }, {"k", "8"});
+  check("v batch", [](Args& a) { a.v = Args::other({1, 2, 11, 6}); }, {"v", "2"});
+  check("v heads", [](Args& a) { a.v = Args::other({2, 1, 11, 6}); }, {"v", "2"});
+  check("v length", [](Args& a) { a.v = Args::other({2, 2, 10, 6}); }, {"v", "11"});
+}
+
+// Outputs (and backward inputs) whose shapes disagree with q/k/v.
+TEST(Errors, OutputShapeMismatch) {
   {
     Args a;
     a.out = Operand::make({2, 4, 9, 5}, DType::f32, false, nullptr);
@@ -190,8 +190,8 @@ TEST(Errors, ShapeMismatch) {
     expect_error(a, [&] { a.backward(); }, {"dq", "8"});
   }
   {
-    Args a;
-    a.dk = Operand::make({2, 4, 11, 8}, DType::f32, false, nullptr);  // Hq heads instead of Hkv
+    Args a;  // Hq heads instead of Hkv
+    a.dk = Operand::make({2, 4, 11, 8}, DType::f32, false, nullptr);
     expect_error(a, [&] { a.backward(); }, {"dk", "2"});
   }
   {
@@ -203,6 +203,23 @@ TEST(Errors, ShapeMismatch) {
     Args a;  // out/lse given to the backward must match too
     a.lse = Operand::make({2, 4, 10}, DType::f32, false, nullptr);
     expect_error(a, [&] { a.backward(); }, {"lse"});
+  }
+}
+
+// Zero-length sequences are rejected (Lq, Lkv >= 1). Kept apart from ShapeMismatch: building a
+// zero-element operand goes through Tensor::from_host with no elements (see
+// Tensor.ZeroSizedTensors), and a sanitizer report there must not hide the other cases.
+TEST(Errors, ZeroLengths) {
+  {
+    Args a;
+    a.q = Args::other({2, 4, 0, 8});
+    expect_error_both(a, {"q"});
+  }
+  {
+    Args a;
+    a.k = Args::other({2, 2, 0, 8});
+    a.v = Args::other({2, 2, 0, 6});
+    expect_error_both(a, {"k"});
   }
 }
 
@@ -334,7 +351,8 @@ TEST(Errors, CreateBlockMaskArguments) {
     }
   };
   expect([] { create_block_mask(causal(), 1, 1, 9, 11, {.block_q = 0}); }, "block_q");
-  expect([] { create_block_mask(causal(), 1, 1, 9, 11, {.block_q = 64, .block_kv = -3}); }, "block_kv");
+  expect([] { create_block_mask(causal(), 1, 1, 9, 11, {.block_q = 64, .block_kv = -3}); },
+         "block_kv");
   expect([] { create_block_mask(causal(), 0, 1, 9, 11); }, "B");
   expect([] { create_block_mask(causal(), 1, 0, 9, 11); }, "H");
   expect([] { create_block_mask(causal(), 1, 1, 0, 11); }, "q_len");
@@ -342,14 +360,6 @@ TEST(Errors, CreateBlockMaskArguments) {
 }
 
 TEST(Errors, UnsupportedHeadDims) {
-  {
-    Args a;  // D = 0
-    a.q = Args::other({2, 4, 9, 0});
-    a.k = Args::other({2, 2, 11, 0});
-    a.dq = Operand::make({2, 4, 9, 0}, DType::f32, false, nullptr);
-    a.dk = Operand::make({2, 2, 11, 0}, DType::f32, false, nullptr);
-    expect_error_both(a, {"D"});
-  }
   {
     Args a;  // D = 257
     a.q = Args::other({2, 4, 9, 257});
@@ -359,20 +369,32 @@ TEST(Errors, UnsupportedHeadDims) {
     expect_error_both(a, {"D", "256"});
   }
   {
-    Args a;  // Dv = 0
-    a.v = Args::other({2, 2, 11, 0});
-    a.out = Operand::make({2, 4, 9, 0}, DType::f32, false, nullptr);
-    a.dout = Args::other({2, 4, 9, 0});
-    a.dv = Operand::make({2, 2, 11, 0}, DType::f32, false, nullptr);
-    expect_error_both(a, {"Dv"});
-  }
-  {
     Args a;  // Dv = 300
     a.v = Args::other({2, 2, 11, 300});
     a.out = Operand::make({2, 4, 9, 300}, DType::f32, false, nullptr);
     a.dout = Args::other({2, 4, 9, 300});
     a.dv = Operand::make({2, 2, 11, 300}, DType::f32, false, nullptr);
     expect_error_both(a, {"Dv", "256"});
+  }
+}
+
+// Head dims of 0 (zero-element operands: kept apart for the reason given at ZeroLengths).
+TEST(Errors, ZeroHeadDims) {
+  {
+    Args a;  // D = 0
+    a.q = Args::other({2, 4, 9, 0});
+    a.k = Args::other({2, 2, 11, 0});
+    a.dq = Operand::make({2, 4, 9, 0}, DType::f32, false, nullptr);
+    a.dk = Operand::make({2, 2, 11, 0}, DType::f32, false, nullptr);
+    expect_error_both(a, {"D"});
+  }
+  {
+    Args a;  // Dv = 0
+    a.v = Args::other({2, 2, 11, 0});
+    a.out = Operand::make({2, 4, 9, 0}, DType::f32, false, nullptr);
+    a.dout = Args::other({2, 4, 9, 0});
+    a.dv = Operand::make({2, 2, 11, 0}, DType::f32, false, nullptr);
+    expect_error_both(a, {"Dv"});
   }
 }
 

@@ -41,9 +41,9 @@ TEST_P(Forward, StockMasks) {
   // kv > q: rows 126..128 see no key of the 127.
   EXPECT_EQ(check_forward(p, noop_score(), not_mask(causal())).masked_rows, 2 * 2 * 3);
   // causal minus the last 4 keys: rows 0..3 see nothing.
-  EXPECT_EQ(check_forward(p, noop_score(), and_masks(causal(), not_mask(sliding_window(3))))
-                .masked_rows,
-            2 * 2 * 4);
+  EXPECT_EQ(
+      check_forward(p, noop_score(), and_masks(causal(), not_mask(sliding_window(3)))).masked_rows,
+      2 * 2 * 4);
 }
 
 TEST_P(Forward, StockMasksDefaultBlocks) {
@@ -148,13 +148,12 @@ TEST_P(Forward, StridedViews) {
   check_forward(p, CustomScore{}, lambda_mask());
 }
 
-INSTANTIATE_TEST_SUITE_P(Dtypes, Forward,
-                         ::testing::Values(DType::f32, DType::f16, DType::bf16),
+INSTANTIATE_TEST_SUITE_P(Dtypes, Forward, ::testing::Values(DType::f32, DType::f16, DType::bf16),
                          [](const auto& info) { return std::string(to_string(info.param)); });
 
 // ---- shapes (f32 and bf16 only: the dtype axis is covered above) --------------------------------
 TEST(ForwardShapes, OddLengths) {
-  const int64_t pairs[][2] = {{1, 1},   {1, 17},   {17, 1},   {1, 1000}, {1000, 1},
+  const int64_t pairs[][2] = {{1, 1},    {1, 17},    {17, 1},    {1, 1000},   {1000, 1},
                               {17, 129}, {127, 129}, {129, 127}, {1000, 1000}};
   for (DType dt : {DType::f32, DType::bf16}) {
     for (auto [lq, lkv] : pairs) {
@@ -168,7 +167,7 @@ TEST(ForwardShapes, OddLengths) {
 }
 
 TEST(ForwardShapes, HeadDims) {
-  const int64_t dims[][2] = {{1, 1},    {1, 16},   {16, 1},    {3, 5},    {33, 65}, {64, 128},
+  const int64_t dims[][2] = {{1, 1},    {1, 16},    {16, 1},    {3, 5},   {33, 65}, {64, 128},
                              {128, 64}, {100, 100}, {256, 256}, {256, 8}, {8, 256}};
   for (auto [d, dv] : dims) {
     Problem p;
@@ -183,7 +182,8 @@ TEST(ForwardShapes, HeadDims) {
   }
 }
 
-// ---- the owning front door ------------------------------------------------------------------------
+// ---- the owning front door
+// ------------------------------------------------------------------------
 struct FrontDoorInputs {
   Shape s{.B = 2, .Hq = 4, .Hkv = 2, .Lq = 37, .Lkv = 53, .D = 16, .Dv = 8};
   uint64_t seed = test_seed();  // callers SCOPED_TRACE it
@@ -212,14 +212,16 @@ TEST(ForwardApi, FrontDoorMatchesIntoAndReference) {
     const Shape& s = in.s;
     AttentionOptions opts;
     opts.enable_gqa = true;
-    const auto mask = create_block_mask(causal(), 1, 1, s.Lq, s.Lkv, {.block_q = 16, .block_kv = 16});
+    const auto mask =
+        create_block_mask(causal(), 1, 1, s.Lq, s.Lkv, {.block_q = 16, .block_kv = 16});
     const AttentionOutput r = flex_attention(in.tq, in.tk, in.tv, alibi(4), mask, opts);
     EXPECT_EQ(r.out.shape(), (std::vector<int64_t>{s.B, s.Hq, s.Lq, s.Dv}));
     EXPECT_EQ(r.out.dtype(), dt);
     EXPECT_EQ(r.lse.shape(), (std::vector<int64_t>{s.B, s.Hq, s.Lq}));
     EXPECT_EQ(r.lse.dtype(), DType::f32);
 
-    Tensor out = Tensor::empty({s.B, s.Hq, s.Lq, s.Dv}, dt), lse = Tensor::empty({s.B, s.Hq, s.Lq}, DType::f32);
+    Tensor out = Tensor::empty({s.B, s.Hq, s.Lq, s.Dv}, dt),
+           lse = Tensor::empty({s.B, s.Hq, s.Lq}, DType::f32);
     out.fill(kNaN);
     lse.fill(kNaN);
     flex_attention_into(in.tq.view(), in.tk.view(), in.tv.view(), out.view(), lse.view(), alibi(4),
@@ -257,7 +259,8 @@ TEST(ForwardApi, OverloadsWithoutScoreModOrBlockMask) {
   const float scale = 1.0f / std::sqrt(float(s.D));
   const auto ref = reference::forward(s, reference::to_double(in.q), reference::to_double(in.k),
                                       reference::to_double(in.v), scale, noop_score(), noop_mask());
-  const auto naive = naive_forward_lowp(s, DType::f32, scale, in.q, in.k, in.v, noop_score(), noop_mask());
+  const auto naive =
+      naive_forward_lowp(s, DType::f32, scale, in.q, in.k, in.v, noop_score(), noop_mask());
   expect_close("out", neither.out.to_host(), ref.out, naive.out, DType::f32);
 }
 

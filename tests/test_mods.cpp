@@ -31,7 +31,8 @@ void expect_derivative(const char* name, const std::function<Dual(Dual)>& fd,
   const double want_v = f64(double(float(x)));
   const double want_d = seed * central_difference(f64, double(float(x)));
   EXPECT_NEAR(y.v, want_v, 4e-7 * std::max(1.0, std::fabs(want_v))) << name << " value at " << x;
-  EXPECT_NEAR(y.d, want_d, 2e-5 * std::max(1.0, std::fabs(want_d))) << name << " derivative at " << x;
+  EXPECT_NEAR(y.d, want_d, 2e-5 * std::max(1.0, std::fabs(want_d)))
+      << name << " derivative at " << x;
 }
 
 TEST(Dual, ElementaryFunctions) {
@@ -49,19 +50,28 @@ TEST(Dual, ElementaryFunctions) {
       {"log", [](Dual x) { return log(x); }, [](double x) { return std::log(x); }, pos},
       {"log2", [](Dual x) { return log2(x); }, [](double x) { return std::log2(x); }, pos},
       {"tanh", [](Dual x) { return tanh(x); }, [](double x) { return std::tanh(x); }, any},
+      // fast_tanh's error is absolute (~1e-7), within the value tolerance below.
+      {"fast_tanh", [](Dual x) { return fast_tanh(x); }, [](double x) { return std::tanh(x); },
+       any},
       {"sqrt", [](Dual x) { return sqrt(x); }, [](double x) { return std::sqrt(x); }, pos},
       {"sin", [](Dual x) { return sin(x); }, [](double x) { return std::sin(x); }, any},
       {"cos", [](Dual x) { return cos(x); }, [](double x) { return std::cos(x); }, any},
       {"abs", [](Dual x) { return abs(x); }, [](double x) { return std::fabs(x); }, any},
       {"sigmoid", [](Dual x) { return sigmoid(x); },
        [](double x) { return 1.0 / (1.0 + std::exp(-x)); }, any},
-      {"pow 2.5", [](Dual x) { return pow(x, 2.5f); }, [](double x) { return std::pow(x, 2.5); }, pos},
-      {"pow -1.5", [](Dual x) { return pow(x, -1.5f); }, [](double x) { return std::pow(x, -1.5); }, pos},
+      {"pow 2.5", [](Dual x) { return pow(x, 2.5f); }, [](double x) { return std::pow(x, 2.5); },
+       pos},
+      {"pow -1.5", [](Dual x) { return pow(x, -1.5f); }, [](double x) { return std::pow(x, -1.5); },
+       pos},
       {"pow 3", [](Dual x) { return pow(x, 3.0f); }, [](double x) { return x * x * x; }, any},
-      {"max", [](Dual x) { return max(x, Dual{0.5f, 0.0f}); }, [](double x) { return std::max(x, 0.5); }, any},
-      {"min", [](Dual x) { return min(x, Dual{0.5f, 0.0f}); }, [](double x) { return std::min(x, 0.5); }, any},
-      {"max float", [](Dual x) { return max(x, -1.0f); }, [](double x) { return std::max(x, -1.0); }, any},
-      {"min float", [](Dual x) { return min(x, -1.0f); }, [](double x) { return std::min(x, -1.0); }, any},
+      {"max", [](Dual x) { return max(x, Dual(0.5f)); }, [](double x) { return std::max(x, 0.5); },
+       any},
+      {"min", [](Dual x) { return min(x, Dual(0.5f)); }, [](double x) { return std::min(x, 0.5); },
+       any},
+      {"max float", [](Dual x) { return max(x, -1.0f); },
+       [](double x) { return std::max(x, -1.0); }, any},
+      {"min float", [](Dual x) { return min(x, -1.0f); },
+       [](double x) { return std::min(x, -1.0); }, any},
       {"where", [](Dual x) { return where(x > 0.0f, x * x, -x); },
        [](double x) { return x > 0 ? x * x : -x; }, any},
       {"where float", [](Dual x) { return where(x < 1.0f, 2.0f, x); },
@@ -104,7 +114,8 @@ TEST(Dual, ArithmeticAndMixedScalars) {
   EXPECT_EQ(value_of(3.0f), 3.0f);
 }
 
-// ---- stock score_mods -------------------------------------------------------------------------------
+// ---- stock score_mods
+// -------------------------------------------------------------------------------
 template <class S>
 void expect_score_mod_derivative(const char* name, const S& mod) {
   for (double s : {-3.1, -0.2, 0.6, 2.4})
@@ -136,6 +147,17 @@ TEST(ScoreMods, Values) {
   EXPECT_NEAR(c(1.0, 0, 0, 6, 2), double(c(1.0f, 0, 0, 6, 2)), 1e-6);
 }
 
+TEST(ScoreMods, AlibiSlopesAccurate) {
+  // Every slope 2^(-8 (h+1) / H) within 2 float ulps of the double value, for H up to 128.
+  for (int heads = 1; heads <= 128; ++heads) {
+    const Alibi a = alibi(heads);
+    for (int h = 0; h < heads; ++h) {
+      const double want = std::exp2(-8.0 * (h + 1) / heads);
+      EXPECT_NEAR(a.slope(h), want, 2.0 * std::ldexp(want, -23)) << "heads=" << heads << " h=" << h;
+    }
+  }
+}
+
 TEST(ScoreMods, DualDerivatives) {
   expect_score_mod_derivative("noop", noop_score());
   expect_score_mod_derivative("relative_position", relative_position());
@@ -143,24 +165,25 @@ TEST(ScoreMods, DualDerivatives) {
   expect_score_mod_derivative("softcap", softcap(2.0f));
   expect_score_mod_derivative("softcap 30", softcap(30.0f));
   expect_score_mod_derivative("compose", compose(alibi(4), softcap(3.0f)));
-  expect_score_mod_derivative("compose nested", compose(softcap(5.0f), compose(relative_position(), CustomScore{})));
+  expect_score_mod_derivative("compose nested",
+                              compose(softcap(5.0f), compose(relative_position(), CustomScore{})));
   expect_score_mod_derivative("custom", CustomScore{0.3f});
   expect_score_mod_derivative("lambda", lambda_score());
 }
 
-// ---- stock mask_mods ----------------------------------------------------------------------------------
+// ---- stock mask_mods
+// ----------------------------------------------------------------------------------
 TEST(MaskMods, Semantics) {
-  const std::vector<int32_t> ids = {0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 4, 4, 4, 4, 4, 5, 5, 6, 6, 6, 6, 6, 7, 7, 7};
+  const std::vector<int32_t> ids = {0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 4, 4, 4,
+                                    4, 4, 5, 5, 6, 6, 6, 6, 6, 7, 7, 7};
   const auto doc = document(ids.data());
   for (int q = 0; q < 20; ++q)
     for (int kv = 0; kv < 25; ++kv) {
       SCOPED_TRACE("q=" + std::to_string(q) + " kv=" + std::to_string(kv));
       EXPECT_TRUE(noop_mask()(1, 2, q, kv));
       EXPECT_EQ(causal()(0, 0, q, kv), kv <= q);
-      for (int w : {0, 1, 4})
-        EXPECT_EQ(sliding_window(w)(0, 0, q, kv), q - kv >= 0 && q - kv <= w);
-      for (int p : {0, 3, 30})
-        EXPECT_EQ(prefix_lm(p)(0, 0, q, kv), kv < p || kv <= q);
+      for (int w : {0, 1, 4}) EXPECT_EQ(sliding_window(w)(0, 0, q, kv), q - kv >= 0 && q - kv <= w);
+      for (int p : {0, 3, 30}) EXPECT_EQ(prefix_lm(p)(0, 0, q, kv), kv < p || kv <= q);
       EXPECT_EQ(doc(0, 0, q, kv), ids[q] == ids[kv]);
       EXPECT_EQ(and_masks(causal(), doc)(0, 0, q, kv), kv <= q && ids[q] == ids[kv]);
       EXPECT_EQ(or_masks(sliding_window(2), prefix_lm(3), doc)(0, 0, q, kv),
@@ -189,7 +212,9 @@ void expect_tile_rule(const char* name, const M& m, int Lq, int Lkv, bool decisi
           bool kept = false, dropped = false;
           for (int q = q0; q < q1; ++q)
             for (int kv = k0; kv < k1; ++kv) (m(0, 0, q, kv) ? kept : dropped) = true;
-          const TileKind want = kept && dropped ? TileKind::partial : kept ? TileKind::full : TileKind::empty;
+          const TileKind want = kept && dropped ? TileKind::partial
+                                : kept          ? TileKind::full
+                                                : TileKind::empty;
           if (t != want && wrong++ == 0)
             first << "rows [" << q0 << "," << q1 << ") cols [" << k0 << "," << k1 << "): got "
                   << int(t) << ", expected " << int(want);
@@ -210,32 +235,42 @@ TEST(MaskMods, TileRulesMatchBruteForce) {
   expect_tile_rule("not sliding_window", not_mask(sliding_window(3)), Lq, Lkv, true);
   expect_tile_rule("document sorted", document(sorted.data()), Lq, Lkv, false);
   expect_tile_rule("document unsorted", document(unsorted.data()), Lq, Lkv, false);
-  expect_tile_rule("causal & document", and_masks(causal(), document(sorted.data())), Lq, Lkv, false);
+  expect_tile_rule("causal & document", and_masks(causal(), document(sorted.data())), Lq, Lkv,
+                   false);
   expect_tile_rule("window | prefix", or_masks(sliding_window(2), prefix_lm(4)), Lq, Lkv, false);
-  expect_tile_rule("causal & !window", and_masks(causal(), not_mask(sliding_window(3))), Lq, Lkv, false);
-  expect_tile_rule("!(causal & document)", not_mask(and_masks(causal(), document(unsorted.data()))), Lq,
-                   Lkv, false);
+  expect_tile_rule("causal & !window", and_masks(causal(), not_mask(sliding_window(3))), Lq, Lkv,
+                   false);
+  expect_tile_rule("!(causal & document)", not_mask(and_masks(causal(), document(unsorted.data()))),
+                   Lq, Lkv, false);
   expect_tile_rule("window | document | prefix",
-                   or_masks(sliding_window(1), document(unsorted.data()), prefix_lm(2)), Lq, Lkv, false);
+                   or_masks(sliding_window(1), document(unsorted.data()), prefix_lm(2)), Lq, Lkv,
+                   false);
 }
 
-// ---- concepts ------------------------------------------------------------------------------------------
+// ---- concepts
+// ------------------------------------------------------------------------------------------
 struct FloatOnlyScore {
   float operator()(float s, int, int, int, int) const { return s; }
 };
 struct WrongArityScore {
   template <class T>
-  T operator()(T s, int, int) const { return s; }
+  T operator()(T s, int, int) const {
+    return s;
+  }
 };
 struct NonConstScore {
   template <class T>
-  T operator()(T s, int, int, int, int) { return s; }
+  T operator()(T s, int, int, int, int) {
+    return s;
+  }
 };
 struct NonCopyableScore {
   NonCopyableScore() = default;
   NonCopyableScore(const NonCopyableScore&) = delete;
   template <class T>
-  T operator()(T s, int, int, int, int) const { return s; }
+  T operator()(T s, int, int, int, int) const {
+    return s;
+  }
 };
 struct VoidMask {
   void operator()(int, int, int, int) const {}
@@ -258,7 +293,8 @@ static_assert(!ScoreModFunctor<NonCopyableScore>);
 static_assert(!ScoreModFunctor<int>);
 static_assert(!ScoreModFunctor<CausalMask>);
 
-static_assert(MaskModFunctor<NoopMask> && MaskModFunctor<CausalMask> && MaskModFunctor<DocumentMask>);
+static_assert(MaskModFunctor<NoopMask> && MaskModFunctor<CausalMask> &&
+              MaskModFunctor<DocumentMask>);
 static_assert(MaskModFunctor<AndMask<CausalMask, NotMask<SlidingWindowMask>>>);
 static_assert(MaskModFunctor<OrMask<PrefixLMMask, DocumentMask>>);
 static_assert(MaskModFunctor<decltype(lambda_mask())> && MaskModFunctor<PerBatchHeadMask>);

@@ -58,11 +58,24 @@ TEST(Rounding, HelperOnKnownValues) {
 
 // Values over the whole range of each format: normals, subnormals, overflow, ties, specials.
 std::vector<float> conversion_probe(std::mt19937_64& rng) {
-  std::vector<float> x = {0.0f, -0.0f, 1.0f, -1.0f, kInf, -kInf, 65504.0f, 65520.0f, -65536.0f,
-                          std::ldexp(1.0f, -24), std::ldexp(1.0f, -25), 3 * std::ldexp(1.0f, -25),
-                          1.0f + std::ldexp(1.0f, -11), 1.0f + std::ldexp(1.0f, -8),
-                          1.0f + 3 * std::ldexp(1.0f, -8), std::numeric_limits<float>::max(),
-                          std::numeric_limits<float>::denorm_min(), std::ldexp(1.0f, -133)};
+  std::vector<float> x = {0.0f,
+                          -0.0f,
+                          1.0f,
+                          -1.0f,
+                          kInf,
+                          -kInf,
+                          65504.0f,
+                          65520.0f,
+                          -65536.0f,
+                          std::ldexp(1.0f, -24),
+                          std::ldexp(1.0f, -25),
+                          3 * std::ldexp(1.0f, -25),
+                          1.0f + std::ldexp(1.0f, -11),
+                          1.0f + std::ldexp(1.0f, -8),
+                          1.0f + 3 * std::ldexp(1.0f, -8),
+                          std::numeric_limits<float>::max(),
+                          std::numeric_limits<float>::denorm_min(),
+                          std::ldexp(1.0f, -133)};
   std::uniform_real_distribution<float> exponent(-140.0f, 128.0f), mant(1.0f, 2.0f);
   std::uniform_int_distribution<uint32_t> any_bits;
   for (int i = 0; i < 20000; ++i) {
@@ -94,7 +107,8 @@ TEST(Tensor, ConversionsMatchIndependentRounding) {
     EXPECT_EQ(wrong, 0) << "first: " << x[first] << " -> " << back[first] << ", expected "
                         << round_to(dt, x[first]);
     // A stored value converts back exactly.
-    const std::vector<float> again = Tensor::from_host(back.data(), {int64_t(back.size())}, dt).to_host();
+    const std::vector<float> again =
+        Tensor::from_host(back.data(), {int64_t(back.size())}, dt).to_host();
     EXPECT_EQ(std::memcmp(again.data(), back.data(), back.size() * 4), 0);
   }
 }
@@ -180,6 +194,18 @@ TEST(Tensor, BadShapesThrow) {
   const Tensor z = Tensor::empty({3, 0}, DType::f32);
   EXPECT_EQ(z.numel(), 0);
   EXPECT_TRUE(z.defined());
+}
+
+TEST(Tensor, ZeroSizedTensors) {
+  // No elements: from_host may be given a null pointer (an empty vector's data()), and copies
+  // and fill touch nothing. (memcpy with a null pointer is undefined even for 0 bytes: UBSan.)
+  for (DType dt : {DType::f32, DType::f16, DType::bf16}) {
+    Tensor t = Tensor::from_host(nullptr, {3, 0}, dt);
+    EXPECT_EQ(t.numel(), 0);
+    t.fill(1.0f);
+    EXPECT_TRUE(t.to_host().empty());
+    t.copy_to_host(nullptr);
+  }
 }
 
 TEST(Tensor, CudaWithoutCudaThrows) {

@@ -82,7 +82,13 @@ FLEXATTN_HD inline float sigmoid(float x) { return 1.0f / (1.0f + exp(-x)); }
 // on both backends (one special-function op on the GPU), exact limits at +-inf, but the error is
 // absolute (~1e-7), not relative: near 0 prefer tanh when relative accuracy matters.
 FLEXATTN_HD inline float fast_tanh(float x) {
+#if defined(__CUDA_ARCH__)
+  // __fdividef: a reciprocal and a multiply instead of IEEE division's slow path; for a huge
+  // denominator (x -> +inf) it gives 0, which is the right limit here.
+  return 1.0f - __fdividef(2.0f, exp2(x * 2.8853900817779268f) + 1.0f);
+#else
   return 1.0f - 2.0f / (exp2(x * 2.8853900817779268f) + 1.0f);
+#endif
 }
 FLEXATTN_HD inline float max(float a, float b) { return a > b ? a : b; }
 FLEXATTN_HD inline float min(float a, float b) { return a < b ? a : b; }

@@ -22,6 +22,10 @@ struct KernelTable {
   void (*scale)(float* y, int64_t n, float a);
   void (*online_softmax_t)(float* st, int64_t ldst, int N, int M, float* row_max, float* row_sum,
                            float* alpha);
+  void (*bwd_probs)(float* s, int64_t lds, int M, int N, const float* lse, float scale);
+  void (*bwd_dscores)(float* p, int64_t ldp, const float* dp, int64_t lddp, const float* g,
+                      int64_t ldg, int M, int N, const float* delta, float scale);
+  void (*bwd_add)(float* y, const float* x, int64_t n);
   // Register-resident FMA chains for `iters` iterations; returns the flops done (and a value the
   // caller must consume so the loop is not optimised away, through `sink`).
   double (*fma_peak_loop)(int64_t iters, float* sink);

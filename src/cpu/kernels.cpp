@@ -120,10 +120,14 @@ void gemm_rescale(Trans ta, Trans tb, int M, int N, int K, const float* A, int64
   if (M <= 0 || N <= 0) return;
   isa::active().gemm(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, true, row_scale);
 }
+// n == 0 returns at once: an empty tensor's pointers may be null, and the SIMD paths end in a
+// memcpy that must never see a null pointer, even for zero bytes.
 void load_row(const void* src, DType dtype, float* dst, int64_t n) {
+  if (n <= 0) return;
   isa::active().load_row(src, dtype, dst, n);
 }
 void store_row(const float* src, void* dst, DType dtype, int64_t n) {
+  if (n <= 0) return;
   isa::active().store_row(src, dst, dtype, n);
 }
 float exp_sub_sum(float* x, int64_t n, float c) { return isa::active().exp_sub_sum(x, n, c); }
@@ -133,6 +137,14 @@ void online_softmax_t(float* st, int64_t ldst, int N, int M, float* row_max, flo
                       float* alpha) {
   isa::active().online_softmax_t(st, ldst, N, M, row_max, row_sum, alpha);
 }
+void bwd_probs(float* s, int64_t lds, int M, int N, const float* lse, float scale) {
+  isa::active().bwd_probs(s, lds, M, N, lse, scale);
+}
+void bwd_dscores(float* p, int64_t ldp, const float* dp, int64_t lddp, const float* g, int64_t ldg,
+                 int M, int N, const float* delta, float scale) {
+  isa::active().bwd_dscores(p, ldp, dp, lddp, g, ldg, M, N, delta, scale);
+}
+void bwd_add(float* y, const float* x, int64_t n) { isa::active().bwd_add(y, x, n); }
 const char* isa_name() { return isa::active().name; }
 double fma_chain_flops(int64_t iters) {
   float sink = 0.0f;

@@ -59,6 +59,9 @@ struct V {
         _mm256_cmp_ps(x, _mm256_set1_ps(-std::numeric_limits<float>::infinity()), _CMP_EQ_OQ);
     return _mm256_blendv_ps(b, a, m);
   }
+  static reg blend_zero(reg x, reg a, reg b) {
+    return _mm256_blendv_ps(b, a, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_EQ_OQ));
+  }
 
   // p * 2^n for integral n in [-160, 160]: two exponent-field factors 2^(n/2) and 2^(n - n/2) so
   // subnormal results come out right and the largest finite ones do not overflow early.

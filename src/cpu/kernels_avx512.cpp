@@ -45,6 +45,10 @@ struct V {
         _mm512_cmp_ps_mask(x, _mm512_set1_ps(-std::numeric_limits<float>::infinity()), _CMP_EQ_OQ);
     return _mm512_mask_blend_ps(m, b, a);
   }
+  // where x == 0 (either sign): a, else b (NaN x gives b)
+  static reg blend_zero(reg x, reg a, reg b) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_EQ_OQ), b, a);
+  }
 
   // 2^x: x = n + f with |f| <= 1/2, 2^f by its degree-7 Taylor polynomial (truncation < 1e-8
   // relative), times 2^n by vscalefps, which also gives exact subnormals, 0 below and inf above.

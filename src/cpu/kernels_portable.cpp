@@ -117,6 +117,38 @@ void online_softmax_t_portable(float* st, int64_t ldst, int N, int M, float* row
   }
 }
 
+void bwd_probs_portable(float* s, int64_t lds, int M, int N, const float* lse, float scale) {
+  for (int m = 0; m < M; ++m) {
+    float* row = s + m * lds;
+    const float c = lse[m];
+    if (c == kNegInf) {  // every key masked: P = 0, never exp(-inf - -inf)
+      std::memset(row, 0, sizeof(float) * N);
+      continue;
+    }
+    for (int n = 0; n < N; ++n) row[n] = std::exp(scale * row[n] - c);
+  }
+}
+
+void bwd_dscores_portable(float* p, int64_t ldp, const float* dp, int64_t lddp, const float* g,
+                          int64_t ldg, int M, int N, const float* delta, float scale) {
+  for (int m = 0; m < M; ++m) {
+    float* pr = p + m * ldp;
+    const float* dpr = dp + m * lddp;
+    const float dm = delta[m];
+    if (g == nullptr) {
+      for (int n = 0; n < N; ++n) pr[n] = pr[n] * (dpr[n] - dm) * scale;
+    } else {
+      const float* gr = g + m * ldg;
+      for (int n = 0; n < N; ++n)
+        pr[n] = pr[n] != 0.0f ? pr[n] * (dpr[n] - dm) * scale * gr[n] : 0.0f;
+    }
+  }
+}
+
+void bwd_add_portable(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
 double fma_peak_portable(int64_t iters, float* sink) {
   float acc[16];
   for (int j = 0; j < 16; ++j) acc[j] = 1.0f + 0.001f * j;
@@ -133,10 +165,18 @@ double fma_peak_portable(int64_t iters, float* sink) {
 }  // namespace
 
 const KernelTable& portable_table() {
-  static const KernelTable t{
-      "portable",           gemm_portable,   load_row_portable, store_row_portable,
-      exp_sub_sum_portable, max_of_portable, scale_portable,    online_softmax_t_portable,
-      fma_peak_portable};
+  static const KernelTable t{"portable",
+                             gemm_portable,
+                             load_row_portable,
+                             store_row_portable,
+                             exp_sub_sum_portable,
+                             max_of_portable,
+                             scale_portable,
+                             online_softmax_t_portable,
+                             bwd_probs_portable,
+                             bwd_dscores_portable,
+                             bwd_add_portable,
+                             fma_peak_portable};
   return t;
 }
 

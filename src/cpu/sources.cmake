@@ -4,8 +4,7 @@
 set(FLEXATTN_CPU_SOURCES
   ${PROJECT_SOURCE_DIR}/src/cpu/threads.cpp
   ${PROJECT_SOURCE_DIR}/src/cpu/kernels.cpp
-  ${PROJECT_SOURCE_DIR}/src/cpu/kernels_portable.cpp
-  ${PROJECT_SOURCE_DIR}/src/cpu/bwd_kernels.cpp)
+  ${PROJECT_SOURCE_DIR}/src/cpu/kernels_portable.cpp)
 
 if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64|i[3-6]86)$"
    AND CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")

@@ -11,7 +11,9 @@ struct FloatOnlyScore {
 // Forgot the b and h arguments.
 struct ThreeArgScore {
   template <class T>
-  T operator()(T s, int, int) const { return s; }
+  T operator()(T s, int, int) const {
+    return s;
+  }
 };
 // A mask_mod that returns nothing.
 struct VoidMask {

@@ -32,8 +32,8 @@ inline int run_consumer() {
     return flexattn::Tensor::from_host(x.data(), {B, H, L, D}, flexattn::DType::f32);
   };
   const TemperatureBias score{1.5f};
-  const auto mask = flexattn::create_block_mask(flexattn::causal(), 1, 1, L, L,
-                                                {.block_q = 16, .block_kv = 16});
+  const auto mask =
+      flexattn::create_block_mask(flexattn::causal(), 1, 1, L, L, {.block_q = 16, .block_kv = 16});
   const flexattn::AttentionOutput r = flexattn::flex_attention(t(q), t(k), t(v), score, mask);
   const std::vector<float> out = r.out.to_host();
 

@@ -71,6 +71,7 @@ struct CaseOptions {
   DType dtype = DType::bf16;
   reference::Shape shape;
   int64_t mask_B = 1, mask_H = 1;  // BlockMask batch / heads (1 broadcasts)
+  int block_q = 128, block_kv = 128;  // BlockMask tile
   bool backward = true;
   float scale = 0.0f;  // 0: 1/sqrt(D)
   std::string name;    // printed on failure
@@ -168,7 +169,8 @@ void check_attention(const CaseOptions& c, ScoreMod score, MaskMod mask, RefScor
   std::ostringstream os;
   os << c.name << " dtype=" << to_string(c.dtype) << " B=" << s.B << " Hq=" << s.Hq
      << " Hkv=" << s.Hkv << " Lq=" << s.Lq << " Lkv=" << s.Lkv << " D=" << s.D
-     << " seed=" << seed << " (FLEXATTN_TEST_SEED reproduces)";
+     << " block=" << c.block_q << "x" << c.block_kv << " seed=" << seed
+     << " (FLEXATTN_TEST_SEED reproduces)";
   const std::string ctx = os.str();
   SCOPED_TRACE(ctx);
 
@@ -182,6 +184,8 @@ void check_attention(const CaseOptions& c, ScoreMod score, MaskMod mask, RefScor
 
   BlockMaskOptions bo;
   bo.device = Device::cuda;
+  bo.block_q = c.block_q;
+  bo.block_kv = c.block_kv;
   const auto bm = create_block_mask(mask, c.mask_B, c.mask_H, s.Lq, s.Lkv, bo);
 
   Tensor out = poisoned({s.B, s.Hq, s.Lq, s.D}, c.dtype);

@@ -1,6 +1,7 @@
 // GPU tests of the stock variants, compiled by the host compiler: every call goes through the
 // library's prebuilt CUDA instantiations (detail/variants.h) - the path the CLI and any .cpp caller
 // take. The user's own functors (compile-time fusion in a .cu) are in test_gpu_custom.cu.
+#include <cuda_runtime.h>
 #include <flexattn/flexattn.h>
 #include <gtest/gtest.h>
 
@@ -227,6 +228,135 @@ TEST_F(GpuTest, FullyMaskedTileRows) {
   const Docs docs = make_docs(456, /*masked_from=*/200);
   check_attention(c, fa::NoopScore{}, fa::document(docs.d()), fa::NoopScore{},
                   fa::document(docs.host.data()));
+}
+
+// ---- BlockMask tiles other than the default 128 x 128 ----------------------------------------
+// Mask blocks that are multiples of the kernels' tiles are walked as lists; the forward rejects
+// others with an Error (nothing written), the backward may fall back to a dense walk.
+TEST_F(GpuTest, BlockMaskTileSizes) {
+  for (auto [bq, bkv] : {std::pair{256, 256}, std::pair{256, 128}, std::pair{128, 64},
+                         std::pair{384, 192}}) {
+    for (const char* variant : {"causal", "document", "sliding_window"}) {
+      CaseOptions c;
+      c.dtype = DType::bf16;
+      c.shape = shape(1, 4, 2, 700, 650, 64);
+      c.block_q = bq;
+      c.block_kv = bkv;
+      check_stock(variant, c);
+    }
+  }
+}
+
+TEST_F(GpuTest, BlockMaskTileTooSmallForTheKernelIsAnError) {
+  std::mt19937_64 rng(fa::gpu_test::fresh_seed());
+  auto q = fa::gpu_test::random_input({1, 2, 300, 64}, DType::bf16, rng);
+  fa::BlockMaskOptions bo;
+  bo.device = Device::cuda;
+  bo.block_q = 64;  // the forward's query tile is 128 rows
+  bo.block_kv = 64;
+  const auto bm = fa::create_block_mask(fa::causal(), 1, 1, 300, 300, bo);
+  fa::Tensor out = fa::gpu_test::poisoned({1, 2, 300, 64}, DType::bf16);
+  fa::Tensor lse = fa::gpu_test::poisoned({1, 2, 300}, DType::f32);
+  try {
+    fa::flex_attention_into(q.t.view(), q.t.view(), q.t.view(), out.view(), lse.view(),
+                            fa::NoopScore{}, bm);
+    // Accepted: then it must be right.
+    const auto ref = fa::reference::forward(
+        fa::gpu_test::shape(1, 2, 2, 300, 300, 64), fa::reference::to_double(q.host),
+        fa::reference::to_double(q.host), fa::reference::to_double(q.host), 1.0 / 8.0,
+        fa::NoopScore{}, fa::causal());
+    EXPECT_LE(fa::reference::max_abs_error(out.to_host(), ref.out), 0.05);
+  } catch (const fa::Error& e) {
+    std::cout << "  (expected) " << e.what() << "\n";
+    for (float x : out.to_host()) ASSERT_TRUE(std::isnan(x)) << "out written on error";
+  }
+}
+
+// ---- strided views: activations stored [B, L, H, D] ------------------------------------------
+// The *_into layer takes strided views; results must equal the contiguous call bit for bit.
+TEST_F(GpuTest, StridedBLHDLayoutMatchesContiguous) {
+  std::mt19937_64 rng(fa::gpu_test::fresh_seed());
+  const int64_t B = 2, H = 4, L = 333, D = 64;
+  const DType dt = DType::bf16;
+  // Contiguous [B,H,L,D] inputs, and the same values stored [B,L,H,D].
+  auto to_blhd = [&](const std::vector<float>& bhld) {
+    std::vector<float> r(bhld.size());
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t l = 0; l < L; ++l)
+          for (int64_t d = 0; d < D; ++d)
+            r[size_t(((b * L + l) * H + h) * D + d)] = bhld[size_t(((b * H + h) * L + l) * D + d)];
+    return r;
+  };
+  auto view_of = [&](fa::Tensor& storage) {  // storage [B,L,H,D] seen as [B,H,L,D]
+    fa::TensorView v = storage.view();
+    v.shape[0] = B, v.shape[1] = H, v.shape[2] = L, v.shape[3] = D;
+    v.stride[0] = L * H * D, v.stride[1] = D, v.stride[2] = H * D, v.stride[3] = 1;
+    return v;
+  };
+  std::vector<fa::gpu_test::Input> in;
+  std::vector<fa::Tensor> st;
+  for (int i = 0; i < 4; ++i) {  // q, k, v, dout
+    in.push_back(fa::gpu_test::random_input({B, H, L, D}, dt, rng));
+    const auto x = to_blhd(in.back().host);
+    st.push_back(fa::Tensor::from_host(x.data(), {B, L, H, D}, dt, Device::cuda));
+  }
+  fa::BlockMaskOptions bo;
+  bo.device = Device::cuda;
+  const auto bm = fa::create_block_mask(fa::causal(), 1, 1, L, L, bo);
+  const auto ref = fa::flex_attention(in[0].t, in[1].t, in[2].t, bm);
+  const auto gref = fa::flex_attention_backward(in[0].t, in[1].t, in[2].t, ref.out, ref.lse,
+                                                in[3].t, bm);
+
+  fa::Tensor out = fa::gpu_test::poisoned({B, L, H, D}, dt);
+  fa::Tensor lse = fa::gpu_test::poisoned({B, H, L}, DType::f32);
+  fa::Tensor dq = fa::gpu_test::poisoned({B, L, H, D}, dt);
+  fa::Tensor dk = fa::gpu_test::poisoned({B, L, H, D}, dt);
+  fa::Tensor dv = fa::gpu_test::poisoned({B, L, H, D}, dt);
+  fa::flex_attention_into(view_of(st[0]), view_of(st[1]), view_of(st[2]), view_of(out),
+                          lse.view(), fa::NoopScore{}, bm);
+  fa::flex_attention_backward_into(view_of(st[0]), view_of(st[1]), view_of(st[2]), view_of(out),
+                                   lse.view(), view_of(st[3]), view_of(dq), view_of(dk),
+                                   view_of(dv), fa::NoopScore{}, bm);
+  EXPECT_EQ(to_blhd(ref.out.to_host()), out.to_host());
+  EXPECT_EQ(ref.lse.to_host(), lse.to_host());
+  EXPECT_EQ(to_blhd(gref.dq.to_host()), dq.to_host());
+  EXPECT_EQ(to_blhd(gref.dk.to_host()), dk.to_host());
+  EXPECT_EQ(to_blhd(gref.dv.to_host()), dv.to_host());
+}
+
+// ---- a caller's CUDA stream ------------------------------------------------------------------
+TEST_F(GpuTest, NonBlockingStreamGivesTheSameResults) {
+  std::mt19937_64 rng(fa::gpu_test::fresh_seed());
+  const int64_t L = 777, D = 128;
+  auto q = fa::gpu_test::random_input({1, 4, L, D}, DType::bf16, rng);
+  auto k = fa::gpu_test::random_input({1, 4, L, D}, DType::bf16, rng);
+  auto v = fa::gpu_test::random_input({1, 4, L, D}, DType::bf16, rng);
+  auto dout = fa::gpu_test::random_input({1, 4, L, D}, DType::bf16, rng);
+  fa::BlockMaskOptions bo;
+  bo.device = Device::cuda;
+  const auto bm = fa::create_block_mask(fa::causal(), 1, 1, L, L, bo);
+  const auto ref = fa::flex_attention(q.t, k.t, v.t, fa::alibi(4), bm);
+  const auto gref =
+      fa::flex_attention_backward(q.t, k.t, v.t, ref.out, ref.lse, dout.t, fa::alibi(4), bm);
+
+  cudaStream_t s = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+  fa::AttentionOptions opts;
+  opts.stream = s;
+  bo.stream = s;
+  const auto bm_s = fa::create_block_mask(fa::causal(), 1, 1, L, L, bo);
+  const auto o = fa::flex_attention(q.t, k.t, v.t, fa::alibi(4), bm_s, opts);
+  const auto g =
+      fa::flex_attention_backward(q.t, k.t, v.t, o.out, o.lse, dout.t, fa::alibi(4), bm_s, opts);
+  // A non-blocking stream does not order against the copies below: wait for it, as a caller must.
+  ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+  EXPECT_EQ(ref.out.to_host(), o.out.to_host());
+  EXPECT_EQ(ref.lse.to_host(), o.lse.to_host());
+  EXPECT_EQ(gref.dq.to_host(), g.dq.to_host());
+  EXPECT_EQ(gref.dk.to_host(), g.dk.to_host());
+  EXPECT_EQ(gref.dv.to_host(), g.dv.to_host());
+  cudaStreamDestroy(s);
 }
 
 // ---- front door (owning tensors, overloads without mask / score_mod) ---------------------------

@@ -6,7 +6,11 @@
 #   tools/gpu/run_all.sh [full|quick] [--no-tests] [--no-check] [--no-bench] [--no-peers]
 #                        [--gtest-filter=PATTERN] [--jobs=N] [--budget-s=540]
 #   tools/gpu/run_all.sh prepare        (here, before a device call: copies GoogleTest's source
-#                                        into build-deps/ to carry, for machines without it)
+#                                        into build-deps/ to carry, for machines without it; the
+#                                        device image has GoogleTest 1.14, so this is a fallback)
+#
+# Device call (the device tool): run(command="tools/gpu/run_all.sh full", timeout_s=600); copy
+# the returned <date>-<card>.md into bench/results/.
 #
 #   full   library prebuilt for every head dim, every GPU test, 5 large cases vs PyTorch,
 #          benchmark D in {128, 64} x L in {16384, 8192, 2048} (B*L = 16384, H = 16) for ours
@@ -113,9 +117,7 @@ if [[ ! -f /usr/include/gtest/gtest.h && ! -f /usr/local/include/gtest/gtest.h ]
 fi
 
 # ---- configure + build
-# CMake before 3.26 knows no C++20 flag for nvcc ("CUDA20 ... does not support this"): name it.
-# A newer CMake sets the same flag itself, which then takes precedence over these cache entries.
-CONFIG_ARGS=(-DCMAKE_CUDA20_STANDARD_COMPILE_OPTION=-std=c++20 -DCMAKE_CUDA20_EXTENSION_COMPILE_OPTION=-std=c++20)
+CONFIG_ARGS=()
 # full: prebuild the stock variants for every head dim, so the host-compiled tests cover them all
 # (the library's default is 64 and 128; the per-head-dim files compile in parallel here).
 [[ $MODE == full ]] && CONFIG_ARGS+=("-DFLEXATTN_CUDA_HEAD_DIMS=32;64;96;128;192;256")

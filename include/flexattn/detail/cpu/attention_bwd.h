@@ -35,7 +35,6 @@
 #include "../../math.h"
 #include "../../mods.h"
 #include "../args.h"
-#include "bwd_kernels.h"
 #include "kernels.h"
 
 namespace flexattn::detail::cpu {

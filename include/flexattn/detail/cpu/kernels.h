@@ -62,6 +62,22 @@ void scale(float* y, int64_t n, float a);
 void online_softmax_t(float* st, int64_t ldst, int N, int M, float* row_max, float* row_sum,
                       float* alpha);
 
+// ---- attention backward step --------------------------------------------------------------------
+// Probabilities of an M x N score tile, in place: s[m][n] = exp(scale * s[m][n] - lse[m]).
+// A row with lse[m] = -inf (every key masked) becomes all zeros: the -inf - -inf NaN trap is
+// handled here, not by the caller. s = -inf (a masked score, with scale > 0) gives exactly 0.
+void bwd_probs(float* s, int64_t lds, int M, int N, const float* lse, float scale);
+// Score gradients of an M x N tile, in place over the probabilities:
+//   p[m][n] = scale * p[m][n] * (dp[m][n] - delta[m])          (g == nullptr)
+//   p[m][n] = scale * p[m][n] * (dp[m][n] - delta[m]) * g[m][n] where p != 0, else 0
+// g is d(score_mod)/d(score); it is ignored where p == 0 so an inf/NaN derivative at a masked or
+// underflowed score cannot leak into the gradients. dp - delta is formed first, so where it is
+// exactly 0 (a row with a single key, see attention_bwd.h) the gradient is exactly 0.
+void bwd_dscores(float* p, int64_t ldp, const float* dp, int64_t lddp, const float* g, int64_t ldg,
+                 int M, int N, const float* delta, float scale);
+// y[i] += x[i] for i < n
+void bwd_add(float* y, const float* x, int64_t n);
+
 // ---- introspection ------------------------------------------------------------------------------
 // The instruction set the kernels above run with: "avx512", "avx2" or "portable". Chosen once at
 // run time from the CPU; FLEXATTN_CPU_ISA=portable|avx2|avx512 picks a lower one (tests use it).

@@ -94,7 +94,8 @@ FLEXATTN_DEV int count_greater(const int32_t* list, int n, int x) {
 
 template <int kBlockN>
 __global__ void __launch_bounds__(kRankThreads) bwd_dq_rank_kernel(const BwdParams p) {
-  const int64_t row = (static_cast<int64_t>(blockIdx.z) * p.mask_h + blockIdx.y) * p.nqb + blockIdx.x;
+  const int64_t row =
+      (static_cast<int64_t>(blockIdx.z) * p.mask_h + blockIdx.y) * p.nqb + blockIdx.x;
   const int32_t* part = p.kv_idx + row * p.nkvb;
   const int32_t* full = p.full_kv_idx + row * p.nkvb;
   const int n_part = __ldg(p.kv_num + row), n_full = __ldg(p.full_kv_num + row);
@@ -106,7 +107,8 @@ __global__ void __launch_bounds__(kRankThreads) bwd_dq_rank_kernel(const BwdPara
                            (n_full > 0 && __ldg(full + n_full - 1) == last);
   for (int nb = threadIdx.x; nb < p.nkvb; nb += kRankThreads) {
     const int blocks_after = count_greater(part, n_part, nb) + count_greater(full, n_full, nb);
-    p.dq_rank[row * p.nkvb + nb] = blocks_after * sub_n - (last_listed && nb < last ? last_short : 0);
+    p.dq_rank[row * p.nkvb + nb] =
+        blocks_after * sub_n - (last_listed && nb < last ? last_short : 0);
   }
 }
 

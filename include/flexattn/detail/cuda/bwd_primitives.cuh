@@ -40,7 +40,8 @@ struct FragAt {
   uint32_t base;
   FLEXATTN_DEV FragAt(const void* w, int m0) {
     const int l = lane_id(), j = l / 8;
-    base = smem_u32(w) + static_cast<uint32_t>(((l % 8 + (j / 2) * 8) * kLd + m0 + (j % 2) * 8) * 2);
+    const int row = l % 8 + (j / 2) * 8, col = m0 + (j % 2) * 8;
+    base = smem_u32(w) + static_cast<uint32_t>((row * kLd + col) * 2);
   }
   FLEXATTN_DEV void load(uint32_t (&a)[4], int mi, int ks) const {
     warp::ldmatrix_x4_trans(a, base + static_cast<uint32_t>((ks * 16 * kLd + mi * 16) * 2));
@@ -54,7 +55,8 @@ struct FragB {
   uint32_t base;
   FLEXATTN_DEV FragB(const void* y, int n0) {
     const int l = lane_id(), j = l / 8;
-    base = smem_u32(y) + static_cast<uint32_t>(((n0 + l % 8 + (j / 2) * 8) * kLd + (j % 2) * 8) * 2);
+    const int row = n0 + l % 8 + (j / 2) * 8, col = (j % 2) * 8;
+    base = smem_u32(y) + static_cast<uint32_t>((row * kLd + col) * 2);
   }
   FLEXATTN_DEV void load(uint32_t (&b)[4], int nj, int ks) const {
     warp::ldmatrix_x4(b, base + static_cast<uint32_t>((nj * 16 * kLd + ks * 16) * 2));
@@ -68,7 +70,8 @@ struct FragBt {
   uint32_t base;
   FLEXATTN_DEV FragBt(const void* z, int n0) {
     const int l = lane_id(), j = l / 8;
-    base = smem_u32(z) + static_cast<uint32_t>(((l % 8 + (j % 2) * 8) * kLd + n0 + (j / 2) * 8) * 2);
+    const int row = l % 8 + (j % 2) * 8, col = n0 + (j / 2) * 8;
+    base = smem_u32(z) + static_cast<uint32_t>((row * kLd + col) * 2);
   }
   FLEXATTN_DEV void load(uint32_t (&b)[4], int nj, int ks) const {
     warp::ldmatrix_x4_trans(b, base + static_cast<uint32_t>((ks * 16 * kLd + nj * 16) * 2));
