@@ -20,6 +20,7 @@ void* cuda_malloc(size_t) { no_cuda("allocating a tensor"); }
 void cuda_free(void*) noexcept {}
 void cuda_copy_to_device(void*, const void*, size_t) { no_cuda("copying to the GPU"); }
 void cuda_copy_to_host(void*, const void*, size_t) { no_cuda("copying from the GPU"); }
+void cuda_synchronize() {}
 
 namespace cuda {
 template <class MaskMod>

@@ -12,5 +12,6 @@ void* cuda_malloc(size_t bytes);
 void cuda_free(void* p) noexcept;
 void cuda_copy_to_device(void* dst, const void* src, size_t bytes);
 void cuda_copy_to_host(void* dst, const void* src, size_t bytes);
+void cuda_synchronize();
 
 }  // namespace flexattn::detail

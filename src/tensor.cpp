@@ -24,6 +24,8 @@ size_t dtype_size(DType t) { return t == DType::f32 ? 4 : 2; }
 
 bool cuda_available() { return detail::cuda_device_present(); }
 
+void synchronize() { detail::cuda_synchronize(); }
+
 // ---- Buffer -------------------------------------------------------------------------------------
 Buffer Buffer::allocate(size_t bytes, Device device) {
   Buffer b;

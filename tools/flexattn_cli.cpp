@@ -65,12 +65,15 @@ void with_variant(const Config& c, const int32_t* docs_dev, const int32_t* docs_
   throw fa::Error("unknown --variant '" + v + "' (run `flexattn variants`)");
 }
 
+// GPU calls are asynchronous: each timed call ends in synchronize() so the clock sees the kernels.
 double median_ms(const std::function<void()>& fn, int repeats) {
-  fn();  // warm-up: thread pool start, first-touch of scratch
+  fn();  // warm-up: thread pool start, first-touch of scratch, module load
+  fa::synchronize();
   std::vector<double> t;
   for (int i = 0; i < std::max(1, repeats); ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     fn();
+    fa::synchronize();
     t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
                     .count());
   }
@@ -144,6 +147,7 @@ bool run_one(const Config& c) {
     const fa::BlockMaskOptions bo{c.block_q, c.block_kv, c.device};
     const auto t_mask0 = std::chrono::steady_clock::now();
     auto bm = fa::create_block_mask(mask_dev, 1, 1, c.lq, c.lkv, bo);
+    fa::synchronize();
     const double mask_ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_mask0).count();
     const double density = fa::detail::kept_fraction(bm.data().to_cpu(), mask_host, 1, 1);

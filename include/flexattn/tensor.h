@@ -28,6 +28,9 @@ size_t dtype_size(DType);
 
 // True when this build has the CUDA backend and a CUDA device is visible.
 bool cuda_available();
+// Waits until all work queued on the GPU has finished (kernels are asynchronous); a no-op without
+// CUDA. Time GPU calls only across a synchronize().
+void synchronize();
 
 // Owning byte storage on one device. Copies share the storage (like a shared_ptr).
 class Buffer {

@@ -39,6 +39,10 @@ void cuda_copy_to_device(void* dst, const void* src, size_t bytes) {
   check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy to device");
 }
 
+void cuda_synchronize() {
+  if (cuda_device_present()) check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+}
+
 void cuda_copy_to_host(void* dst, const void* src, size_t bytes) {
   check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy to host");
 }

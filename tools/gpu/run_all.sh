@@ -122,7 +122,7 @@ CONFIG_ARGS=()
 # (the library's default is 64 and 128; the per-head-dim files compile in parallel here).
 [[ $MODE == full ]] && CONFIG_ARGS+=("-DFLEXATTN_CUDA_HEAD_DIMS=32;64;96;128;192;256")
 cmake --version | head -1 | sed 's/^/  /'
-TARGETS=(flexattn_gpu_tests flexattn_gpu_run_case flexattn_bench_gpu)
+TARGETS=(flexattn_gpu_tests flexattn_gpu_run_case flexattn_bench_gpu flexattn_cli)
 log "configure + build"
 BUILD_OK=0
 tb=$(date +%s)
