@@ -33,6 +33,8 @@
 
 #include <cstdint>
 
+#include "mask_lists.cuh"
+
 namespace flexattn::detail::cuda {
 
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, int kSdpWarpsM_,
@@ -104,7 +106,7 @@ struct BwdConfig<256> : BwdTraits<256, 64, 64, 8, 4, 4, 4, 1, 1, 1> {};
 
 // Everything the backward kernels read, resolved on the host. Strides in elements; lengths fit
 // int (the functors take int indices). Workspaces are f32, [B, Hq, Lq_pad(, D)] contiguous.
-struct BwdParams {
+struct BwdParams : MaskLists {  // the backward walks the transposed lists
   const void* q;
   const void* k;
   const void* v;
@@ -138,18 +140,6 @@ struct BwdParams {
   int* dq_rank;           // [Bm, Hm, nqb, nkvb] deterministic + sparse: kernel kv tiles listed for
                           //   q-block qb after kv-block nb (their dQ adds come first)
 
-  // block mask, int32 on the device: the transposed lists (q-blocks per kv-block) the kernel
-  // walks, and the forward lists (kv-blocks per q-block) the deterministic ranks come from
-  const int32_t* kv_num;
-  const int32_t* kv_idx;
-  const int32_t* full_kv_num;
-  const int32_t* full_kv_idx;
-  const int32_t* q_num;
-  const int32_t* q_idx;
-  const int32_t* full_q_num;
-  const int32_t* full_q_idx;
-  int mask_b, mask_h;     // 1 broadcasts
-  int nqb, nkvb, block_q, block_kv;
   bool sparse;            // false: mask blocks not multiples of the tiles; every q tile is
                           //   visited with mask_mod evaluated per element
   bool deterministic;

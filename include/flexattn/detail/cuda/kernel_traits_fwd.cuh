@@ -22,6 +22,8 @@
 
 #include <cstdint>
 
+#include "mask_lists.cuh"
+
 namespace flexattn::detail::cuda {
 
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, int kMinBlocksPerSm_>
@@ -80,7 +82,7 @@ struct FwdConfig<256> : FwdTraits<256, 128, 32, 8, 1> {};
 
 // Everything the kernel reads, resolved on the host. Strides are in elements; lengths fit int
 // (the functors take int indices). The block-mask lists are int32 device arrays (BlockMaskData).
-struct FwdParams {
+struct FwdParams : MaskLists {
   const void* q;
   const void* k;
   const void* v;
@@ -95,13 +97,6 @@ struct FwdParams {
   int group;                 // Hq / Hkv: query head h reads kv head h / group
   float scale;               // natural units: s = scale * q.k
   float scale_log2;          // scale * log2(e), for score_mod-free variants
-  // block mask
-  const int32_t* kv_num;
-  const int32_t* kv_idx;
-  const int32_t* full_kv_num;
-  const int32_t* full_kv_idx;
-  int mask_b, mask_h;        // 1 broadcasts
-  int nqb, nkvb, block_q, block_kv;
 };
 
 }  // namespace flexattn::detail::cuda

@@ -98,20 +98,7 @@ BwdParams make_params(const BwdArgs& a, const MaskData& m) {
   p.D = static_cast<int>(a.dims.D);
   p.scale = a.dims.scale;
   p.scale_log2 = a.dims.scale * kLog2e;
-  p.kv_num = static_cast<const int32_t*>(m.kv_num.data());
-  p.kv_idx = static_cast<const int32_t*>(m.kv_idx.data());
-  p.full_kv_num = static_cast<const int32_t*>(m.full_kv_num.data());
-  p.full_kv_idx = static_cast<const int32_t*>(m.full_kv_idx.data());
-  p.q_num = static_cast<const int32_t*>(m.q_num.data());
-  p.q_idx = static_cast<const int32_t*>(m.q_idx.data());
-  p.full_q_num = static_cast<const int32_t*>(m.full_q_num.data());
-  p.full_q_idx = static_cast<const int32_t*>(m.full_q_idx.data());
-  p.mask_b = static_cast<int>(m.B);
-  p.mask_h = static_cast<int>(m.H);
-  p.nqb = static_cast<int>(m.nqb);
-  p.nkvb = static_cast<int>(m.nkvb);
-  p.block_q = m.block_q;
-  p.block_kv = m.block_kv;
+  static_cast<MaskLists&>(p) = mask_lists(m);
   p.deterministic = a.deterministic;
   return p;
 }

@@ -142,16 +142,7 @@ FwdParams make_params(const FwdArgs& a, const MaskData& m) {
   p.group = static_cast<int>(a.dims.group());
   p.scale = a.dims.scale;
   p.scale_log2 = a.dims.scale * kLog2e;
-  p.kv_num = static_cast<const int32_t*>(m.kv_num.data());
-  p.kv_idx = static_cast<const int32_t*>(m.kv_idx.data());
-  p.full_kv_num = static_cast<const int32_t*>(m.full_kv_num.data());
-  p.full_kv_idx = static_cast<const int32_t*>(m.full_kv_idx.data());
-  p.mask_b = static_cast<int>(m.B);
-  p.mask_h = static_cast<int>(m.H);
-  p.nqb = static_cast<int>(m.nqb);
-  p.nkvb = static_cast<int>(m.nkvb);
-  p.block_q = m.block_q;
-  p.block_kv = m.block_kv;
+  static_cast<MaskLists&>(p) = mask_lists(m);
   return p;
 }
 
