@@ -30,8 +30,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 VARIANTS = ["noop", "causal", "sliding_window", "document", "alibi_causal", "softcap"]
-WINDOW = 1024
-CAP = 30.0
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools", "gpu"))
+from torch_variants import CAP, WINDOW, mods  # noqa: E402
 DOCS = 16
 
 
@@ -52,34 +52,6 @@ def kept_fraction(variant, L, doc):
         counts = torch.bincount(doc.long()).double()
         return (counts * counts).sum().item() / (L * L)
     raise ValueError(variant)
-
-
-def mods(variant, H, doc):
-    slopes = torch.exp2(-8.0 * torch.arange(1, H + 1, device="cuda", dtype=torch.float32) / H)
-
-    def causal(b, h, q, kv):
-        return q >= kv
-
-    def window(b, h, q, kv):
-        return (q >= kv) & (q - kv <= WINDOW)
-
-    def document(b, h, q, kv):
-        return doc[q] == doc[kv]
-
-    def alibi(score, b, h, q, kv):
-        return score + slopes[h] * (kv - q)
-
-    def softcap(score, b, h, q, kv):
-        return CAP * torch.tanh(score / CAP)
-
-    return {
-        "noop": (None, None),
-        "causal": (None, causal),
-        "sliding_window": (None, window),
-        "document": (None, document),
-        "alibi_causal": (alibi, causal),
-        "softcap": (softcap, None),
-    }[variant]
 
 
 def median_ms(fn, warmup=3, target_ms=300.0, min_reps=5, max_reps=30):

@@ -25,8 +25,7 @@ import torch
 
 K = 2.0
 ATOL = 1e-4
-WINDOW = 1024
-CAP = 30.0
+from torch_variants import CAP, WINDOW, mods  # noqa: E402  (same folder)
 
 CASES = [
     dict(name="causal", variant="causal", B=1, Hq=16, Hkv=16, L=4096, D=128),
@@ -37,36 +36,6 @@ CASES = [
 ]
 QUICK = {"causal", "document"}
 TENSORS = ["out", "lse", "dq", "dk", "dv"]
-
-
-def mods(variant, H, doc):
-    """(score_mod, mask_mod) in flex_attention's calling convention. The same functions also run
-    on broadcast index tensors for the dense float64 oracle."""
-    slopes = torch.exp2(-8.0 * torch.arange(1, H + 1, device="cuda", dtype=torch.float32) / H)
-
-    def causal(b, h, q, kv):
-        return q >= kv
-
-    def window(b, h, q, kv):
-        return (q >= kv) & (q - kv <= WINDOW)
-
-    def document(b, h, q, kv):
-        return doc[q] == doc[kv]
-
-    def alibi(score, b, h, q, kv):
-        return score + slopes[h] * (kv - q)
-
-    def softcap(score, b, h, q, kv):
-        return CAP * torch.tanh(score / CAP)
-
-    return {
-        "noop": (None, None),
-        "causal": (None, causal),
-        "sliding_window": (None, window),
-        "document": (None, document),
-        "alibi_causal": (alibi, causal),
-        "softcap": (softcap, None),
-    }[variant]
 
 
 def dense_f64(q, k, v, dout, score_mod, mask_mod, scale):
