@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "documents.h"
 #include "flexattn/flexattn.h"
 
 namespace {
@@ -22,29 +23,6 @@ namespace {
 struct OpaqueCausal {
   bool operator()(int, int, int q, int kv) const { return kv <= q; }
 };
-
-// 16 documents: equal lengths (boundaries on tile edges when L / 16 is a multiple of 128) or
-// random lengths (boundaries inside tiles).
-std::vector<int32_t> doc_ids(int64_t L, bool aligned, std::mt19937& rng) {
-  std::vector<int64_t> cuts;
-  if (aligned) {
-    for (int i = 1; i < 16; ++i) cuts.push_back(L * i / 16);
-  } else {
-    std::uniform_int_distribution<int64_t> pos(1, L - 1);
-    while (cuts.size() < 15) {
-      const int64_t c = pos(rng);
-      if (std::find(cuts.begin(), cuts.end(), c) == cuts.end()) cuts.push_back(c);
-    }
-    std::sort(cuts.begin(), cuts.end());
-  }
-  std::vector<int32_t> ids(static_cast<size_t>(L));
-  int32_t doc = 0;
-  for (int64_t i = 0, c = 0; i < L; ++i) {
-    while (c < static_cast<int64_t>(cuts.size()) && cuts[c] == i) ++doc, ++c;
-    ids[static_cast<size_t>(i)] = doc;
-  }
-  return ids;
-}
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -77,7 +55,8 @@ void run_device(flexattn::Device dev, int repeats) {
   std::mt19937 rng(12345);
   for (int64_t L : {16384, 4096}) {
     // Document ids live on the device the mask is built on (the mask_mod dereferences them there).
-    const std::vector<int32_t> aligned = doc_ids(L, true, rng), ragged = doc_ids(L, false, rng);
+    const std::vector<int32_t> aligned = flexattn::bench::document_ids(L, true, rng),
+                               ragged = flexattn::bench::document_ids(L, false, rng);
     const flexattn::Buffer aligned_buf =
         flexattn::Buffer::from_host(aligned.data(), aligned.size() * 4, dev);
     const flexattn::Buffer ragged_buf =

@@ -28,6 +28,7 @@
 #include <thread>
 #include <vector>
 
+#include "documents.h"
 #include "flexattn/detail/cpu/kernels.h"
 #include "flexattn/detail/kept_fraction.h"
 #include "flexattn/flexattn.h"
@@ -150,24 +151,6 @@ fa::Tensor random_tensor(std::vector<int64_t> shape, fa::DType dtype, std::mt199
   return fa::Tensor::from_host(host.data(), std::move(shape), dtype);
 }
 
-// 16 documents of random lengths (boundaries inside tiles, as packed training batches have them).
-std::vector<int32_t> document_ids(int64_t L, std::mt19937& rng) {
-  std::vector<int64_t> cuts;
-  std::uniform_int_distribution<int64_t> pos(1, std::max<int64_t>(1, L - 1));
-  while (static_cast<int64_t>(cuts.size()) < std::min<int64_t>(15, L - 1)) {
-    const int64_t c = pos(rng);
-    if (std::find(cuts.begin(), cuts.end(), c) == cuts.end()) cuts.push_back(c);
-  }
-  std::sort(cuts.begin(), cuts.end());
-  std::vector<int32_t> ids(static_cast<size_t>(L));
-  int32_t doc = 0;
-  for (int64_t i = 0, c = 0; i < L; ++i) {
-    while (c < static_cast<int64_t>(cuts.size()) && cuts[static_cast<size_t>(c)] == i) ++doc, ++c;
-    ids[static_cast<size_t>(i)] = doc;
-  }
-  return ids;
-}
-
 struct Row {
   std::string name;
   double density = 0.0, fwd_s = 0.0, bwd_s = 0.0, fwd_gflops = 0.0, bwd_gflops = 0.0;
@@ -280,7 +263,7 @@ int main(int argc, char** argv) {
             random_tensor({o.B, o.H, o.L, o.D}, o.dtype, rng),
             random_tensor({o.B, o.H, o.L, o.D}, o.dtype, rng)};
   // Device-side (here: host) document ids must outlive every call that uses the mask.
-  const std::vector<int32_t> docs = document_ids(o.L, rng);
+  const std::vector<int32_t> docs = flexattn::bench::document_ids(o.L, false, rng);
 
   std::vector<Row> rows;
   for (const std::string& v : o.variants) {

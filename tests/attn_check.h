@@ -46,6 +46,17 @@ struct Problem {
   bool strided = false;            // [B, L, H, D] storage with padding (see Operand)
 };
 
+// Base of the dtype-parameterised suites: a Problem of the given shape in the suite's dtype.
+class DtypeSuite : public ::testing::TestWithParam<DType> {
+ protected:
+  Problem problem(Shape s) const {
+    Problem p;
+    p.shape = s;
+    p.dtype = GetParam();
+    return p;
+  }
+};
+
 inline std::string describe(const Problem& p) {
   const Shape& s = p.shape;
   std::ostringstream o;

@@ -81,15 +81,7 @@ TEST(ReferenceBackward, MatchesFiniteDifferencesOfReferenceForward) {
 }
 
 // ---- the library against the oracle -------------------------------------------------------------
-class Backward : public ::testing::TestWithParam<DType> {
- protected:
-  Problem problem(Shape s) const {
-    Problem p;
-    p.shape = s;
-    p.dtype = GetParam();
-    return p;
-  }
-};
+class Backward : public DtypeSuite {};
 
 TEST_P(Backward, StockMasks) {
   Problem p = problem({.B = 1, .Hq = 2, .Hkv = 2, .Lq = 97, .Lkv = 131, .D = 32, .Dv = 32});

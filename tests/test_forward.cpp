@@ -14,15 +14,7 @@
 namespace flexattn::testing {
 namespace {
 
-class Forward : public ::testing::TestWithParam<DType> {
- protected:
-  Problem problem(Shape s) const {
-    Problem p;
-    p.shape = s;
-    p.dtype = GetParam();
-    return p;
-  }
-};
+class Forward : public DtypeSuite {};
 
 TEST_P(Forward, StockMasks) {
   // 64x64 tiles over 129 x 127: skipped, partial, full and ragged tiles all occur.

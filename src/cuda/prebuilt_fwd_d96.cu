@@ -1,5 +1,5 @@
 // Forward kernels of the stock variants for head dim 96 (both dtypes), when the build lists it.
-#include "prebuilt_fwd_dims.h"
+#include "prebuilt_head_dims.h"
 
 #if defined(FLEXATTN_CUDA_HDIM_96)
 #include "prebuilt_fwd.h"

@@ -28,6 +28,7 @@
 #include "bwd_postprocess.cuh"
 #include "bwd_preprocess.cuh"
 #include "check.cuh"
+#include "head_dims.cuh"
 #include "kernel_traits_bwd.cuh"
 #include "mainloop_bwd_sm80.cuh"
 
@@ -196,17 +197,6 @@ void launch_bwd_sm80(const BwdParams& p, const ScoreMod& score_mod, const MaskMo
   launch_bwd_cfg<BwdConfig<D>, T>(p, score_mod, mask_mod, stream);
 }
 
-// A set of head dims as a bit mask over kBwdHeadDims (bit i: kBwdHeadDims[i]), the same encoding
-// as the forward's, so the library's prebuilt lists read alike.
-inline constexpr int kBwdHeadDims[] = {32, 64, 96, 128, 192, 256};
-inline constexpr unsigned kAllBwdHeadDims = 0x3f;
-constexpr unsigned bwd_head_dim_bit(int D) {
-  for (int i = 0; i < 6; ++i) {
-    if (kBwdHeadDims[i] == D) return 1u << i;
-  }
-  return 0u;
-}
-
 template <unsigned kDims, class ScoreMod, class MaskMod>
 void launch_backward_for(const BwdArgs& args, const ScoreMod& score_mod,
                          const MaskMod& mask_mod) {
@@ -216,24 +206,13 @@ void launch_backward_for(const BwdArgs& args, const ScoreMod& score_mod,
   const BwdParams p = bwd_launch_detail::make_params(args, *args.mask);
   if (args.dims.B == 0 || args.dims.Hq == 0 || args.dims.Lq == 0 || args.dims.Lkv == 0) return;
   const bool bf16 = args.q.dtype == DType::bf16;
-  bool launched = false;
-  auto try_dim = [&]<int D>() {
-    if constexpr ((kDims & bwd_head_dim_bit(D)) != 0) {
-      if (args.dims.D != D) return;
-      if (bf16) {
-        launch_bwd_sm80<D, __nv_bfloat16>(p, score_mod, mask_mod, args.stream);
-      } else {
-        launch_bwd_sm80<D, __half>(p, score_mod, mask_mod, args.stream);
-      }
-      launched = true;
+  const bool launched = with_head_dim<kDims>(static_cast<int>(args.dims.D), [&]<int D>() {
+    if (bf16) {
+      launch_bwd_sm80<D, __nv_bfloat16>(p, score_mod, mask_mod, args.stream);
+    } else {
+      launch_bwd_sm80<D, __half>(p, score_mod, mask_mod, args.stream);
     }
-  };
-  try_dim.template operator()<32>();
-  try_dim.template operator()<64>();
-  try_dim.template operator()<96>();
-  try_dim.template operator()<128>();
-  try_dim.template operator()<192>();
-  try_dim.template operator()<256>();
+  });
   if (!launched) {
     throw Error("flex_attention_backward on Device::cuda: head dim " +
                 std::to_string(args.dims.D) +
@@ -246,7 +225,7 @@ void launch_backward_for(const BwdArgs& args, const ScoreMod& score_mod,
 
 template <class ScoreMod, class MaskMod>
 void launch_backward(const BwdArgs& args, const ScoreMod& score_mod, const MaskMod& mask_mod) {
-  launch_backward_for<kAllBwdHeadDims>(args, score_mod, mask_mod);
+  launch_backward_for<kAllHeadDims>(args, score_mod, mask_mod);
 }
 
 }  // namespace flexattn::detail::cuda

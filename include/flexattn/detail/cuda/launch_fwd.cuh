@@ -19,20 +19,11 @@
 #include "../../tensor.h"
 #include "../args.h"
 #include "check.cuh"
+#include "head_dims.cuh"
 #include "kernel_traits_fwd.cuh"
 #include "mainloop_fwd_sm80.cuh"
 
 namespace flexattn::detail::cuda {
-
-inline constexpr int kFwdHeadDims[] = {32, 64, 96, 128, 192, 256};
-// A set of head dims as a bit mask over kFwdHeadDims (bit i: kFwdHeadDims[i]).
-inline constexpr unsigned kAllFwdHeadDims = 0x3f;
-constexpr unsigned fwd_head_dim_bit(int D) {
-  for (int i = 0; i < 6; ++i) {
-    if (kFwdHeadDims[i] == D) return 1u << i;
-  }
-  return 0;
-}
 
 struct FwdKernelChoice {
   int head_dim = 0;
@@ -174,24 +165,13 @@ void launch_forward_for(const FwdArgs& args, const ScoreMod& score_mod, const Ma
   fwd_launch_detail::check_device_arch();
   const int B = static_cast<int>(args.dims.B), H = static_cast<int>(args.dims.Hq);
   const bool bf16 = args.q.dtype == DType::bf16;
-  bool launched = false;
-  auto try_dim = [&]<int D>() {
-    if constexpr ((kHeadDimMask & fwd_head_dim_bit(D)) != 0) {
-      if (choice.head_dim != D) return;
-      if (bf16) {
-        launch_fwd_sm80<D, __nv_bfloat16>(p, score_mod, mask_mod, B, H, args.stream);
-      } else {
-        launch_fwd_sm80<D, __half>(p, score_mod, mask_mod, B, H, args.stream);
-      }
-      launched = true;
+  const bool launched = with_head_dim<kHeadDimMask>(choice.head_dim, [&]<int D>() {
+    if (bf16) {
+      launch_fwd_sm80<D, __nv_bfloat16>(p, score_mod, mask_mod, B, H, args.stream);
+    } else {
+      launch_fwd_sm80<D, __half>(p, score_mod, mask_mod, B, H, args.stream);
     }
-  };
-  try_dim.template operator()<32>();
-  try_dim.template operator()<64>();
-  try_dim.template operator()<96>();
-  try_dim.template operator()<128>();
-  try_dim.template operator()<192>();
-  try_dim.template operator()<256>();
+  });
   if (!launched) {
     throw Error("flex_attention on Device::cuda: head dim " + std::to_string(choice.head_dim) +
                 " is not among the head dims this library was built with for the stock variants "
@@ -202,7 +182,7 @@ void launch_forward_for(const FwdArgs& args, const ScoreMod& score_mod, const Ma
 
 template <class ScoreMod, class MaskMod>
 void launch_forward(const FwdArgs& args, const ScoreMod& score_mod, const MaskMod& mask_mod) {
-  launch_forward_for<kAllFwdHeadDims>(args, score_mod, mask_mod);
+  launch_forward_for<kAllHeadDims>(args, score_mod, mask_mod);
 }
 
 }  // namespace flexattn::detail::cuda
