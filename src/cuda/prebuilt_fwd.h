@@ -1,4 +1,4 @@
-// Shared by src/cuda/prebuilt_fwd*.cu: the explicit instantiations of launch_fwd_sm80 per head
+// Shared by src/cuda/prebuilt_fwd*.cu: the explicit instantiations of launch_fwd_kernel per head
 // dim (prebuilt_head_dims.h says which).
 #pragma once
 
@@ -8,8 +8,9 @@
 // `extern template` (declare: compiled elsewhere) or `template` (instantiate here) of one head
 // dim's kernels for every prebuilt variant and both dtypes.
 #define FLEXATTN_FWD_ONE(PREFIX, D, T, S, M)                                                      \
-  PREFIX void ::flexattn::detail::cuda::launch_fwd_sm80<D, T, S, M>(                              \
-      const ::flexattn::detail::cuda::FwdParams&, const S&, const M&, int, int, void*);
+  PREFIX void ::flexattn::detail::cuda::launch_fwd_kernel<D, T, S, M>(                            \
+      const ::flexattn::detail::FwdArgs&, const ::flexattn::detail::cuda::FwdParams&, const S&,   \
+      const M&);
 #define FLEXATTN_FWD_BOTH_DTYPES(PREFIX, D, S, M) \
   FLEXATTN_FWD_ONE(PREFIX, D, __nv_bfloat16, S, M) FLEXATTN_FWD_ONE(PREFIX, D, __half, S, M)
 #define FLEXATTN_FWD_EXTERN_D(D, ...) FLEXATTN_FWD_BOTH_DTYPES(extern template, D, __VA_ARGS__)

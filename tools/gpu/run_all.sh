@@ -23,8 +23,8 @@
 #               every Flex variant x shape, then waits for the go-file before timing
 #   foreground: cmake configure + build (niced) -> GPU tests -> run_case on the check inputs
 #               -> go-file (peers time on a quiet GPU) -> compare -> our benchmark -> merge
-# Files under $OUT (the device returns at most 8): build.log tests.log peers.log check.log
-# bench.log ours.csv peers.csv <date>-<card>.md. The summary table is printed last.
+# Files under $OUT (the device returns at most 8): build.log tests.log (both passes) peers.log
+# check.log bench.log ours.csv peers.csv <date>-<card>.md. The summary table is printed last.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -128,7 +128,7 @@ BUILD_OK=0
 tb=$(date +%s)
 configure() {
   timeout "$(slot 120 200)" cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLEXATTN_CUDA=ON \
-    -DCMAKE_CUDA_ARCHITECTURES=90 "${CONFIG_ARGS[@]}" "${PREFIX_ARGS[@]}" ${FLEXATTN_CMAKE_ARGS:-} >> "$OUT/build.log" 2>&1 || return 1
+    -DCMAKE_CUDA_ARCHITECTURES=90a "${CONFIG_ARGS[@]}" "${PREFIX_ARGS[@]}" ${FLEXATTN_CMAKE_ARGS:-} >> "$OUT/build.log" 2>&1 || return 1
   # the GPU block-mask benchmark, when its source is there
   cmake --build "$BUILD" --target help 2>/dev/null | grep -q '^bench_block_mask_gpu:' && TARGETS+=(bench_block_mask_gpu)
   return 0
@@ -154,6 +154,16 @@ if [[ $TESTS == 1 && $BUILD_OK == 1 ]]; then
   passed=$(names OK) failed=$(names FAILED) skipped=$(names SKIPPED)
   STATUS[tests]="$passed passed, $failed failed, $skipped skipped (rc $rc)"
   if [[ $rc == 124 ]]; then STATUS[tests]+=" TIMED OUT"; fi
+  # On a Hopper GPU the pass above takes the sm90 kernels where they apply; the attention tests
+  # again with FLEXATTN_CUDA_SM80=1 cover the sm80 kernels on the same card.
+  log "GPU tests, sm80 kernels forced"
+  FLEXATTN_CUDA_SM80=1 timeout "$(slot 200 120)" "$BIN/flexattn_gpu_tests" \
+    --gtest_filter="$GTEST_FILTER:-BlockMaskGpu*" --gtest_color=no > "$WORK/tests_sm80.log" 2>&1
+  rc=$?
+  tl=$WORK/tests_sm80.log
+  passed=$(grep -cE "^\[ +OK +\] [A-Za-z]" "$tl") failed=$(grep -E "^\[ +FAILED +\] [A-Za-z]" "$tl" | awk '{print $4}' | sort -u | wc -l)
+  STATUS[tests80]="$passed passed, $failed failed (rc $rc)"
+  { echo; echo "==== the same tests with FLEXATTN_CUDA_SM80=1 ===="; cat "$tl"; } >> "$OUT/tests.log"
 fi
 
 # ---- large cases: flexattn on the oracles' inputs
@@ -222,7 +232,7 @@ if [[ $BENCH == 1 ]]; then
   python3 bench/merge_gpu.py "$OUT/ours.csv" "$OUT/peers.csv" --out-dir "$OUT" 2>&1 | grep -v '^merge_gpu: wrote' | grep -vE '^$'
 fi
 echo "==== summary (+$(elapsed)s) ===="
-for k in build tests check peers bench; do
+for k in build tests tests80 check peers bench; do
   [[ -n ${STATUS[$k]:-} ]] && printf '  %-6s %s\n' "$k" "${STATUS[$k]}"
 done
 rm -rf "$WORK"

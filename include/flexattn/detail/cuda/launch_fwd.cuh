@@ -3,7 +3,8 @@
 //
 //   select_forward_kernel()   validates and picks the tile config; shared by forward_supported()
 //                             and launch, so the two cannot drift apart
-//   launch_fwd_sm80<D, T>()   one head dim, one dtype: fills FwdParams and launches
+//   launch_fwd_kernel<D, T>() one head dim, one dtype: the Hopper kernel where it applies
+//                             (sm90_forward_usable), else the sm80 one
 //   launch_forward()          every head dim (a user's .cu file: compile-time fusion)
 //   launch_forward_for<mask>  a chosen set of head dims (the library's prebuilt variants; see
 //                             src/cuda/prebuilt_fwd*.cu and FLEXATTN_CUDA_HEAD_DIMS). A different
@@ -22,6 +23,8 @@
 #include "head_dims.cuh"
 #include "kernel_traits_fwd.cuh"
 #include "mainloop_fwd_sm80.cuh"
+#include "mainloop_fwd_sm90.cuh"
+#include "sm90_unit.cuh"
 
 namespace flexattn::detail::cuda {
 
@@ -139,10 +142,51 @@ FwdParams make_params(const FwdArgs& a, const MaskData& m) {
 
 }  // namespace fwd_launch_detail
 
+namespace fwd_launch_detail {
+
+// The tensor maps of the Hopper kernel; false when the driver rejects a layout.
+template <class Traits>
+bool make_tile_maps(const FwdArgs& a, FwdTileMaps& maps) {
+  return make_tile_map(maps.q, a.q.data, a.q.shape, a.q.stride, Traits::kBlockM) &&
+         make_tile_map(maps.k, a.k.data, a.k.shape, a.k.stride, Traits::kBlockN) &&
+         make_tile_map(maps.v, a.v.data, a.v.shape, a.v.stride, Traits::kBlockN);
+}
+
+}  // namespace fwd_launch_detail
+
+// Whether the Hopper kernel takes this call: a head dim it has tiles for, mask blocks its tiles
+// divide, a Hopper GPU and sm_90a machine code in the calling translation unit (sm90_unit.cuh).
+template <int D>
+bool sm90_forward_usable(const FwdParams& p) {
+  if constexpr (!FwdConfigSm90<D>::kAvailable) {
+    return false;
+  } else {
+    using Traits = FwdConfigSm90<D>;
+    return p.block_q % Traits::kBlockM == 0 && p.block_kv % Traits::kBlockN == 0 &&
+           unit_runs_sm90a();
+  }
+}
+
 // One head dim, one dtype. Explicitly instantiated per head dim by the library's prebuilt files.
 template <int D, class T, class ScoreMod, class MaskMod>
-void launch_fwd_sm80(const FwdParams& p, const ScoreMod& score_mod, const MaskMod& mask_mod,
-                     int batch, int heads, void* stream) {
+void launch_fwd_kernel(const FwdArgs& a, const FwdParams& p, const ScoreMod& score_mod,
+                       const MaskMod& mask_mod) {
+  const int batch = static_cast<int>(a.dims.B), heads = static_cast<int>(a.dims.Hq);
+  const auto stream = static_cast<cudaStream_t>(a.stream);
+  if constexpr (FwdConfigSm90<D>::kAvailable) {
+    using Traits = FwdConfigSm90<D>;
+    FwdTileMaps maps;
+    if (sm90_forward_usable<D>(p) && fwd_launch_detail::make_tile_maps<Traits>(a, maps)) {
+      auto* kernel = &fwd_kernel_sm90<Traits, T, ScoreMod, MaskMod, ThisUnit>;
+      FLEXATTN_CUDA_CHECK(cudaFuncSetAttribute(
+          kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes));
+      const int m_tiles = (p.Lq + Traits::kBlockM - 1) / Traits::kBlockM;
+      kernel<<<FwdTileScheduler::grid(m_tiles, heads, batch), Traits::kNThreads,
+               Traits::kSmemBytes, stream>>>(p, maps, score_mod, mask_mod);
+      FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention forward kernel (sm90)");
+      return;
+    }
+  }
   using Traits = FwdConfig<D>;
   auto* kernel = &fwd_kernel_sm80<Traits, T, ScoreMod, MaskMod>;
   if constexpr (Traits::kSmemBytes > 48 * 1024) {
@@ -151,7 +195,7 @@ void launch_fwd_sm80(const FwdParams& p, const ScoreMod& score_mod, const MaskMo
   }
   const int m_tiles = (p.Lq + Traits::kBlockM - 1) / Traits::kBlockM;
   kernel<<<FwdTileScheduler::grid(m_tiles, heads, batch), Traits::kNThreads, Traits::kSmemBytes,
-           static_cast<cudaStream_t>(stream)>>>(p, score_mod, mask_mod);
+           stream>>>(p, score_mod, mask_mod);
   FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention forward kernel (sm80)");
 }
 
@@ -163,13 +207,12 @@ void launch_forward_for(const FwdArgs& args, const ScoreMod& score_mod, const Ma
   const FwdParams p = fwd_launch_detail::make_params(args, mask);
   if (args.dims.B == 0 || args.dims.Hq == 0) return;
   fwd_launch_detail::check_device_arch();
-  const int B = static_cast<int>(args.dims.B), H = static_cast<int>(args.dims.Hq);
   const bool bf16 = args.q.dtype == DType::bf16;
   const bool launched = with_head_dim<kHeadDimMask>(choice.head_dim, [&]<int D>() {
     if (bf16) {
-      launch_fwd_sm80<D, __nv_bfloat16>(p, score_mod, mask_mod, B, H, args.stream);
+      launch_fwd_kernel<D, __nv_bfloat16>(args, p, score_mod, mask_mod);
     } else {
-      launch_fwd_sm80<D, __half>(p, score_mod, mask_mod, B, H, args.stream);
+      launch_fwd_kernel<D, __half>(args, p, score_mod, mask_mod);
     }
   });
   if (!launched) {

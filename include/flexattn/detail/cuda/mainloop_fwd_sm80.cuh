@@ -169,10 +169,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
   const uint32_t k_base = smem_u32(sK), v_base = smem_u32(sV);
   // Rows past Lq only occur in the last q tile; kv lanes past Lkv only in the last kv tile.
   const bool q_ragged = m0 + Traits::kBlockM > p.Lq;
-  // Without a score_mod the scale rides in the softmax's exp2 FFMA (the row max is then taken on
-  // raw q.k, which needs scale > 0); with one, the score_mod sees natural units and log2(e) rides.
-  const bool fold_scale = !kNoopScore || p.scale_log2 > 0.0f;
-  const float mult = kNoopScore ? (fold_scale ? p.scale_log2 : 1.0f) : kLog2e;
+  const ScoreUnits<kNoopScore> units(p.scale_log2);
 
   while (cur.n0 >= 0) {
     const auto nxt = iter.next(cur);  // list read now, used after the QK^T product
@@ -183,21 +180,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
 
     float s[kMT][kNT][4];  // (warp rows, BLOCK_N)
     ML::gemm_qk(s, q_warp, k_base);
-    if (!fold_scale) scale_scores(s, p.scale_log2);
+    if (units.prescale) scale_scores(s, p.scale_log2);
     const int row0 = m0 + wrow;
-    // One code path per tile kind. The rare ragged tile (end of the sequence) shares one copy
-    // with a run-time partial flag: each extra inlined copy costs registers everywhere (measured:
-    // dropping the ragged copies alone sped document masks up by 11% at D = 128).
-    if (q_ragged || cur.n0 + Traits::kBlockN > p.Lkv) {
-      score_and_mask<kNoopScore, true, true>(s, score_mod, mask_mod, b, h, row0, cur.n0, p.Lq,
-                                             p.Lkv, p.scale, cur.partial);
-    } else if (cur.partial) {
-      score_and_mask<kNoopScore, true, false>(s, score_mod, mask_mod, b, h, row0, cur.n0, p.Lq,
-                                              p.Lkv, p.scale, true);
-    } else if constexpr (!kNoopScore) {
-      score_and_mask<kNoopScore, false, false>(s, score_mod, mask_mod, b, h, row0, cur.n0, p.Lq,
-                                               p.Lkv, p.scale, false);
-    }
+    score_and_mask_tile<kNoopScore>(s, score_mod, mask_mod, b, h, row0, cur.n0, cur.partial,
+                                    q_ragged || cur.n0 + Traits::kBlockN > p.Lkv, p.Lq, p.Lkv,
+                                    p.scale);
 
     cta::cp_async_wait<0>();
     __syncthreads();  // V[cur] visible to all; every warp is done with K[cur]
@@ -206,7 +193,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
     }
     cta::cp_async_commit();
 
-    softmax.update(s, o, mult);
+    softmax.update(s, o, units.mult);
     ML::gemm_pv(o, s, v_base);
     cur = nxt;
   }
@@ -218,7 +205,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
   softmax.finalize(o, lse);
   T* out = static_cast<T*>(p.out) + b * p.o_sb + h * p.o_sh + (m0 + wrow) * p.o_sr;
   float* lse_rows = p.lse + b * p.l_sb + h * p.l_sh + (m0 + wrow) * p.l_sr;
-  store_out_lse<T, Traits::kRowsPerWarp, Traits::kHeadDim, kPitch>(
+  store_out_lse<T, Traits::kRowsPerWarp, Traits::kHeadDim, PaddedRows<kPitch>>(
       o, lse, sQ + wrow * kPitch, out, p.o_sr, lse_rows, p.l_sr, p.Lq - m0 - wrow);
 }
 
