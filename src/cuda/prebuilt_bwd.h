@@ -1,5 +1,5 @@
 // Shared by src/cuda/prebuilt_bwd*.cu: which head dims the library's stock backward kernels are
-// built for, and the explicit instantiations of launch_bwd_sm80 per head dim.
+// built for, and the explicit instantiations of launch_bwd_kernel per head dim.
 //
 // Head dims: prebuilt_head_dims.h, shared with the forward.
 // Each head dim costs 8 variants x 2 dtypes x 2 architectures backward kernels (~2-4 s of nvcc
@@ -13,7 +13,7 @@
 // `extern template` (declare: compiled elsewhere) or `template` (instantiate here) of one head
 // dim's backward for every prebuilt variant and both dtypes.
 #define FLEXATTN_BWD_ONE(PREFIX, D, T, S, M)                                                      \
-  PREFIX void ::flexattn::detail::cuda::launch_bwd_sm80<D, T, S, M>(                              \
+  PREFIX void ::flexattn::detail::cuda::launch_bwd_kernel<D, T, S, M>(                              \
       const ::flexattn::detail::cuda::BwdParams&, const S&, const M&, void*);
 #define FLEXATTN_BWD_BOTH_DTYPES(PREFIX, D, S, M) \
   FLEXATTN_BWD_ONE(PREFIX, D, __nv_bfloat16, S, M) FLEXATTN_BWD_ONE(PREFIX, D, __half, S, M)

@@ -11,6 +11,8 @@
 
 #include <cstdint>
 
+#include "../../math.h"
+#include "mask.cuh"
 #include "utils.cuh"
 
 namespace flexattn::detail::cuda {
@@ -116,6 +118,37 @@ FLEXATTN_DEV void zero(float (&acc)[MI][NI][4]) {
     for (int ni = 0; ni < NI; ++ni)
 #pragma unroll
       for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.0f;
+}
+
+// One recomputed score x = (Q K^T)[q][kv] -> returns P = exp2(s' log2e - lse2) and leaves
+// P * ds'/ds in x (s' = score_mod(scale * x) through flexattn::Dual{s, 1}; no functor call for
+// NoopScore). kCheck: evaluate mask_mod (when `partial`) and the bounds q < Lq, kv < Lkv, with
+// indices clamped into range before any functor sees them; dropped scores give P = 0 and x = 0.
+template <bool kCheck, class ScoreMod, class MaskMod>
+FLEXATTN_DEV float prob_and_grad(float& x, const ScoreMod& score_mod, const MaskMod& mask_mod,
+                                 bool partial, int b, int hq, int q, int kv, int Lq, int Lkv,
+                                 float scale, float scale_log2, float lse2) {
+  const bool q_in = q < Lq, kv_in = kv < Lkv;
+  const int qc = (!kCheck || q_in) ? q : Lq - 1;
+  const int kc = (!kCheck || kv_in) ? kv : Lkv - 1;
+  float p, pg;
+  if constexpr (is_noop_score<ScoreMod>) {
+    p = thread::exp2_approx(fmaf(x, scale_log2, -lse2));
+    pg = p;
+  } else {
+    const Dual r = score_mod(Dual(x * scale, 1.0f), b, hq, qc, kc);
+    p = thread::exp2_approx(fmaf(r.v, kLog2e, -lse2));
+    // A 0 probability carries no gradient, even where g is inf.
+    pg = p > 0.0f ? p * r.d : 0.0f;
+  }
+  if constexpr (kCheck) {
+    bool keep = q_in && kv_in;
+    if (partial) keep = keep && static_cast<bool>(mask_mod(b, hq, qc, kc));
+    p = keep ? p : 0.0f;
+    pg = keep ? pg : 0.0f;
+  }
+  x = pg;
+  return p;
 }
 
 // Adds (x, y) to two adjacent f32 in global memory. sm90 has a vector atomic that halves the

@@ -4,7 +4,8 @@
 //
 //   backward_unsupported_reason()  what the backward cannot take (shared by backward_supported()
 //                                  and the launch, so the two cannot drift apart)
-//   launch_bwd_sm80<D, T>()        one head dim, one dtype: workspaces and the four launches
+//   launch_bwd_kernel<D, T>()      one head dim, one dtype: the main kernel's config, then
+//                                  launch_bwd_cfg: workspaces and the four launches
 //   launch_backward_for<mask>()    a chosen set of head dims (the library's prebuilt variants,
 //                                  src/cuda/prebuilt_bwd*.cu, FLEXATTN_CUDA_HEAD_DIMS)
 //   launch_backward()              every head dim (a user's .cu file: compile-time fusion)
@@ -12,7 +13,7 @@
 // Launch sequence on args.stream, all asynchronous:
 //   1. bwd_preprocess_kernel  delta = rowsum(dO * O), lse2 = lse * log2(e), dq_accum = 0
 //   2. deterministic only:    dQ-order counters = 0; bwd_dq_rank_kernel (sparse walks)
-//   3. bwd_kernel_sm80        dK, dV written; dS K added into dq_accum
+//   3. bwd_kernel_sm90 / _sm80 dK, dV written; dS K added into dq_accum
 //   4. bwd_postprocess_kernel dq = scale * dq_accum in q's dtype
 // One workspace block from cudaMallocAsync on the stream, released with cudaFreeAsync after the
 // last launch (stream-ordered: no synchronisation, and reused by the pool on the next call).
@@ -31,6 +32,8 @@
 #include "head_dims.cuh"
 #include "kernel_traits_bwd.cuh"
 #include "mainloop_bwd_sm80.cuh"
+#include "mainloop_bwd_sm90.cuh"
+#include "sm90_unit.cuh"
 
 namespace flexattn::detail::cuda {
 
@@ -108,10 +111,10 @@ inline size_t round_up(size_t x) { return (x + 255) / 256 * 256; }
 
 }  // namespace bwd_launch_detail
 
-// One tile config (BwdTraits), one dtype.
-template <class Cfg, class T, class ScoreMod, class MaskMod>
+// One tile config (BwdTraits / BwdTraitsSm90), one dtype, one main kernel.
+template <class Cfg, class T, class ScoreMod, class MaskMod, class Kernel>
 void launch_bwd_cfg(BwdParams p, const ScoreMod& score_mod, const MaskMod& mask_mod,
-                    void* stream_ptr) {
+                    void* stream_ptr, Kernel* kernel, const char* kernel_name) {
   constexpr int D = Cfg::kHeadDim;
   using bwd_launch_detail::round_up;
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
@@ -172,12 +175,11 @@ void launch_bwd_cfg(BwdParams p, const ScoreMod& score_mod, const MaskMod& mask_
       FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward dQ rank kernel");
     }
 
-    auto* kernel = &bwd_kernel_sm80<Cfg, T, ScoreMod, MaskMod>;
     FLEXATTN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              Cfg::kSmemBytes));
     kernel<<<dim3(p.num_n_tiles, p.Hkv, B), Cfg::kNThreads, Cfg::kSmemBytes, stream>>>(
         p, score_mod, mask_mod);
-    FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward main kernel (sm80)");
+    FLEXATTN_CUDA_CHECK_LAUNCH(kernel_name);
 
     bwd_postprocess_kernel<T>
         <<<dim3((p.Lq + kPostRowsPerCta - 1) / kPostRowsPerCta, Hq, B), kPostThreads, 0,
@@ -190,11 +192,25 @@ void launch_bwd_cfg(BwdParams p, const ScoreMod& score_mod, const MaskMod& mask_
   FLEXATTN_CUDA_CHECK(cudaFreeAsync(ws, stream));
 }
 
-// One head dim, one dtype: the config of kernel_traits_bwd.cuh.
+// One head dim, one dtype: the Hopper kernel (mainloop_bwd_sm90.cuh) where it has tiles for the
+// head dim and the calling translation unit carries sm_90a code (sm90_unit.cuh), else the sm80
+// config of kernel_traits_bwd.cuh. Explicitly instantiated per head dim by the prebuilt files.
 template <int D, class T, class ScoreMod, class MaskMod>
-void launch_bwd_sm80(const BwdParams& p, const ScoreMod& score_mod, const MaskMod& mask_mod,
-                     void* stream) {
-  launch_bwd_cfg<BwdConfig<D>, T>(p, score_mod, mask_mod, stream);
+void launch_bwd_kernel(const BwdParams& p, const ScoreMod& score_mod, const MaskMod& mask_mod,
+                       void* stream) {
+  if constexpr (kHasBwdSm90<D>) {
+    if (unit_runs_sm90a()) {
+      using Cfg = BwdTraitsSm90<D>;
+      launch_bwd_cfg<Cfg, T>(p, score_mod, mask_mod, stream,
+                             &bwd_kernel_sm90<Cfg, T, ScoreMod, MaskMod, ThisUnit>,
+                             "flex_attention_backward main kernel (sm90)");
+      return;
+    }
+  }
+  using Cfg = BwdConfig<D>;
+  launch_bwd_cfg<Cfg, T>(p, score_mod, mask_mod, stream,
+                         &bwd_kernel_sm80<Cfg, T, ScoreMod, MaskMod>,
+                         "flex_attention_backward main kernel (sm80)");
 }
 
 template <unsigned kDims, class ScoreMod, class MaskMod>
@@ -208,9 +224,9 @@ void launch_backward_for(const BwdArgs& args, const ScoreMod& score_mod,
   const bool bf16 = args.q.dtype == DType::bf16;
   const bool launched = with_head_dim<kDims>(static_cast<int>(args.dims.D), [&]<int D>() {
     if (bf16) {
-      launch_bwd_sm80<D, __nv_bfloat16>(p, score_mod, mask_mod, args.stream);
+      launch_bwd_kernel<D, __nv_bfloat16>(p, score_mod, mask_mod, args.stream);
     } else {
-      launch_bwd_sm80<D, __half>(p, score_mod, mask_mod, args.stream);
+      launch_bwd_kernel<D, __half>(p, score_mod, mask_mod, args.stream);
     }
   });
   if (!launched) {

@@ -146,38 +146,15 @@ FLEXATTN_DEV void bwd_probs(float (&s)[Cfg::kSdpMI][Cfg::kSdpNI][4], T* sP,
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int rl = mi * 16 + g + 8 * half;
-      const int q = q0 + rl;
-      const bool q_in = q < Lq;
-      const int qc = q_in ? q : Lq - 1;
-      const float l2 = lse2[mi][half];
 #pragma unroll
       for (int ni = 0; ni < Cfg::kSdpNI; ++ni) {
         float pv[2];
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
           float& x = s[mi][ni][2 * half + c];
-          const int kv = k0 + ni * 8 + 2 * t + c;
-          float p, pg;
-          if constexpr (is_noop_score<ScoreMod>) {
-            p = thread::exp2_approx(fmaf(x, scale_log2, -l2));
-            pg = p;
-          } else {
-            const int kc = kCheck ? (kv < Lkv ? kv : Lkv - 1) : kv;
-            const Dual r = score_mod(Dual(x * scale, 1.0f), b, hq, qc, kc);
-            p = thread::exp2_approx(fmaf(r.v, kLog2e, -l2));
-            // A 0 probability carries no gradient, even where g is inf.
-            pg = p > 0.0f ? p * r.d : 0.0f;
-          }
-          if constexpr (kCheck) {
-            const bool kv_in = kv < Lkv;
-            const int kc = kv_in ? kv : Lkv - 1;
-            bool keep = q_in && kv_in;
-            if (partial) keep = keep && static_cast<bool>(mask_mod(b, hq, qc, kc));
-            p = keep ? p : 0.0f;
-            pg = keep ? pg : 0.0f;
-          }
-          pv[c] = p;
-          x = pg;
+          pv[c] = bwd::prob_and_grad<kCheck>(x, score_mod, mask_mod, partial, b, hq, q0 + rl,
+                                             k0 + ni * 8 + 2 * t + c, Lq, Lkv, scale, scale_log2,
+                                             lse2[mi][half]);
         }
         const int cl = col_l0 + ni * 8 + 2 * t;
         *reinterpret_cast<uint32_t*>(sP + (row_l0 + rl) * Cfg::kPitchS + cl) =

@@ -72,34 +72,39 @@ FLEXATTN_DEV void fence_operand(float (&d)[NT][4]) {
       FLEXATTN_ACC4(d, 11), FLEXATTN_ACC4(d, 12), FLEXATTN_ACC4(d, 13), FLEXATTN_ACC4(d, 14),     \
       FLEXATTN_ACC4(d, 15)
 
-// d (64 x N, f32) = A (64 x 16, K-major in shared memory) * B (16 x N, K-major in shared memory)
-// + (accumulate ? d : 0). N is 64 or 128.
-template <class T, int N>
+// d (64 x N, f32) = A (64 x 16) * B (16 x N) + (accumulate ? d : 0), both from shared memory,
+// K-major unless kTransA / kTransB say MN-major (the transposed read). N is 64 or 128.
+template <class T, int N, bool kTransA = false, bool kTransB = false>
 FLEXATTN_DEV void mma_ss(float (&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
   static_assert(is_half_type<T>, "wgmma: T is __half or __nv_bfloat16");
   static_assert(N == 64 || N == 128, "wgmma: N is 64 or 128");
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   const int acc = accumulate ? 1 : 0;
+  constexpr int ta = kTransA ? 1 : 0, tb = kTransB ? 1 : 0;
   if constexpr (N == 64 && is_bf16<T>) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " FLEXATTN_WGMMA_D32
-                 ", %32, %33, p, 1, 1, 0, 0;\n}\n"
-                 : FLEXATTN_ACC32(d) : "l"(desc_a), "l"(desc_b), "r"(acc));
+                 ", %32, %33, p, 1, 1, %35, %36;\n}\n"
+                 : FLEXATTN_ACC32(d)
+                 : "l"(desc_a), "l"(desc_b), "r"(acc), "n"(ta), "n"(tb));
   } else if constexpr (N == 64) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " FLEXATTN_WGMMA_D32
-                 ", %32, %33, p, 1, 1, 0, 0;\n}\n"
-                 : FLEXATTN_ACC32(d) : "l"(desc_a), "l"(desc_b), "r"(acc));
+                 ", %32, %33, p, 1, 1, %35, %36;\n}\n"
+                 : FLEXATTN_ACC32(d)
+                 : "l"(desc_a), "l"(desc_b), "r"(acc), "n"(ta), "n"(tb));
   } else if constexpr (is_bf16<T>) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " FLEXATTN_WGMMA_D64
-                 ", %64, %65, p, 1, 1, 0, 0;\n}\n"
-                 : FLEXATTN_ACC64(d) : "l"(desc_a), "l"(desc_b), "r"(acc));
+                 ", %64, %65, p, 1, 1, %67, %68;\n}\n"
+                 : FLEXATTN_ACC64(d)
+                 : "l"(desc_a), "l"(desc_b), "r"(acc), "n"(ta), "n"(tb));
   } else {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " FLEXATTN_WGMMA_D64
-                 ", %64, %65, p, 1, 1, 0, 0;\n}\n"
-                 : FLEXATTN_ACC64(d) : "l"(desc_a), "l"(desc_b), "r"(acc));
+                 ", %64, %65, p, 1, 1, %67, %68;\n}\n"
+                 : FLEXATTN_ACC64(d)
+                 : "l"(desc_a), "l"(desc_b), "r"(acc), "n"(ta), "n"(tb));
   }
 #endif
 }
