@@ -7,8 +7,7 @@
 // accumulators already in the register layout of a wgmma A operand:
 //   S^T  = K_w Q^T,  dP^T = V_w dO^T       (64 kv x 64 q, both operands K-major in shared memory)
 //   P^T, dS^T = P^T * g * (dP^T - delta)   in registers (per-column lse2 / delta from shared)
-//   dV_w += P^T dO                         (A = P^T from registers, B = dO read transposed)
-//   dK_w += dS^T Q                         (A = dS^T from shared memory, B = Q read transposed)
+//   dV_w += P^T dO,  dK_w += dS^T Q        (A from registers, B = dO / Q read transposed)
 //   dQ[:, 64w..] = dS K[:, 64w..]          (A = dS^T from shared memory read transposed, the
 //                                           whole 128-row kv tile: both warpgroups' dS^T)
 // dK and dV (64 x D each per warpgroup) stay in registers for the whole kernel.
@@ -33,9 +32,8 @@ namespace flexattn::detail::cuda {
 
 // Tiles: BLOCK_M = 64 q rows x BLOCK_N = 128 kv rows, the sm80 kernel's D = 128 tiles (so the
 // workspaces, the rank kernel and the dQ counters are shared unchanged). Registers per thread:
-// dK + dV 128 floats, S^T + dP^T 64, P^T as 16-bit A fragments 16, dQ 32 (after S^T and dP^T);
-// dS^T feeds dK from shared memory rather than registers, which the limit of 255 (one CTA of 8
-// warps per SM) cannot spare. Shared memory: K, V 32 KB each, Q and dO 2 x 16 KB each, dS^T 16 KB, row
+// dK + dV 128 floats, S^T + dP^T 64, P^T + dS^T as 16-bit A fragments 32: 255 at most, one CTA of
+// 8 warps per SM. Shared memory: K, V 32 KB each, Q and dO 2 x 16 KB each, dS^T 16 KB, row
 // statistics 1 KB, 1 KB alignment slack: 146 KB.
 template <int kHeadDim_>
 struct BwdTraitsSm90 {
@@ -81,27 +79,34 @@ FLEXATTN_DEV void load_rows(unsigned char* s, const T* g, int64_t stride_r, int 
   }
 }
 
-// S^T accumulators -> P^T, packed straight into the four k16 A fragments of dV += P^T dO (no
-// f32 copy: registers are the limit here), and P^T * g left in s. Accumulator (ni, r) of this lane
-// is kv row `kv_row` + 8 (r / 2) and q column 8 ni + 2 t + r % 2 of the tile at m0.
-template <bool kCheck, class T, class ScoreMod, class MaskMod>
-FLEXATTN_DEV void probs_t(float (&s)[8][4], uint32_t (&pa)[4][4], const float* s_lse2,
+// Packs an accumulator tile (64 rows x 64 columns, f32) into the four k16 A fragments of a
+// wgmma whose K runs along those columns.
+template <class T>
+FLEXATTN_DEV void to_a_fragments(const float (&x)[8][4], uint32_t (&a)[4][4]) {
+#pragma unroll
+  for (int kc = 0; kc < 4; ++kc) {
+    a[kc][0] = thread::pack2<T>(x[2 * kc][0], x[2 * kc][1]);
+    a[kc][1] = thread::pack2<T>(x[2 * kc][2], x[2 * kc][3]);
+    a[kc][2] = thread::pack2<T>(x[2 * kc + 1][0], x[2 * kc + 1][1]);
+    a[kc][3] = thread::pack2<T>(x[2 * kc + 1][2], x[2 * kc + 1][3]);
+  }
+}
+
+// S^T accumulators -> P^T (returned in pt) and P^T * g (left in s). Accumulator (ni, r) of this
+// lane is kv row `kv_row` + 8 (r / 2) and q column 8 ni + 2 t + r % 2 of the tile at m0.
+template <bool kCheck, class ScoreMod, class MaskMod>
+FLEXATTN_DEV void probs_t(float (&s)[8][4], float (&pt)[8][4], const float* s_lse2,
                           const ScoreMod& score_mod, const MaskMod& mask_mod, bool partial, int b,
                           int hq, int m0, int kv_row, const BwdParams& p) {
   const int t = threadIdx.x % 4;
 #pragma unroll
   for (int ni = 0; ni < 8; ++ni) {
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      float pv[2];
-#pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const int qc = ni * 8 + 2 * t + c;
-        pv[c] = bwd::prob_and_grad<kCheck>(s[ni][2 * half + c], score_mod, mask_mod, partial, b,
-                                           hq, m0 + qc, kv_row + 8 * half, p.Lq, p.Lkv, p.scale,
-                                           p.scale_log2, s_lse2[qc]);
-      }
-      pa[ni / 2][(ni % 2) * 2 + half] = thread::pack2<T>(pv[0], pv[1]);
+    for (int r = 0; r < 4; ++r) {
+      const int qc = ni * 8 + 2 * t + r % 2;
+      pt[ni][r] = bwd::prob_and_grad<kCheck>(s[ni][r], score_mod, mask_mod, partial, b, hq,
+                                             m0 + qc, kv_row + 8 * (r / 2), p.Lq, p.Lkv, p.scale,
+                                             p.scale_log2, s_lse2[qc]);
     }
   }
 }
@@ -246,51 +251,49 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
       // ---- P^T (to A fragments) and P^T * g (left in s) ----------------------------------------
       const bool check = cur.partial || n_edge || m0 + kBM > p.Lq;
       const int kv_row = n0 + kv_w + ww * 16 + g;
-      uint32_t pa[4][4];
+      float pt[8][4];
       if (check) {
-        bwd90::probs_t<true, T>(s, pa, s_lse2, score_mod, mask_mod, cur.partial, b, hq, m0,
-                                kv_row, p);
+        bwd90::probs_t<true>(s, pt, s_lse2, score_mod, mask_mod, cur.partial, b, hq, m0, kv_row, p);
       } else {
-        bwd90::probs_t<false, T>(s, pa, s_lse2, score_mod, mask_mod, false, b, hq, m0, kv_row, p);
+        bwd90::probs_t<false>(s, pt, s_lse2, score_mod, mask_mod, false, b, hq, m0, kv_row, p);
       }
+      uint32_t pa[4][4], dsa[4][4];
+      bwd90::to_a_fragments<T>(pt, pa);
 
-      // ---- dV_w += P^T dO (A from registers; in flight while dS is formed) --------------------
+      warpgroup::wait<0>();
+      warpgroup::fence_operand(dp);
+      // ---- dS^T = P^T g (dP^T - delta): A fragments, and stored for the dQ product -----------
+#pragma unroll
+      for (int ni = 0; ni < 8; ++ni) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) s[ni][r] *= dp[ni][r] - s_delta[ni * 8 + 2 * t + r % 2];
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int row = kv_w + ww * 16 + g + 8 * half;
+          *reinterpret_cast<uint32_t*>(sDs + Swizzled128<kBN>::offset(row, ni * 8 + 2 * t) * 2) =
+              thread::pack2<T>(s[ni][2 * half], s[ni][2 * half + 1]);
+        }
+      }
+      bwd90::to_a_fragments<T>(s, dsa);
+
+      // ---- dV_w += P^T dO, dK_w += dS^T Q (in flight across the barrier and the dQ product) --
       warpgroup::fence_operand(dv);
+      warpgroup::fence_operand(dk);
       warpgroup::fence();
 #pragma unroll
       for (int kc = 0; kc < kBM / 16; ++kc) {
         warpgroup::mma_rs_bt<T, kD>(dv, pa[kc],
                                     warpgroup::smem_desc(do_tile + kc * 16 * 128, kColQ));
       }
-      warpgroup::commit();
-
-      warpgroup::wait<1>();  // dP^T (batches complete in order)
-      warpgroup::fence_operand(dp);
-      // ---- dS^T = P^T g (dP^T - delta), stored: the A operand of dK and of dQ -----------------
-#pragma unroll
-      for (int ni = 0; ni < 8; ++ni) {
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int row = kv_w + ww * 16 + g + 8 * half;
-          const float d0 = s[ni][2 * half] * (dp[ni][2 * half] - s_delta[ni * 8 + 2 * t]);
-          const float d1 = s[ni][2 * half + 1] * (dp[ni][2 * half + 1] - s_delta[ni * 8 + 2 * t + 1]);
-          *reinterpret_cast<uint32_t*>(sDs + Swizzled128<kBN>::offset(row, ni * 8 + 2 * t) * 2) =
-              thread::pack2<T>(d0, d1);
-        }
-      }
-      bwd90::fence_proxy_async();
-      __syncthreads();  // dS^T of both warpgroups stored
-
-      // ---- dK_w += dS^T Q (A = this warpgroup's dS^T rows, K-major; B = Q read transposed) -----
-      warpgroup::fence_operand(dk);
-      warpgroup::fence();
 #pragma unroll
       for (int kc = 0; kc < kBM / 16; ++kc) {
-        warpgroup::mma_ss<T, kD, false, true>(
-            dk, warpgroup::smem_desc(smem_u32(sDs) + kv_w * 128 + kc * 32, 0),
-            warpgroup::smem_desc(q_tile + kc * 16 * 128, kColQ), true);
+        warpgroup::mma_rs_bt<T, kD>(dk, dsa[kc],
+                                    warpgroup::smem_desc(q_tile + kc * 16 * 128, kColQ));
       }
       warpgroup::commit();
+
+      bwd90::fence_proxy_async();
+      __syncthreads();  // dS^T of both warpgroups stored
 
       // ---- dQ[:, 64 wg ..] = dS K[:, 64 wg ..]: A = dS^T read transposed, B = K read transposed
       float dq[8][4];
