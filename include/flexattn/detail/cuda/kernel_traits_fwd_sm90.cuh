@@ -9,8 +9,8 @@
 //
 // Registers: S (64 x BLOCK_N) is BLOCK_N / 2 floats per thread, O (64 x D) D / 2, P in 16 bits
 // BLOCK_N / 4; the loader keeps 24 registers and hands the rest to the math warpgroups
-// (24 x 128 + 240 x 256 = 64512 of the SM's 65536), so D = 128 with BLOCK_N = 128 fits in 240
-// without spills. One CTA per SM.
+// (24 x 128 + 240 x 256 = 64512 of the SM's 65536). ptxas fits D = 128 with BLOCK_N = 128 in
+// the 168 of the entry cap already, without spills, for every stock variant. One CTA per SM.
 //
 // Shared memory: Q (128 x D) + stages x (K + V) (BLOCK_N x D each), 128-byte swizzled
 // (wgmma.cuh), plus 1 KB of alignment slack and the barriers.
