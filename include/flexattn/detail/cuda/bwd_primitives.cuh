@@ -187,6 +187,43 @@ FLEXATTN_DEV int load_acquire(const int* p) {
   return v;
 }
 
+// Deterministic dQ order, one thread: waits until `rank` CTAs have added into this q tile (`seen`
+// is the counter's early relaxed read). Bounded: ~2^22 polls is seconds, far past any real wait; a
+// block mask whose forward and transposed lists disagree degrades to unordered adds instead of
+// hanging. Once the counter reaches the rank, every earlier CTA's adds were performed in L2 (they
+// fenced before bumping it), and ours are issued only after this load returned: the order is fixed.
+FLEXATTN_DEV void wait_dq_turn(int seen, int rank, const int* sem) {
+  for (int spins = 0; seen < rank && spins < (1 << 22); ++spins) {
+    __nanosleep(32);
+    seen = load_acquire(sem);
+  }
+}
+
+// Writes this thread's dV and scale * dK fragments (m16n8 C layout, MI x NI tiles starting at kv
+// row `row0`, head-dim column `col0`) in the output dtype; rows at or past Lkv are skipped.
+template <class T, int MI, int NI>
+FLEXATTN_DEV void store_dk_dv(const float (&dk)[MI][NI][4], const float (&dv)[MI][NI][4], T* dk_bh,
+                              int64_t dk_sr, T* dv_bh, int64_t dv_sr, int row0, int col0, int Lkv,
+                              float scale) {
+  const int lane = lane_id(), g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int mi = 0; mi < MI; ++mi) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = row0 + mi * 16 + g + 8 * half;
+      if (row >= Lkv) continue;
+#pragma unroll
+      for (int ni = 0; ni < NI; ++ni) {
+        const int col = col0 + ni * 8 + 2 * t;
+        *reinterpret_cast<uint32_t*>(dv_bh + row * dv_sr + col) =
+            thread::pack2<T>(dv[mi][ni][2 * half], dv[mi][ni][2 * half + 1]);
+        *reinterpret_cast<uint32_t*>(dk_bh + row * dk_sr + col) =
+            thread::pack2<T>(dk[mi][ni][2 * half] * scale, dk[mi][ni][2 * half + 1] * scale);
+      }
+    }
+  }
+}
+
 }  // namespace bwd
 
 }  // namespace flexattn::detail::cuda

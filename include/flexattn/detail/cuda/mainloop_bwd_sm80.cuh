@@ -345,16 +345,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
         bwd::zero(acc_dq);
         bwd::warp_gemm<T, Cfg::kDqMI, Cfg::kDqNI, kBN / 16>(acc_dq, fa_ds, fb_kt);
         if (p.deterministic) {
-          if (tid == 0) {
-            // Bounded: see the header comment. ~2^22 polls is seconds, far past any real wait.
-            // Once the counter reaches our rank, every earlier CTA's adds into this tile were
-            // performed in L2 (they fenced before bumping it), and ours are issued only after
-            // this load returned, so they are applied after theirs: the order is fixed.
-            for (int spins = 0; seen < rank && spins < (1 << 22); ++spins) {
-              __nanosleep(32);
-              seen = bwd::load_acquire(sem);
-            }
-          }
+          if (tid == 0) bwd::wait_dq_turn(seen, rank, sem);
           __syncthreads();
           pending_sem = sem;
         }
@@ -395,24 +386,9 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
   cta::cp_async_wait<0>();  // K, V still in flight when no head listed a q tile
 
   // ---- epilogue: dV, scale * dK in the output dtype --------------------------------------------
-  T* dk_bh = static_cast<T*>(p.dk) + b * p.dk_sb + hkv * p.dk_sh;
-  T* dv_bh = static_cast<T*>(p.dv) + b * p.dv_sb + hkv * p.dv_sh;
-#pragma unroll
-  for (int mi = 0; mi < Cfg::kDkvMI; ++mi) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int row = n0 + dkv_n0 + mi * 16 + g + 8 * half;
-      if (row >= p.Lkv) continue;
-#pragma unroll
-      for (int ni = 0; ni < Cfg::kDkvNI; ++ni) {
-        const int col = dkv_d0 + ni * 8 + 2 * t;
-        *reinterpret_cast<uint32_t*>(dv_bh + row * p.dv_sr + col) =
-            thread::pack2<T>(acc_dv[mi][ni][2 * half], acc_dv[mi][ni][2 * half + 1]);
-        *reinterpret_cast<uint32_t*>(dk_bh + row * p.dk_sr + col) = thread::pack2<T>(
-            acc_dk[mi][ni][2 * half] * p.scale, acc_dk[mi][ni][2 * half + 1] * p.scale);
-      }
-    }
-  }
+  bwd::store_dk_dv(acc_dk, acc_dv, static_cast<T*>(p.dk) + b * p.dk_sb + hkv * p.dk_sh, p.dk_sr,
+                   static_cast<T*>(p.dv) + b * p.dv_sb + hkv * p.dv_sh, p.dv_sr, n0 + dkv_n0,
+                   dkv_d0, p.Lkv, p.scale);
 }
 
 }  // namespace flexattn::detail::cuda

@@ -312,13 +312,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
       warpgroup::fence_operand(dk);
 
       if (p.deterministic) {
-        if (tid == 0) {
-          // Bounded wait, as in the sm80 kernel (see mainloop_bwd_sm80.cuh).
-          for (int spins = 0; seen < rank && spins < (1 << 22); ++spins) {
-            __nanosleep(32);
-            seen = bwd::load_acquire(sem);
-          }
-        }
+        if (tid == 0) bwd::wait_dq_turn(seen, rank, sem);
         __syncthreads();
         pending_sem = sem;
       }
@@ -340,22 +334,12 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
   }
   cta::cp_async_wait<0>();  // K, V still in flight when no head listed a q tile
 
-  // ---- epilogue: dV, scale * dK in the output dtype (rows of this warp, 16 per warp) ----------
-  T* dk_bh = static_cast<T*>(p.dk) + b * p.dk_sb + hkv * p.dk_sh;
-  T* dv_bh = static_cast<T*>(p.dv) + b * p.dv_sb + hkv * p.dv_sh;
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int row = n0 + kv_w + ww * 16 + g + 8 * half;
-    if (row >= p.Lkv) continue;
-#pragma unroll
-    for (int ni = 0; ni < kD / 8; ++ni) {
-      const int col = ni * 8 + 2 * t;
-      *reinterpret_cast<uint32_t*>(dv_bh + row * p.dv_sr + col) =
-          thread::pack2<T>(dv[ni][2 * half], dv[ni][2 * half + 1]);
-      *reinterpret_cast<uint32_t*>(dk_bh + row * p.dk_sr + col) =
-          thread::pack2<T>(dk[ni][2 * half] * p.scale, dk[ni][2 * half + 1] * p.scale);
-    }
-  }
+  // ---- epilogue: dV, scale * dK in the output dtype (this warp's 16 kv rows) -----------------
+  using Frags = float[1][kD / 8][4];
+  bwd::store_dk_dv(reinterpret_cast<const Frags&>(dk), reinterpret_cast<const Frags&>(dv),
+                   static_cast<T*>(p.dk) + b * p.dk_sb + hkv * p.dk_sh, p.dk_sr,
+                   static_cast<T*>(p.dv) + b * p.dv_sb + hkv * p.dv_sh, p.dv_sr,
+                   n0 + kv_w + ww * 16, 0, p.Lkv, p.scale);
 #endif
 }
 
