@@ -14,7 +14,8 @@
 // dim's backward for every prebuilt variant and both dtypes.
 #define FLEXATTN_BWD_ONE(PREFIX, D, T, S, M)                                                      \
   PREFIX void ::flexattn::detail::cuda::launch_bwd_kernel<D, T, S, M>(                              \
-      const ::flexattn::detail::cuda::BwdParams&, const S&, const M&, void*);
+      const ::flexattn::detail::BwdArgs&, const ::flexattn::detail::cuda::BwdParams&, const S&,    \
+      const M&);
 #define FLEXATTN_BWD_BOTH_DTYPES(PREFIX, D, S, M) \
   FLEXATTN_BWD_ONE(PREFIX, D, __nv_bfloat16, S, M) FLEXATTN_BWD_ONE(PREFIX, D, __half, S, M)
 #define FLEXATTN_BWD_EXTERN_D(D, ...) FLEXATTN_BWD_BOTH_DTYPES(extern template, D, __VA_ARGS__)

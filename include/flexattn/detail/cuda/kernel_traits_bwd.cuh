@@ -33,9 +33,36 @@
 
 #include <cstdint>
 
+#include "../../config.h"
 #include "mask_lists.cuh"
 
 namespace flexattn::detail::cuda {
+
+// How a main kernel lays out dq_accum ([B, Hq, Lq_pad, D] f32), which the postprocess reads back:
+// groups of kTileRows rows (kTileRows divides BLOCK_M) are contiguous, and index(r, c, D) is the
+// position of (row r of the group, column c) inside its group. Two adjacent columns c, c + 1 (c
+// even) are adjacent in memory in every layout.
+//   DqRowMajor   the sm80 kernel: f32 atomics row by row
+//   DqTileSm90   the sm90 kernel (mainloop_bwd_sm90.cuh): a 64 x 128 q tile in the order the
+//                wgmma accumulators leave the registers (thread tid's fragment ni is the float4
+//                at ni * 256 + tid), so that the staging stores in shared memory are
+//                conflict-free and one bulk reduction adds the whole tile
+struct DqRowMajor {
+  static constexpr int kTileRows = 1;
+  FLEXATTN_HD static int index(int r, int c, int D) { return r * D + c; }
+};
+struct DqTileSm90 {
+  static constexpr int kTileRows = 64;
+  static constexpr int kHeadDim = 128;
+  // Accumulator (fragment ni, register k) of thread tid = 128 wg + 32 warp + 4 g + t holds row
+  // 16 warp + g + 8 (k / 2) and column 64 wg + 8 ni + 2 t + k % 2.
+  FLEXATTN_HD static int index(int r, int c, int /*D*/) {
+    const int wg = c / 64, ni = (c % 64) / 8, t = (c % 8) / 2;
+    const int warp = r / 16, g = r % 8, half = (r % 16) / 8;
+    const int tid = 128 * wg + 32 * warp + 4 * g + t;
+    return (ni * 256 + tid) * 4 + 2 * half + c % 2;
+  }
+};
 
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, int kSdpWarpsM_,
           int kDkvWarpsN_, int kDqWarpsM_, int kStagesQ_, int kStagesDo_, int kMinBlocksPerSm_>
@@ -77,6 +104,7 @@ struct BwdTraits {
   static constexpr int kOffDs = kOffP + kBlockM * kPitchS;
   static constexpr int kSmemElems = kOffDs + kBlockM * kPitchS;
   static constexpr int kSmemBytes = kSmemElems * 2;
+  using DqLayout = DqRowMajor;
 
   static_assert(kHeadDim % 16 == 0 && kBlockN % 16 == 0 && kBlockM % 16 == 0, "k16 slices");
   static_assert(kNWarps % kSdpWarpsM == 0 && kNWarps % kDkvWarpsN == 0 &&

@@ -14,7 +14,8 @@
 //   1. bwd_preprocess_kernel  delta = rowsum(dO * O), lse2 = lse * log2(e), dq_accum = 0
 //   2. deterministic only:    dQ-order counters = 0; bwd_dq_rank_kernel (sparse walks)
 //   3. bwd_kernel_sm90 / _sm80 dK, dV written; dS K added into dq_accum
-//   4. bwd_postprocess_kernel dq = scale * dq_accum in q's dtype
+//   4. bwd_postprocess_kernel dq = scale * dq_accum in q's dtype (read in the main kernel's
+//                             DqLayout)
 // One workspace block from cudaMallocAsync on the stream, released with cudaFreeAsync after the
 // last launch (stream-ordered: no synchronisation, and reused by the pool on the next call).
 #pragma once
@@ -34,6 +35,7 @@
 #include "mainloop_bwd_sm80.cuh"
 #include "mainloop_bwd_sm90.cuh"
 #include "sm90_unit.cuh"
+#include "tensor_map.h"
 
 namespace flexattn::detail::cuda {
 
@@ -111,10 +113,10 @@ inline size_t round_up(size_t x) { return (x + 255) / 256 * 256; }
 
 }  // namespace bwd_launch_detail
 
-// One tile config (BwdTraits / BwdTraitsSm90), one dtype, one main kernel.
-template <class Cfg, class T, class ScoreMod, class MaskMod, class Kernel>
-void launch_bwd_cfg(BwdParams p, const ScoreMod& score_mod, const MaskMod& mask_mod,
-                    void* stream_ptr, Kernel* kernel, const char* kernel_name) {
+// One tile config (BwdTraits / BwdTraitsSm90), one dtype, one main kernel: launch_main(p, grid,
+// stream) launches it with the workspaces filled in.
+template <class Cfg, class T, class LaunchMain>
+void launch_bwd_cfg(BwdParams p, void* stream_ptr, const LaunchMain& launch_main) {
   constexpr int D = Cfg::kHeadDim;
   using bwd_launch_detail::round_up;
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
@@ -175,13 +177,9 @@ void launch_bwd_cfg(BwdParams p, const ScoreMod& score_mod, const MaskMod& mask_
       FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward dQ rank kernel");
     }
 
-    FLEXATTN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             Cfg::kSmemBytes));
-    kernel<<<dim3(p.num_n_tiles, p.Hkv, B), Cfg::kNThreads, Cfg::kSmemBytes, stream>>>(
-        p, score_mod, mask_mod);
-    FLEXATTN_CUDA_CHECK_LAUNCH(kernel_name);
+    launch_main(p, dim3(p.num_n_tiles, p.Hkv, B), stream);
 
-    bwd_postprocess_kernel<T>
+    bwd_postprocess_kernel<T, typename Cfg::DqLayout>
         <<<dim3((p.Lq + kPostRowsPerCta - 1) / kPostRowsPerCta, Hq, B), kPostThreads, 0,
            stream>>>(p);
     FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward postprocess kernel");
@@ -193,24 +191,38 @@ void launch_bwd_cfg(BwdParams p, const ScoreMod& score_mod, const MaskMod& mask_
 }
 
 // One head dim, one dtype: the Hopper kernel (mainloop_bwd_sm90.cuh) where it has tiles for the
-// head dim and the calling translation unit carries sm_90a code (sm90_unit.cuh), else the sm80
-// config of kernel_traits_bwd.cuh. Explicitly instantiated per head dim by the prebuilt files.
+// head dim, the calling translation unit carries sm_90a code (sm90_unit.cuh) and the driver takes
+// the tensors' layouts for its copies; else the sm80 config of kernel_traits_bwd.cuh. Explicitly
+// instantiated per head dim by the prebuilt files.
 template <int D, class T, class ScoreMod, class MaskMod>
-void launch_bwd_kernel(const BwdParams& p, const ScoreMod& score_mod, const MaskMod& mask_mod,
-                       void* stream) {
+void launch_bwd_kernel(const BwdArgs& a, const BwdParams& p, const ScoreMod& score_mod,
+                       const MaskMod& mask_mod) {
   if constexpr (kHasBwdSm90<D>) {
-    if (unit_runs_sm90a()) {
-      using Cfg = BwdTraitsSm90<D>;
-      launch_bwd_cfg<Cfg, T>(p, score_mod, mask_mod, stream,
-                             &bwd_kernel_sm90<Cfg, T, ScoreMod, MaskMod, ThisUnit>,
-                             "flex_attention_backward main kernel (sm90)");
+    using Cfg = BwdTraitsSm90<D>;
+    BwdTileMaps maps;
+    if (unit_runs_sm90a() &&
+        make_tile_map(maps.q, a.q.data, a.q.shape, a.q.stride, Cfg::kBlockM) &&
+        make_tile_map(maps.k, a.k.data, a.k.shape, a.k.stride, Cfg::kBlockN) &&
+        make_tile_map(maps.v, a.v.data, a.v.shape, a.v.stride, Cfg::kBlockN) &&
+        make_tile_map(maps.dout, a.dout.data, a.dout.shape, a.dout.stride, Cfg::kBlockM)) {
+      launch_bwd_cfg<Cfg, T>(p, a.stream, [&](const BwdParams& pw, dim3 grid, cudaStream_t st) {
+        auto* kernel = &bwd_kernel_sm90<Cfg, T, ScoreMod, MaskMod, ThisUnit>;
+        FLEXATTN_CUDA_CHECK(cudaFuncSetAttribute(
+            kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
+        kernel<<<grid, Cfg::kNThreads, Cfg::kSmemBytes, st>>>(pw, maps, score_mod, mask_mod);
+        FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward main kernel (sm90)");
+      });
       return;
     }
   }
   using Cfg = BwdConfig<D>;
-  launch_bwd_cfg<Cfg, T>(p, score_mod, mask_mod, stream,
-                         &bwd_kernel_sm80<Cfg, T, ScoreMod, MaskMod>,
-                         "flex_attention_backward main kernel (sm80)");
+  launch_bwd_cfg<Cfg, T>(p, a.stream, [&](const BwdParams& pw, dim3 grid, cudaStream_t st) {
+    auto* kernel = &bwd_kernel_sm80<Cfg, T, ScoreMod, MaskMod>;
+    FLEXATTN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             Cfg::kSmemBytes));
+    kernel<<<grid, Cfg::kNThreads, Cfg::kSmemBytes, st>>>(pw, score_mod, mask_mod);
+    FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward main kernel (sm80)");
+  });
 }
 
 template <unsigned kDims, class ScoreMod, class MaskMod>
@@ -224,9 +236,9 @@ void launch_backward_for(const BwdArgs& args, const ScoreMod& score_mod,
   const bool bf16 = args.q.dtype == DType::bf16;
   const bool launched = with_head_dim<kDims>(static_cast<int>(args.dims.D), [&]<int D>() {
     if (bf16) {
-      launch_bwd_kernel<D, __nv_bfloat16>(p, score_mod, mask_mod, args.stream);
+      launch_bwd_kernel<D, __nv_bfloat16>(args, p, score_mod, mask_mod);
     } else {
-      launch_bwd_kernel<D, __half>(p, score_mod, mask_mod, args.stream);
+      launch_bwd_kernel<D, __half>(args, p, score_mod, mask_mod);
     }
   });
   if (!launched) {

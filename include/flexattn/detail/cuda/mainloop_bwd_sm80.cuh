@@ -79,10 +79,7 @@ struct BwdQTileWalk {
       n_part = n_items = p.Lq_pad / block_m;
       n_full = 0;
     } else {
-      const int bm = p.mask_b == 1 ? 0 : b;
-      const int hm = p.mask_h == 1 ? 0 : hq;
-      const int nb = n_tile * block_n / p.block_kv;
-      const int64_t row = (static_cast<int64_t>(bm) * p.mask_h + hm) * p.nkvb + nb;
+      const int64_t row = list_row(p, b, hq, n_tile, block_n);
       dense = false;
       sub = p.block_q / block_m;
       n_part = __ldg(p.q_num + row);
@@ -94,6 +91,20 @@ struct BwdQTileWalk {
     vp = load_part(0);
     vf = load_full(0);
     r = sub - 1;  // the first next() takes a new block
+  }
+  // The row of the transposed lists for this kv tile and head.
+  FLEXATTN_DEV static int64_t list_row(const BwdParams& p, int b, int hq, int n_tile,
+                                       int block_n) {
+    const int bm = p.mask_b == 1 ? 0 : b;
+    const int hm = p.mask_h == 1 ? 0 : hq;
+    return (static_cast<int64_t>(bm) * p.mask_h + hm) * p.nkvb + n_tile * block_n / p.block_kv;
+  }
+  // n_items without building the walk.
+  FLEXATTN_DEV static int count(const BwdParams& p, int b, int hq, int n_tile, int block_m,
+                                int block_n) {
+    if (!p.sparse) return p.Lq_pad / block_m;
+    const int64_t row = list_row(p, b, hq, n_tile, block_n);
+    return (__ldg(p.q_num + row) + __ldg(p.full_q_num + row)) * (p.block_q / block_m);
   }
   FLEXATTN_DEV int load_part(int i) const {
     return i < n_part ? (dense ? i : __ldg(part + i)) : kEnd;

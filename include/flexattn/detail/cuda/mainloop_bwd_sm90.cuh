@@ -12,11 +12,18 @@
 //                                           whole 128-row kv tile: both warpgroups' dS^T)
 // dK and dV (64 x D each per warpgroup) stay in registers for the whole kernel.
 //
-// Loads are cp.async by all 256 threads into the 128-byte-swizzled layout of wgmma.cuh; Q, dO and
-// their row statistics are double-buffered, the next q tile loading while this one computes.
-// HAZARD - proxies: cp.async and ordinary stores write shared memory through the generic proxy,
-// wgmma reads it through the async proxy; every writer fences (fence.proxy.async) before the
-// barrier that publishes the tile.
+// Copies: thread 0 loads K and V once, then Q, dO and their rows' statistics of each q tile into
+// one of two stages (TMA and bulk copies completing on an mbarrier per stage), one tile ahead.
+// dQ leaves through shared memory: both warpgroups store their dQ accumulators as an f32 tile,
+// and thread 0 adds the whole tile into dq_accum with one bulk reduction (cp.reduce.async.bulk)
+// instead of 8192 f32 atomics from the math threads (which measured as the largest stall of the
+// kernel). Deterministic mode: thread 0 waits for the tile's turn before that reduction and
+// announces it once complete, while the next tile's first products run.
+// Two CTA barriers per q tile: dS^T stored (the dQ product reads both warpgroups' rows), and
+// the dQ tile stored (which also frees this stage, dS^T and the staging tile for the next one).
+// HAZARD - proxies: ordinary stores write shared memory through the generic proxy, wgmma and the
+// bulk reduction read it through the async proxy; every writer fences (fence.proxy.async) before
+// the barrier that publishes the tile.
 #pragma once
 
 #include <cstdint>
@@ -25,6 +32,7 @@
 #include "epilogue_fwd.cuh"
 #include "kernel_traits_bwd.cuh"
 #include "mainloop_bwd_sm80.cuh"
+#include "tma.cuh"
 #include "utils.cuh"
 #include "wgmma.cuh"
 
@@ -32,51 +40,104 @@ namespace flexattn::detail::cuda {
 
 // Tiles: BLOCK_M = 64 q rows x BLOCK_N = 128 kv rows, the sm80 kernel's D = 128 tiles (so the
 // workspaces, the rank kernel and the dQ counters are shared unchanged). Registers per thread:
-// dK + dV 128 floats, S^T + dP^T 64, P^T + dS^T as 16-bit A fragments 32: 255 at most, one CTA of
-// 8 warps per SM. Shared memory: K, V 32 KB each, Q and dO 2 x 16 KB each, dS^T 16 KB, row
-// statistics 1 KB, 1 KB alignment slack: 146 KB.
+// dK + dV 128 floats, S^T + dP^T 64, P^T + dS^T as 16-bit A fragments 32, dQ 32 (while dK and
+// dV are in flight): 255 at most, one CTA of 8 warps per SM. Shared memory: K, V 32 KB each,
+// Q and dO 2 x 16 KB each, dS^T 16 KB, the dQ tile in f32 32 KB, row statistics 1 KB, the
+// walk's state, three mbarriers, 1 KB alignment slack: 178 KB.
 template <int kHeadDim_>
 struct BwdTraitsSm90 {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = 64;
   static constexpr int kBlockN = 128;
   static constexpr int kNThreads = 256;
+  static constexpr int kColBlocks = kHeadDim / 64;  // 64-element (128-byte) column blocks
   static constexpr int kTileQBytes = kBlockM * kHeadDim * 2;  // one Q or dO stage
   static constexpr int kTileKBytes = kBlockN * kHeadDim * 2;
+  static constexpr int kStatBytes = kBlockM * 4;              // lse2 or delta of one q tile
+  static constexpr int kDqBytes = kBlockM * kHeadDim * 4;
   static constexpr int kOffK = 0;
   static constexpr int kOffV = kOffK + kTileKBytes;
   static constexpr int kOffQ = kOffV + kTileKBytes;
   static constexpr int kOffDo = kOffQ + 2 * kTileQBytes;
   static constexpr int kOffDs = kOffDo + 2 * kTileQBytes;
-  static constexpr int kOffStats = kOffDs + kBlockN * kBlockM * 2;  // 2 stages x (lse2, delta)
-  static constexpr int kSmemBytes = 1024 + kOffStats + 2 * 2 * kBlockM * 4;
-  static_assert(kHeadDim == 128, "the sm90 backward is tiled for head dim 128");
+  static constexpr int kOffDq = kOffDs + kBlockN * kBlockM * 2;
+  static constexpr int kOffStats = kOffDq + kDqBytes;  // per stage: lse2, then delta
+  static constexpr int kOffInfo = kOffStats + 2 * 2 * kStatBytes;  // per stage: its q tile
+  static constexpr int kOffWalk = kOffInfo + 2 * 16;                 // thread 0's walk
+  static constexpr int kOffBars = kOffWalk + 64;
+  static constexpr int kSmemBytes = 1024 + kOffBars + 3 * 8;
+  static constexpr uint32_t kQStageBytes = 2 * kTileQBytes + 2 * kStatBytes;  // one stage's copies
+  using DqLayout = DqTileSm90;
+  static_assert(kHeadDim == DqLayout::kHeadDim && kBlockM == DqLayout::kTileRows,
+                "the sm90 backward is tiled for head dim 128");
 };
 
 template <int D>
 inline constexpr bool kHasBwdSm90 = D == 128;
 
+// The copies' descriptions (tensor_map.h): Q and dO in boxes of BLOCK_M rows, K and V of BLOCK_N.
+struct BwdTileMaps {
+  CUtensorMap q, k, v, dout;
+};
+
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
 namespace bwd90 {
 
-FLEXATTN_DEV void fence_proxy_async() {
-  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+// The CTA's mbarriers: K and V (completed once), and one per Q / dO stage.
+struct Barriers {
+  uint64_t* base;
+  FLEXATTN_DEV uint64_t* kv_full() const { return base; }
+  FLEXATTN_DEV uint64_t* q_full(int st) const { return base + 1 + st; }
+};
+
+// What a stage holds: the walk's item, written by thread 0 before the stage's copies are issued
+// (the mbarrier's release / acquire publishes it with them).
+struct StageInfo {
+  int m_tile, qb, partial, unused;
+};
+
+// One thread: takes the next item of the walk (kept in shared memory: in registers its state
+// would be live across the whole loop in every thread) and loads Q and dO of that q tile (TMA,
+// zeros past Lq) and its rows' lse2 and delta (bulk copies; the workspaces are padded to whole
+// tiles) into stage st.
+template <class Cfg>
+FLEXATTN_DEV void load_next_q_tile(const BwdParams& p, const BwdTileMaps& maps,
+                                   unsigned char* smem, Barriers bar, int st, int hq, int b) {
+  static_assert(sizeof(BwdQTileWalk) <= 64 && Cfg::kOffWalk % alignof(BwdQTileWalk) == 0,
+                "the walk's slot in shared memory");
+  auto* s_walk = reinterpret_cast<BwdQTileWalk*>(smem + Cfg::kOffWalk);
+  BwdQTileWalk walk = *s_walk;
+  const BwdQTileWalk::Item item = walk.next();
+  *s_walk = walk;
+  reinterpret_cast<StageInfo*>(smem + Cfg::kOffInfo)[st] =
+      StageInfo{item.m_tile, item.qb, item.partial ? 1 : 0, 0};
+  const int m0 = item.m_tile * Cfg::kBlockM;
+  const int64_t ws_bh = static_cast<int64_t>(b) * p.Hq + hq;
+  uint64_t* full = bar.q_full(st);
+  thread::mbar_arrive_expect_bytes(full, Cfg::kQStageBytes);
+  unsigned char* q = smem + Cfg::kOffQ + st * Cfg::kTileQBytes;
+  unsigned char* dout = smem + Cfg::kOffDo + st * Cfg::kTileQBytes;
+#pragma unroll
+  for (int c = 0; c < Cfg::kColBlocks; ++c) {
+    thread::tma_load(q + c * Cfg::kBlockM * 128, &maps.q, c * 64, m0, hq, b, full);
+    thread::tma_load(dout + c * Cfg::kBlockM * 128, &maps.dout, c * 64, m0, hq, b, full);
+  }
+  float* stats = reinterpret_cast<float*>(smem + Cfg::kOffStats) + st * 2 * Cfg::kBlockM;
+  const int64_t row = ws_bh * p.Lq_pad + m0;
+  thread::bulk_load(stats, p.lse2 + row, Cfg::kStatBytes, full);
+  thread::bulk_load(stats + Cfg::kBlockM, p.delta + row, Cfg::kStatBytes, full);
 }
 
-// cp.async of kRows x D rows (from global row `row0`, zero past `len`) into a swizzled tile.
-template <int kRows, int D, class T>
-FLEXATTN_DEV void load_rows(unsigned char* s, const T* g, int64_t stride_r, int row0, int len) {
-  constexpr int kChunks = D / 8;
-  static_assert((kRows * kChunks) % 256 == 0, "tile splits evenly over 256 threads");
-#pragma unroll
-  for (int i = 0; i < kRows * kChunks / 256; ++i) {
-    const int idx = i * 256 + static_cast<int>(threadIdx.x);
-    const int r = idx / kChunks, c = idx % kChunks;
-    const bool ok = row0 + r < len;
-    const T* src = g + (ok ? (row0 + r) * stride_r : 0) + c * 8;
-    cta::cp_async_16(smem_u32(s) + Swizzled128<kRows>::offset(r, c * 8) * 2, src, ok);
-  }
+// Deterministic dQ order, the thread that issued the reductions: once they are complete, tells the
+// CTA next in line for that q tile (`counter`; null: nothing pending).
+FLEXATTN_DEV void signal_reduced(int*& counter) {
+  if (counter == nullptr) return;
+  thread::bulk_wait<0>();
+  thread::fence_proxy_async_global();  // the copy unit's adds before the flag below
+  __threadfence();
+  atomicAdd(counter, 1);
+  counter = nullptr;
 }
 
 // Packs an accumulator tile (64 rows x 64 columns, f32) into the four k16 A fragments of a
@@ -92,21 +153,27 @@ FLEXATTN_DEV void to_a_fragments(const float (&x)[8][4], uint32_t (&a)[4][4]) {
   }
 }
 
-// S^T accumulators -> P^T (returned in pt) and P^T * g (left in s). Accumulator (ni, r) of this
-// lane is kv row `kv_row` + 8 (r / 2) and q column 8 ni + 2 t + r % 2 of the tile at m0.
-template <bool kCheck, class ScoreMod, class MaskMod>
-FLEXATTN_DEV void probs_t(float (&s)[8][4], float (&pt)[8][4], const float* s_lse2,
+// S^T accumulators -> P^T as the k16 A fragments of dV's product (pa) and P^T * g (left in s).
+// Accumulator (ni, r) of this lane is kv row `kv_row` + 8 (r / 2) and q column 8 ni + 2 t + r % 2
+// of the tile at m0. Each pair is packed as soon as it is computed: P^T never exists in f32.
+template <class T, bool kCheck, class ScoreMod, class MaskMod>
+FLEXATTN_DEV void probs_t(float (&s)[8][4], uint32_t (&pa)[4][4], const float* s_lse2,
                           const ScoreMod& score_mod, const MaskMod& mask_mod, bool partial, int b,
                           int hq, int m0, int kv_row, const BwdParams& p) {
   const int t = threadIdx.x % 4;
 #pragma unroll
   for (int ni = 0; ni < 8; ++ni) {
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int qc = ni * 8 + 2 * t + r % 2;
-      pt[ni][r] = bwd::prob_and_grad<kCheck>(s[ni][r], score_mod, mask_mod, partial, b, hq,
-                                             m0 + qc, kv_row + 8 * (r / 2), p.Lq, p.Lkv, p.scale,
-                                             p.scale_log2, s_lse2[qc]);
+    for (int half = 0; half < 2; ++half) {
+      float pr[2];
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int qc = ni * 8 + 2 * t + c;
+        pr[c] = bwd::prob_and_grad<kCheck>(s[ni][2 * half + c], score_mod, mask_mod, partial, b,
+                                           hq, m0 + qc, kv_row + 8 * half, p.Lq, p.Lkv, p.scale,
+                                           p.scale_log2, s_lse2[qc]);
+      }
+      pa[ni / 2][2 * (ni % 2) + half] = thread::pack2<T>(pr[0], pr[1]);
     }
   }
 }
@@ -118,16 +185,17 @@ FLEXATTN_DEV void probs_t(float (&s)[8][4], float (&pt)[8][4], const float* s_ls
 // `Unit`: see fwd_kernel_sm90 (a type private to the launching translation unit).
 template <class Cfg, class T, class ScoreMod, class MaskMod, class Unit>
 __global__ void __launch_bounds__(Cfg::kNThreads, 1)
-    bwd_kernel_sm90(const __grid_constant__ BwdParams p, const ScoreMod score_mod,
-                    const MaskMod mask_mod) {
+    bwd_kernel_sm90(const __grid_constant__ BwdParams p, const __grid_constant__ BwdTileMaps maps,
+                    const ScoreMod score_mod, const MaskMod mask_mod) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kBM = Cfg::kBlockM, kBN = Cfg::kBlockN, kD = Cfg::kHeadDim;
   extern __shared__ unsigned char bwd90_smem_raw[];
   unsigned char* smem = bwd90_smem_raw + ((1024u - (smem_u32(bwd90_smem_raw) & 1023u)) & 1023u);
   unsigned char* sK = smem + Cfg::kOffK;
-  unsigned char* sV = smem + Cfg::kOffV;
   unsigned char* sDs = smem + Cfg::kOffDs;  // dS^T: (BLOCK_N kv rows, BLOCK_M q columns)
-  float* sStats = reinterpret_cast<float*>(smem + Cfg::kOffStats);
+  float* sDq = reinterpret_cast<float*>(smem + Cfg::kOffDq);
+  const float* sStats = reinterpret_cast<const float*>(smem + Cfg::kOffStats);
+  const bwd90::Barriers bar{reinterpret_cast<uint64_t*>(smem + Cfg::kOffBars)};
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
@@ -138,11 +206,22 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
   const int hkv = blockIdx.y, b = blockIdx.z;
   const int n0 = n_tile * kBN;
 
-  const T* k_bh = static_cast<const T*>(p.k) + b * p.k_sb + hkv * p.k_sh;
-  const T* v_bh = static_cast<const T*>(p.v) + b * p.v_sb + hkv * p.v_sh;
-  bwd90::load_rows<kBN, kD>(sK, k_bh, p.k_sr, n0, p.Lkv);
-  bwd90::load_rows<kBN, kD>(sV, v_bh, p.v_sr, n0, p.Lkv);
-  cta::cp_async_commit();
+  if (tid == 0) {
+    thread::mbar_init(bar.kv_full(), 1);
+    thread::mbar_init(bar.q_full(0), 1);
+    thread::mbar_init(bar.q_full(1), 1);
+    ::cuda::ptx::fence_mbarrier_init(::cuda::ptx::sem_release, ::cuda::ptx::scope_cluster);
+  }
+  __syncthreads();
+  if (tid == 0) {
+    thread::mbar_arrive_expect_bytes(bar.kv_full(), 2 * Cfg::kTileKBytes);
+#pragma unroll
+    for (int c = 0; c < Cfg::kColBlocks; ++c) {
+      thread::tma_load(sK + c * kBN * 128, &maps.k, c * 64, n0, hkv, b, bar.kv_full());
+      thread::tma_load(smem + Cfg::kOffV + c * kBN * 128, &maps.v, c * 64, n0, hkv, b,
+                       bar.kv_full());
+    }
+  }
 
   float dk[kD / 8][4], dv[kD / 8][4];
 #pragma unroll
@@ -156,69 +235,39 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
   const int block_end = (nb + 1) * sub_n < p.num_n_tiles ? (nb + 1) * sub_n : p.num_n_tiles;
   const int rank_in_block = block_end - 1 - n_tile;
   const int m_tiles_pad = p.Lq_pad / kBM;
-  int* pending_sem = nullptr;
+  int* pending_sem = nullptr;  // thread 0, deterministic: the q tile whose reduction to announce
+  bool kv_ready = false;
+  int uses = 0;  // q tiles loaded so far (every head): stage uses % 2, phase parity (uses / 2) % 2
 
   // Shared-memory addresses the descriptors start from (K-major tiles step k16 by 32 bytes along
   // a row and jump a column block every 4 steps; transposed reads step k16 by 16 rows).
-  const uint32_t k_rows = smem_u32(sK) + kv_w * 128, v_rows = smem_u32(sV) + kv_w * 128;
+  const uint32_t k_rows = smem_u32(sK) + kv_w * 128;
+  const uint32_t v_rows = smem_u32(smem + Cfg::kOffV) + kv_w * 128;
   constexpr uint32_t kColK = kBN * 128, kColQ = kBM * 128;  // column-block strides
 
   for (int hi = 0; hi < p.group; ++hi) {
     const int hq = hkv * p.group + hi;
-    BwdQTileWalk walk(p, b, hq, n_tile, kBM, kBN);
-    const int n_items = walk.n_items;
+    const int n_items = BwdQTileWalk::count(p, b, hq, n_tile, kBM, kBN);
     if (n_items == 0) continue;
     const int64_t ws_bh = static_cast<int64_t>(b) * p.Hq + hq;
-    const T* q_bh = static_cast<const T*>(p.q) + b * p.q_sb + hq * p.q_sh;
-    const T* do_bh = static_cast<const T*>(p.dout) + b * p.do_sb + hq * p.do_sh;
-    const int64_t rank_row =
-        p.sparse ? ((static_cast<int64_t>(p.mask_b == 1 ? 0 : b) * p.mask_h +
-                     (p.mask_h == 1 ? 0 : hq)) * p.nqb) * p.nkvb + nb
-                 : 0;
-    // Q, dO and the row statistics of one q tile into stage st.
-    auto load_q_tile = [&](int st, int m0) {
-      bwd90::load_rows<kBM, kD>(smem + Cfg::kOffQ + st * Cfg::kTileQBytes, q_bh, p.q_sr, m0, p.Lq);
-      bwd90::load_rows<kBM, kD>(smem + Cfg::kOffDo + st * Cfg::kTileQBytes, do_bh, p.do_sr, m0,
-                                p.Lq);
-      if (tid < 2 * kBM / 4) {  // 16-byte chunks: lse2 then delta (padded rows exist)
-        const int which = tid / (kBM / 4), c = tid % (kBM / 4);
-        const float* src = (which == 0 ? p.lse2 : p.delta) + ws_bh * p.Lq_pad + m0 + c * 4;
-        cta::cp_async_16(smem_u32(sStats + (st * 2 + which) * kBM + c * 4), src, true);
+    // The stage is free: every thread passed the end-of-tile barrier of its last use.
+    if (tid == 0) {
+      *reinterpret_cast<BwdQTileWalk*>(smem + Cfg::kOffWalk) =
+          BwdQTileWalk(p, b, hq, n_tile, kBM, kBN);
+      bwd90::load_next_q_tile<Cfg>(p, maps, smem, bar, uses % 2, hq, b);
+    }
+
+    for (int it = 0; it < n_items; ++it, ++uses) {
+      const int st = uses % 2;
+      // The next tile into the other stage, free since the last end-of-tile barrier.
+      if (tid == 0 && it + 1 < n_items) bwd90::load_next_q_tile<Cfg>(p, maps, smem, bar, st ^ 1, hq, b);
+      if (!kv_ready) {
+        thread::mbar_wait(bar.kv_full(), 0);
+        kv_ready = true;
       }
-      cta::cp_async_commit();
-    };
-
-    BwdQTileWalk::Item cur = walk.next();
-    BwdQTileWalk::Item nxt = n_items > 1 ? walk.next() : cur;
-    __syncthreads();  // the previous head's last tile may still be reading stage 0
-    load_q_tile(0, cur.m_tile * kBM);
-
-    for (int it = 0; it < n_items; ++it) {
+      thread::mbar_wait(bar.q_full(st), (uses / 2) & 1);
+      const bwd90::StageInfo cur = reinterpret_cast<const bwd90::StageInfo*>(smem + Cfg::kOffInfo)[st];
       const int m0 = cur.m_tile * kBM;
-      const int st = it % 2;
-      const bool has_next = it + 1 < n_items;
-      const BwdQTileWalk::Item nxt2 = it + 2 < n_items ? walk.next() : nxt;
-      int rank = 0;
-      if (p.deterministic && tid == 0) {
-        rank = p.sparse ? __ldg(p.dq_rank + rank_row + static_cast<int64_t>(cur.qb) * p.nkvb) +
-                              rank_in_block
-                        : p.num_n_tiles - 1 - n_tile;
-      }
-
-      cta::cp_async_wait<0>();
-      bwd90::fence_proxy_async();
-      // (a) this tile's Q, dO, statistics (and at the start K, V) are visible to both
-      // warpgroups; (b) both are done with the previous tile: dS^T and the other stage are free.
-      __syncthreads();
-      int* const sem = p.dq_sem + ws_bh * m_tiles_pad + cur.m_tile;
-      int seen = 0;
-      if (p.deterministic && tid == 0) {
-        bwd::signal_after_barrier(pending_sem);
-        pending_sem = nullptr;
-        seen = bwd::load_relaxed(sem);
-      }
-      if (has_next) load_q_tile(st ^ 1, nxt.m_tile * kBM);
-
       const uint32_t q_tile = smem_u32(smem + Cfg::kOffQ + st * Cfg::kTileQBytes);
       const uint32_t do_tile = smem_u32(smem + Cfg::kOffDo + st * Cfg::kTileQBytes);
       const float* s_lse2 = sStats + (st * 2) * kBM;
@@ -245,20 +294,21 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
                                  warpgroup::smem_desc(do_tile + offq, 0), kk > 0);
       }
       warpgroup::commit();
+      // While the products run: the last tile's reduction is done by now, or nearly.
+      if (tid == 0) bwd90::signal_reduced(pending_sem);
       warpgroup::wait<1>();
       warpgroup::fence_operand(s);
 
       // ---- P^T (to A fragments) and P^T * g (left in s) ----------------------------------------
-      const bool check = cur.partial || n_edge || m0 + kBM > p.Lq;
+      const bool partial = cur.partial != 0;
+      const bool check = partial || n_edge || m0 + kBM > p.Lq;
       const int kv_row = n0 + kv_w + ww * 16 + g;
-      float pt[8][4];
-      if (check) {
-        bwd90::probs_t<true>(s, pt, s_lse2, score_mod, mask_mod, cur.partial, b, hq, m0, kv_row, p);
-      } else {
-        bwd90::probs_t<false>(s, pt, s_lse2, score_mod, mask_mod, false, b, hq, m0, kv_row, p);
-      }
       uint32_t pa[4][4], dsa[4][4];
-      bwd90::to_a_fragments<T>(pt, pa);
+      if (check) {
+        bwd90::probs_t<T, true>(s, pa, s_lse2, score_mod, mask_mod, partial, b, hq, m0, kv_row, p);
+      } else {
+        bwd90::probs_t<T, false>(s, pa, s_lse2, score_mod, mask_mod, false, b, hq, m0, kv_row, p);
+      }
 
       warpgroup::wait<0>();
       warpgroup::fence_operand(dp);
@@ -292,8 +342,9 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
       }
       warpgroup::commit();
 
-      bwd90::fence_proxy_async();
-      __syncthreads();  // dS^T of both warpgroups stored
+      thread::fence_proxy_async_shared();
+      if (tid == 0) thread::bulk_wait_read<0>();  // the last reduction has read the dQ tile
+      __syncthreads();  // dS^T of both warpgroups stored; the dQ staging tile free
 
       // ---- dQ[:, 64 wg ..] = dS K[:, 64 wg ..]: A = dS^T read transposed, B = K read transposed
       float dq[8][4];
@@ -311,28 +362,40 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
       warpgroup::fence_operand(dv);
       warpgroup::fence_operand(dk);
 
-      if (p.deterministic) {
-        if (tid == 0) bwd::wait_dq_turn(seen, rank, sem);
-        __syncthreads();
-        pending_sem = sem;
+      // ---- dQ tile to shared memory (DqTileSm90 order), one bulk reduction into dq_accum ------
+#pragma unroll
+      for (int ni = 0; ni < 8; ++ni) {
+        *reinterpret_cast<float4*>(sDq + (ni * Cfg::kNThreads + tid) * 4) =
+            make_float4(dq[ni][0], dq[ni][1], dq[ni][2], dq[ni][3]);
       }
-      float* dqa = p.dq_accum + (ws_bh * p.Lq_pad + m0 + ww * 16 + g) * kD + wg * 64 + 2 * t;
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-#pragma unroll
-        for (int ni = 0; ni < 8; ++ni) {
-          bwd::atomic_add2(dqa + 8 * half * kD + ni * 8, dq[ni][2 * half], dq[ni][2 * half + 1]);
+      thread::fence_proxy_async_shared();
+      // The dQ tile stored; every read of this stage (Q, dO, statistics), of dS^T and of K by
+      // this tile's products is complete.
+      __syncthreads();
+      if (tid == 0) {
+        if (p.deterministic) {
+          int* const sem = p.dq_sem + ws_bh * m_tiles_pad + cur.m_tile;
+          // CTAs before this one in the tile's order: dq_rank[bm, hm, qb, nb] (the rank kernel)
+          // plus the kernel kv tiles after this one inside its mask kv-block.
+          const int64_t rank_at =
+              ((static_cast<int64_t>(p.mask_b == 1 ? 0 : b) * p.mask_h + (p.mask_h == 1 ? 0 : hq)) *
+                   p.nqb + cur.qb) * p.nkvb + nb;
+          const int rank = p.sparse ? __ldg(p.dq_rank + rank_at) + rank_in_block
+                                    : p.num_n_tiles - 1 - n_tile;
+          bwd::wait_dq_turn(bwd::load_relaxed(sem), rank, sem);
+          thread::fence_proxy_async_global();  // the acquire above before the copy unit's adds
+          pending_sem = sem;
         }
+        thread::bulk_reduce_add(p.dq_accum + (ws_bh * p.Lq_pad + m0) * kD, sDq, Cfg::kDqBytes);
       }
-      cur = nxt;
-      nxt = nxt2;
     }
   }
-  if (p.deterministic) {
-    __syncthreads();
-    if (tid == 0) bwd::signal_after_barrier(pending_sem);
+  // A CTA whose heads listed no q tile still waits for its K and V copies before it exits.
+  if (!kv_ready) thread::mbar_wait(bar.kv_full(), 0);
+  if (tid == 0) {
+    thread::bulk_wait_read<0>();  // shared memory must outlive the last reduction's reads
+    bwd90::signal_reduced(pending_sem);
   }
-  cta::cp_async_wait<0>();  // K, V still in flight when no head listed a q tile
 
   // ---- epilogue: dV, scale * dK in the output dtype (this warp's 16 kv rows) -----------------
   using Frags = float[1][kD / 8][4];

@@ -1,5 +1,6 @@
 // Hopper (sm_90) asynchronous copies: the tensor-memory-access unit (cp.async.bulk.tensor) that
-// moves a whole tile from global to shared memory, and the mbarriers it completes on. Thin wrappers
+// moves a whole tile from global to shared memory, plain bulk copies and bulk reductions, and
+// the mbarriers copies complete on. Thin wrappers
 // over CCCL's cuda::ptx, named by scope like utils.cuh (thread:: = any one thread).
 // A copy is described by a CUtensorMap built on the host (tensor_map.h).
 #pragma once
@@ -41,6 +42,45 @@ FLEXATTN_DEV void tma_load(void* dst, const CUtensorMap* map, int d0, int row, i
   const int32_t coords[4] = {d0, row, h, b};
   ::cuda::ptx::cp_async_bulk_tensor(::cuda::ptx::space_cluster, ::cuda::ptx::space_global, dst,
                                     map, coords, bar);
+}
+
+// Copies `bytes` contiguous bytes (16-byte aligned, a multiple of 16) from global to shared
+// memory; completion is counted on `bar` in bytes.
+FLEXATTN_DEV void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  ::cuda::ptx::cp_async_bulk(::cuda::ptx::space_cluster, ::cuda::ptx::space_global, dst, src,
+                             bytes, bar);
+}
+
+// Adds `bytes` of f32 in shared memory element-wise into global memory (each element one atomic
+// add in L2), as one bulk operation of the copy unit, then closes a bulk group so that
+// bulk_wait / bulk_wait_read can wait for it. HAZARD: the source was written through the
+// generic proxy; the writers fence (fence_proxy_async_shared) before the barrier that precedes
+// this call.
+FLEXATTN_DEV void bulk_reduce_add(float* dst, const float* src, uint32_t bytes) {
+  ::cuda::ptx::cp_reduce_async_bulk(::cuda::ptx::space_global, ::cuda::ptx::space_shared,
+                                    ::cuda::ptx::op_add, dst, src, bytes);
+  ::cuda::ptx::cp_async_bulk_commit_group();
+}
+// At most N of this thread's bulk groups still reading their shared-memory source.
+template <int N>
+FLEXATTN_DEV void bulk_wait_read() {
+  ::cuda::ptx::cp_async_bulk_wait_group_read(::cuda::ptx::n32_t<N>{});
+}
+// At most N of this thread's bulk groups not yet complete (their writes performed).
+template <int N>
+FLEXATTN_DEV void bulk_wait() {
+  ::cuda::ptx::cp_async_bulk_wait_group(::cuda::ptx::n32_t<N>{});
+}
+
+// Orders this thread's generic-proxy accesses to shared memory before later async-proxy ones
+// (wgmma operands, bulk copies) once a barrier publishes them.
+FLEXATTN_DEV void fence_proxy_async_shared() {
+  ::cuda::ptx::fence_proxy_async(::cuda::ptx::space_shared);
+}
+// The same for global memory: between an async-proxy write and a generic flag that publishes
+// it, or a generic acquire and an async-proxy access that must follow it.
+FLEXATTN_DEV void fence_proxy_async_global() {
+  ::cuda::ptx::fence_proxy_async(::cuda::ptx::space_global);
 }
 #endif
 
