@@ -4,7 +4,7 @@
 //
 //   flexattn_bench_gpu [--quick] [--csv PATH] [--dims 64,128] [--lens 16384,8192,2048]
 //                      [--tokens 16384] [--heads 16] [--variants noop,causal,...] [--no-bwd]
-//                      [--no-mask-build] [--budget-s 240]
+//                      [--no-mask-build] [--budget-s 240] [--bwd-modes det,nd]
 //
 // Per (variant, D, L) with B = tokens / L, H = heads, bf16: forward, backward (the default,
 // deterministic) and backward with deterministic = false, each the median of CUDA-event timings
@@ -43,6 +43,7 @@ struct Args {
   int64_t heads = 16;
   std::vector<std::string> variants = gt::bench_variants();
   bool bwd = true, mask_build = true;
+  std::vector<std::string> bwd_modes = {"det", "nd"};  // deterministic, non-deterministic
   double budget_s = 240.0;
   std::string csv;
 };
@@ -87,6 +88,11 @@ Args parse(int argc, char** argv) {
       a.variants = split_list<std::string>(next());
     } else if (s == "--no-bwd") {
       a.bwd = false;
+    } else if (s == "--bwd-modes") {
+      a.bwd_modes = split_list<std::string>(next());
+      for (const auto& m : a.bwd_modes) {
+        if (m != "det" && m != "nd") throw std::invalid_argument("--bwd-modes takes det and nd");
+      }
     } else if (s == "--no-mask-build") {
       a.mask_build = false;
     } else if (s == "--budget-s") {
@@ -207,7 +213,7 @@ ShapeBufs make_shape(int64_t B, int64_t H, int64_t L, int64_t D, size_t l2_bytes
   return s;
 }
 
-void bench_variant(const std::string& variant, ShapeBufs& s, bool bwd, CsvOut& csv) {
+void bench_variant(const std::string& variant, ShapeBufs& s, const Args& args, CsvOut& csv) {
   const std::vector<int32_t> doc_host = gt::equal_documents(s.L, 16);
   fa::Buffer doc_dev =
       fa::Buffer::from_host(doc_host.data(), doc_host.size() * sizeof(int32_t), fa::Device::cuda);
@@ -231,9 +237,10 @@ void bench_variant(const std::string& variant, ShapeBufs& s, bool bwd, CsvOut& c
                               s.lse[j].view(), score, bm);
     });
     row("fwd", fwd_ms, fwd_flops);
-    if (!bwd) return;
+    if (!args.bwd) return;
     // out/lse of every set now hold that set's forward results (the warm-up ran each set).
-    for (bool det : {true, false}) {
+    for (const std::string& mode : args.bwd_modes) {
+      const bool det = mode == "det";
       fa::AttentionOptions opts;
       opts.deterministic = det;
       const double ms = median_ms([&](int i) {
@@ -315,7 +322,7 @@ int main(int argc, char** argv) {
         ShapeBufs s = make_shape(B, args.heads, L, D, size_t(prop.l2CacheSize));
         for (const auto& variant : args.variants) {
           try {
-            bench_variant(variant, s, args.bwd, csv);
+            bench_variant(variant, s, args, csv);
           } catch (const std::exception& e) {
             std::printf("ours  %-15s D=%-3d L=%-6lld FAILED: %s\n", variant.c_str(), D,
                         (long long)L, e.what());

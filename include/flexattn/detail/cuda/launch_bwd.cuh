@@ -127,6 +127,11 @@ void launch_bwd_cfg(BwdParams p, void* stream_ptr, const LaunchMain& launch_main
   p.Lq_pad = p.sparse ? p.nqb * p.block_q
                       : (p.Lq + Cfg::kBlockM - 1) / Cfg::kBlockM * Cfg::kBlockM;
   p.num_n_tiles = (p.Lkv + Cfg::kBlockN - 1) / Cfg::kBlockN;
+  if (static_cast<int64_t>(p.num_n_tiles) * p.Hkv > int64_t{0x7fffffff}) {
+    throw Error("flex_attention_backward on Device::cuda: kv tiles x kv heads (" +
+                std::to_string(p.num_n_tiles) + " x " + std::to_string(p.Hkv) +
+                ") exceed one grid dimension (2^31 - 1)");
+  }
 
   int dev = 0, major = 0, smem_optin = 0;
   FLEXATTN_CUDA_CHECK(cudaGetDevice(&dev));
@@ -177,7 +182,8 @@ void launch_bwd_cfg(BwdParams p, void* stream_ptr, const LaunchMain& launch_main
       FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward dQ rank kernel");
     }
 
-    launch_main(p, dim3(p.num_n_tiles, p.Hkv, B), stream);
+    launch_main(p, dim3(static_cast<unsigned>(p.num_n_tiles) * static_cast<unsigned>(p.Hkv), 1, B),
+                stream);
 
     bwd_postprocess_kernel<T, typename Cfg::DqLayout>
         <<<dim3((p.Lq + kPostRowsPerCta - 1) / kPostRowsPerCta, Hq, B), kPostThreads, 0,

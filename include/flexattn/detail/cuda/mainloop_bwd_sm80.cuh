@@ -24,6 +24,10 @@
 //     adds instead of hanging.
 //   non-deterministic: plain f32 atomics, CTAs in ascending kv-tile order (longest lists first
 //     under causal masks, the better schedule). Measured 4-8% faster at L = 16k on an H100.
+//   Launch order (bwd_cta_tile): heads vary fastest, kv tiles next. The CTAs resident at once
+//     then hold a few kv tiles of every head rather than all kv tiles of one head; where every
+//     kv tile visits the same q tiles in the same order (no mask), the deterministic order makes
+//     rank r start r hand-offs late, so the depth of ranks in flight is what it costs.
 // Per q tile the dQ GEMM and its adds come before the dK GEMM, so the adds drain behind it.
 //
 // HAZARDS
@@ -127,6 +131,17 @@ struct BwdQTileWalk {
   }
 };
 
+// This CTA's kv tile, kv head and batch (grid: num_n_tiles * Hkv, 1, B; see the launch order in
+// the header). Lower deterministic ranks launch first: descending kv tiles there.
+struct BwdCtaTile {
+  int n_tile, hkv, b;
+};
+FLEXATTN_DEV BwdCtaTile bwd_cta_tile(const BwdParams& p) {
+  const int hkv = static_cast<int>(blockIdx.x) % p.Hkv;
+  const int n_idx = static_cast<int>(blockIdx.x) / p.Hkv;
+  return {p.deterministic ? p.num_n_tiles - 1 - n_idx : n_idx, hkv, static_cast<int>(blockIdx.z)};
+}
+
 // cp.async of kRows rows of one (b, h) into a padded tile; rows at or past `len` are zero-filled.
 template <class Cfg, int kRows, class T>
 FLEXATTN_DEV void bwd_load_rows(T* s, const T* g, int64_t stride_r, int row0, int len) {
@@ -191,9 +206,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
-  const int n_tile = p.deterministic ? p.num_n_tiles - 1 - static_cast<int>(blockIdx.x)
-                                     : static_cast<int>(blockIdx.x);
-  const int hkv = blockIdx.y, b = blockIdx.z;
+  const auto [n_tile, hkv, b] = bwd_cta_tile(p);
   const int n0 = n_tile * kBN;
 
   const T* k_bh = static_cast<const T*>(p.k) + b * p.k_sb + hkv * p.k_sh;

@@ -201,9 +201,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
   const int g = lane / 4, t = lane % 4;
   const int wg = warp / 4, ww = warp % 4;
   const int kv_w = wg * 64;  // the warpgroup's first kv row in the tile
-  const int n_tile = p.deterministic ? p.num_n_tiles - 1 - static_cast<int>(blockIdx.x)
-                                     : static_cast<int>(blockIdx.x);
-  const int hkv = blockIdx.y, b = blockIdx.z;
+  const auto [n_tile, hkv, b] = bwd_cta_tile(p);
   const int n0 = n_tile * kBN;
 
   if (tid == 0) {
