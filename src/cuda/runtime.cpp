@@ -1,9 +1,14 @@
-// The CUDA runtime calls behind Buffer/Tensor on Device::cuda (see src/device_memory.h).
+// The CUDA runtime calls behind Buffer/Tensor on Device::cuda (see src/device_memory.h), and the
+// backward's workspace pool (detail/cuda/workspace.h).
 #include <cuda_runtime.h>
 
+#include <cstdint>
+#include <map>
+#include <mutex>
 #include <string>
 
 #include "../device_memory.h"
+#include "flexattn/detail/cuda/workspace.h"
 #include "flexattn/tensor.h"
 
 namespace flexattn::detail {
@@ -48,3 +53,39 @@ void cuda_copy_to_host(void* dst, const void* src, size_t bytes) {
 }
 
 }  // namespace flexattn::detail
+
+namespace flexattn::detail::cuda {
+namespace {
+
+cudaMemPool_t workspace_pool() {
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  static std::mutex mutex;
+  static std::map<int, cudaMemPool_t> pools;  // never destroyed: they live as long as the process
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto it = pools.find(dev);
+  if (it != pools.end()) return it->second;
+  cudaMemPoolProps props{};
+  props.allocType = cudaMemAllocationTypePinned;
+  props.location.type = cudaMemLocationTypeDevice;
+  props.location.id = dev;
+  cudaMemPool_t pool = nullptr;
+  check(cudaMemPoolCreate(&pool, &props), "cudaMemPoolCreate");
+  uint64_t keep = UINT64_MAX;  // release threshold: never trim at synchronisation
+  check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep),
+        "cudaMemPoolSetAttribute");
+  pools.emplace(dev, pool);
+  return pool;
+}
+
+}  // namespace
+
+void* workspace_alloc(size_t bytes, cudaStream_t stream) {
+  void* p = nullptr;
+  check(cudaMallocFromPoolAsync(&p, bytes, workspace_pool(), stream), "cudaMallocFromPoolAsync");
+  return p;
+}
+
+void workspace_free(void* p, cudaStream_t stream) noexcept { cudaFreeAsync(p, stream); }
+
+}  // namespace flexattn::detail::cuda

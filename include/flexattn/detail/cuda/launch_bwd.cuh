@@ -16,8 +16,8 @@
 //   3. bwd_kernel_sm90 / _sm80 dK, dV written; dS K added into dq_accum
 //   4. bwd_postprocess_kernel dq = scale * dq_accum in q's dtype (read in the main kernel's
 //                             DqLayout)
-// One workspace block from cudaMallocAsync on the stream, released with cudaFreeAsync after the
-// last launch (stream-ordered: no synchronisation, and reused by the pool on the next call).
+// One workspace block from the library's pool (workspace.h), allocated and freed on the stream
+// (stream-ordered: no synchronisation, and reused by the pool on the next call).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -36,6 +36,7 @@
 #include "mainloop_bwd_sm90.cuh"
 #include "sm90_unit.cuh"
 #include "tensor_map.h"
+#include "workspace.h"
 
 namespace flexattn::detail::cuda {
 
@@ -82,6 +83,9 @@ BwdParams make_params(const BwdArgs& a, const MaskData& m) {
   if (a.dims.Lq >= (int64_t{1} << 30) || a.dims.Lkv >= (int64_t{1} << 30)) {
     throw Error("flex_attention_backward on Device::cuda takes sequence lengths below 2^30");
   }
+  if (a.dims.B > 65535 || a.dims.Hq > 65535) {  // grid dimensions y and z
+    throw Error("flex_attention_backward on Device::cuda takes at most 65535 batches and heads");
+  }
   BwdParams p{};
   p.q = a.q.data, p.k = a.k.data, p.v = a.v.data, p.out = a.out.data, p.dout = a.dout.data;
   p.lse = static_cast<const float*>(a.lse.data);
@@ -127,11 +131,6 @@ void launch_bwd_cfg(BwdParams p, void* stream_ptr, const LaunchMain& launch_main
   p.Lq_pad = p.sparse ? p.nqb * p.block_q
                       : (p.Lq + Cfg::kBlockM - 1) / Cfg::kBlockM * Cfg::kBlockM;
   p.num_n_tiles = (p.Lkv + Cfg::kBlockN - 1) / Cfg::kBlockN;
-  if (static_cast<int64_t>(p.num_n_tiles) * p.Hkv > int64_t{0x7fffffff}) {
-    throw Error("flex_attention_backward on Device::cuda: kv tiles x kv heads (" +
-                std::to_string(p.num_n_tiles) + " x " + std::to_string(p.Hkv) +
-                ") exceed one grid dimension (2^31 - 1)");
-  }
 
   int dev = 0, major = 0, smem_optin = 0;
   FLEXATTN_CUDA_CHECK(cudaGetDevice(&dev));
@@ -159,8 +158,7 @@ void launch_bwd_cfg(BwdParams p, void* stream_ptr, const LaunchMain& launch_main
   const size_t off_rank = off_sem + (p.deterministic ? round_up(m_tiles * sizeof(int)) : 0);
   const size_t bytes = off_rank + round_up(rank_elems * sizeof(int));
 
-  char* ws = nullptr;
-  FLEXATTN_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&ws), bytes, stream));
+  char* ws = static_cast<char*>(workspace_alloc(bytes, stream));
   p.dq_accum = reinterpret_cast<float*>(ws);
   p.lse2 = reinterpret_cast<float*>(ws + off_lse2);
   p.delta = reinterpret_cast<float*>(ws + off_delta);
@@ -182,18 +180,17 @@ void launch_bwd_cfg(BwdParams p, void* stream_ptr, const LaunchMain& launch_main
       FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward dQ rank kernel");
     }
 
-    launch_main(p, dim3(static_cast<unsigned>(p.num_n_tiles) * static_cast<unsigned>(p.Hkv), 1, B),
-                stream);
+    launch_main(p, dim3(p.num_n_tiles, p.Hkv, B), stream);
 
     bwd_postprocess_kernel<T, typename Cfg::DqLayout>
         <<<dim3((p.Lq + kPostRowsPerCta - 1) / kPostRowsPerCta, Hq, B), kPostThreads, 0,
            stream>>>(p);
     FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward postprocess kernel");
   } catch (...) {
-    cudaFreeAsync(ws, stream);
+    workspace_free(ws, stream);
     throw;
   }
-  FLEXATTN_CUDA_CHECK(cudaFreeAsync(ws, stream));
+  workspace_free(ws, stream);
 }
 
 // One head dim, one dtype: the Hopper kernel (mainloop_bwd_sm90.cuh) where it has tiles for the

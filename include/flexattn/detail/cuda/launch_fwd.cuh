@@ -120,6 +120,9 @@ FwdParams make_params(const FwdArgs& a, const MaskData& m) {
   if (a.dims.Lq >= (int64_t{1} << 31) || a.dims.Lkv >= (int64_t{1} << 31)) {
     throw Error("flex_attention on Device::cuda takes sequence lengths below 2^31");
   }
+  if (a.dims.B > 65535 || a.dims.Hq > 65535) {  // grid dimensions y and z
+    throw Error("flex_attention on Device::cuda takes at most 65535 batches and heads");
+  }
   FwdParams p{};
   p.q = a.q.data;
   p.k = a.k.data;
