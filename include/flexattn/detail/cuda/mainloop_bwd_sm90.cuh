@@ -92,9 +92,10 @@ struct Barriers {
 };
 
 // What a stage holds: the walk's item, written by thread 0 before the stage's copies are issued
-// (the mbarrier's release / acquire publishes it with them).
+// (the mbarrier's release / acquire publishes it with them); `seen`: thread 0's early read of the
+// tile's dQ-order counter (deterministic mode), parked here rather than in a register.
 struct StageInfo {
-  int m_tile, qb, partial, unused;
+  int m_tile, qb, partial, seen;
 };
 
 // One thread: takes the next item of the walk (kept in shared memory: in registers its state
@@ -130,13 +131,14 @@ FLEXATTN_DEV void load_next_q_tile(const BwdParams& p, const BwdTileMaps& maps,
 }
 
 // Deterministic dQ order, the thread that issued the reductions: once they are complete, tells the
-// CTA next in line for that q tile (`counter`; null: nothing pending).
+// CTA next in line for that q tile (`counter`; null: nothing pending). The hand-off latency is
+// paid once per rank in a chain of CTAs, so it is kept short: a release reduction rather than a
+// full fence and an atomic.
 FLEXATTN_DEV void signal_reduced(int*& counter) {
   if (counter == nullptr) return;
   thread::bulk_wait<0>();
   thread::fence_proxy_async_global();  // the copy unit's adds before the flag below
-  __threadfence();
-  atomicAdd(counter, 1);
+  asm volatile("red.release.gpu.global.add.s32 [%0], 1;" ::"l"(counter) : "memory");
   counter = nullptr;
 }
 
@@ -293,7 +295,12 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
       }
       warpgroup::commit();
       // While the products run: the last tile's reduction is done by now, or nearly.
-      if (tid == 0) bwd90::signal_reduced(pending_sem);
+      int seen = 0;
+      if (tid == 0) {
+        bwd90::signal_reduced(pending_sem);
+        // Read early, so that at the end of the tile the turn is often known without a round trip.
+        if (p.deterministic) seen = bwd::load_relaxed(p.dq_sem + ws_bh * m_tiles_pad + cur.m_tile);
+      }
       warpgroup::wait<1>();
       warpgroup::fence_operand(s);
 
@@ -341,7 +348,10 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
       warpgroup::commit();
 
       thread::fence_proxy_async_shared();
-      if (tid == 0) thread::bulk_wait_read<0>();  // the last reduction has read the dQ tile
+      if (tid == 0) {
+        thread::bulk_wait_read<0>();  // the last reduction has read the dQ tile
+        if (p.deterministic) reinterpret_cast<bwd90::StageInfo*>(smem + Cfg::kOffInfo)[st].seen = seen;
+      }
       __syncthreads();  // dS^T of both warpgroups stored; the dQ staging tile free
 
       // ---- dQ[:, 64 wg ..] = dS K[:, 64 wg ..]: A = dS^T read transposed, B = K read transposed
@@ -380,7 +390,8 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
                    p.nqb + cur.qb) * p.nkvb + nb;
           const int rank = p.sparse ? __ldg(p.dq_rank + rank_at) + rank_in_block
                                     : p.num_n_tiles - 1 - n_tile;
-          bwd::wait_dq_turn(bwd::load_relaxed(sem), rank, sem);
+          bwd::wait_dq_turn(
+              reinterpret_cast<const bwd90::StageInfo*>(smem + Cfg::kOffInfo)[st].seen, rank, sem);
           thread::fence_proxy_async_global();  // the acquire above before the copy unit's adds
           pending_sem = sem;
         }
