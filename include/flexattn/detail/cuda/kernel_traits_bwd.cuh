@@ -43,24 +43,25 @@ namespace flexattn::detail::cuda {
 // position of (row r of the group, column c) inside its group. Two adjacent columns c, c + 1 (c
 // even) are adjacent in memory in every layout.
 //   DqRowMajor   the sm80 kernel: f32 atomics row by row
-//   DqTileSm90   the sm90 kernel (mainloop_bwd_sm90.cuh): a 64 x 128 q tile in the order the
+//   DqTileSm90   the sm90 kernel (mainloop_bwd_sm90.cuh): a 64-row q tile in the order the
 //                wgmma accumulators leave the registers (thread tid's fragment ni is the float4
-//                at ni * 256 + tid), so that the staging stores in shared memory are
+//                at ni * 2 D + tid, tid < 2 D), so that the staging stores in shared memory are
 //                conflict-free and one bulk reduction adds the whole tile
 struct DqRowMajor {
   static constexpr int kTileRows = 1;
   FLEXATTN_HD static int index(int r, int c, int D) { return r * D + c; }
 };
+template <int kHeadDim_>
 struct DqTileSm90 {
   static constexpr int kTileRows = 64;
-  static constexpr int kHeadDim = 128;
+  static constexpr int kHeadDim = kHeadDim_;
   // Accumulator (fragment ni, register k) of thread tid = 128 wg + 32 warp + 4 g + t holds row
   // 16 warp + g + 8 (k / 2) and column 64 wg + 8 ni + 2 t + k % 2.
   FLEXATTN_HD static int index(int r, int c, int /*D*/) {
     const int wg = c / 64, ni = (c % 64) / 8, t = (c % 8) / 2;
     const int warp = r / 16, g = r % 8, half = (r % 16) / 8;
     const int tid = 128 * wg + 32 * warp + 4 * g + t;
-    return (ni * 256 + tid) * 4 + 2 * half + c % 2;
+    return (ni * 2 * kHeadDim + tid) * 4 + 2 * half + c % 2;
   }
 };
 

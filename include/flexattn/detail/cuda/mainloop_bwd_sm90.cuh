@@ -9,7 +9,8 @@
 //   P^T, dS^T = P^T * g * (dP^T - delta)   in registers (per-column lse2 / delta from shared)
 //   dV_w += P^T dO,  dK_w += dS^T Q        (A from registers, B = dO / Q read transposed)
 //   dQ[:, 64w..] = dS K[:, 64w..]          (A = dS^T from shared memory read transposed, the
-//                                           whole 128-row kv tile: both warpgroups' dS^T)
+//                                           whole 128-row kv tile: both warpgroups' dS^T;
+//                                           D = 64: see the traits)
 // dK and dV (64 x D each per warpgroup) stay in registers for the whole kernel.
 //
 // Copies: thread 0 loads K and V once, then Q, dO and their rows' statistics of each q tile into
@@ -38,12 +39,15 @@
 
 namespace flexattn::detail::cuda {
 
-// Tiles: BLOCK_M = 64 q rows x BLOCK_N = 128 kv rows, the sm80 kernel's D = 128 tiles (so the
-// workspaces, the rank kernel and the dQ counters are shared unchanged). Registers per thread:
-// dK + dV 128 floats, S^T + dP^T 64, P^T + dS^T as 16-bit A fragments 32, dQ 32 (while dK and
-// dV are in flight): 255 at most, one CTA of 8 warps per SM. Shared memory: K, V 32 KB each,
-// Q and dO 2 x 16 KB each, dS^T 16 KB, the dQ tile in f32 32 KB, row statistics 1 KB, the
-// walk's state, three mbarriers, 1 KB alignment slack: 178 KB.
+// Tiles: BLOCK_M = 64 q rows x BLOCK_N = 128 kv rows for head dims 64 and 128. Registers per
+// thread at D = 128: dK + dV 128 floats, S^T + dP^T 64, P^T + dS^T as 16-bit A fragments 32, dQ 32
+// (while dK and dV are in flight): 255 at most, one CTA of 8 warps per SM. Shared memory at
+// D = 128: K, V 32 KB each, Q and dO 2 x 16 KB each, dS^T 16 KB, the dQ tile in f32 32 KB, row
+// statistics 1 KB, the walk's state, three mbarriers, 1 KB alignment slack: 178 KB (D = 64: 98 KB).
+// dQ's split between the warpgroups: at D = 128 each takes 64 of the head-dim columns over the
+// whole kv tile (N = 64); at D = 64 a 32-column split would need N = 32, which the 128-byte
+// swizzle of the transposed K read does not allow, so each warpgroup takes all 64 columns over
+// its own 64 kv rows, and warpgroup 1 adds its partial tile onto warpgroup 0's in shared memory.
 template <int kHeadDim_>
 struct BwdTraitsSm90 {
   static constexpr int kHeadDim = kHeadDim_;
@@ -67,13 +71,13 @@ struct BwdTraitsSm90 {
   static constexpr int kOffBars = kOffWalk + 64;
   static constexpr int kSmemBytes = 1024 + kOffBars + 3 * 8;
   static constexpr uint32_t kQStageBytes = 2 * kTileQBytes + 2 * kStatBytes;  // one stage's copies
-  using DqLayout = DqTileSm90;
-  static_assert(kHeadDim == DqLayout::kHeadDim && kBlockM == DqLayout::kTileRows,
-                "the sm90 backward is tiled for head dim 128");
+  using DqLayout = DqTileSm90<kHeadDim>;
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "the sm90 backward is tiled for head dims 64, 128");
+  static_assert(kBlockM == DqLayout::kTileRows, "dq_accum tiles are the q tiles");
 };
 
 template <int D>
-inline constexpr bool kHasBwdSm90 = D == 128;
+inline constexpr bool kHasBwdSm90 = D == 64 || D == 128;
 
 // The copies' descriptions (tensor_map.h): Q and dO in boxes of BLOCK_M rows, K and V of BLOCK_N.
 struct BwdTileMaps {
@@ -354,15 +358,19 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
       }
       __syncthreads();  // dS^T of both warpgroups stored; the dQ staging tile free
 
-      // ---- dQ[:, 64 wg ..] = dS K[:, 64 wg ..]: A = dS^T read transposed, B = K read transposed
+      // ---- dQ = dS K, A = dS^T read transposed, B = K read transposed. D = 128: columns
+      // [64 wg, 64 wg + 64) over all kv rows; D = 64: all columns over this warpgroup's kv rows.
+      constexpr int kDqSteps = kD == 128 ? kBN / 16 : 64 / 16;
+      const uint32_t dq_a = smem_u32(sDs) + (kD == 128 ? 0 : kv_w * 128);
+      const uint32_t dq_b = smem_u32(sK) + (kD == 128 ? wg * kColK : kv_w * 128);
       float dq[8][4];
       warpgroup::fence_operand(dq);
       warpgroup::fence();
 #pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk) {
-        warpgroup::mma_ss<T, 64, true, true>(
-            dq, warpgroup::smem_desc(smem_u32(sDs) + kk * 16 * 128, 0),
-            warpgroup::smem_desc(smem_u32(sK) + wg * kColK + kk * 16 * 128, 0), kk > 0);
+      for (int kk = 0; kk < kDqSteps; ++kk) {
+        warpgroup::mma_ss<T, 64, true, true>(dq, warpgroup::smem_desc(dq_a + kk * 16 * 128, 0),
+                                             warpgroup::smem_desc(dq_b + kk * 16 * 128, 0),
+                                             kk > 0);
       }
       warpgroup::commit();
       warpgroup::wait<0>();
@@ -371,10 +379,31 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
       warpgroup::fence_operand(dk);
 
       // ---- dQ tile to shared memory (DqTileSm90 order), one bulk reduction into dq_accum ------
+      if constexpr (kD == 128) {
 #pragma unroll
-      for (int ni = 0; ni < 8; ++ni) {
-        *reinterpret_cast<float4*>(sDq + (ni * Cfg::kNThreads + tid) * 4) =
-            make_float4(dq[ni][0], dq[ni][1], dq[ni][2], dq[ni][3]);
+        for (int ni = 0; ni < 8; ++ni) {
+          *reinterpret_cast<float4*>(sDq + (ni * Cfg::kNThreads + tid) * 4) =
+              make_float4(dq[ni][0], dq[ni][1], dq[ni][2], dq[ni][3]);
+        }
+      } else {
+        // Warpgroup 0 stores its partial tile; warpgroup 1 (named barrier 1: 0 arrives, 1 waits)
+        // adds its own onto it, element by element in the same positions.
+        float4* mine = reinterpret_cast<float4*>(sDq) + (tid % 128);
+        if (wg == 0) {
+#pragma unroll
+          for (int ni = 0; ni < 8; ++ni) {
+            mine[ni * 128] = make_float4(dq[ni][0], dq[ni][1], dq[ni][2], dq[ni][3]);
+          }
+          cta::named_arrive(1, Cfg::kNThreads);
+        } else {
+          cta::named_sync(1, Cfg::kNThreads);
+#pragma unroll
+          for (int ni = 0; ni < 8; ++ni) {
+            const float4 o = mine[ni * 128];
+            mine[ni * 128] =
+                make_float4(o.x + dq[ni][0], o.y + dq[ni][1], o.z + dq[ni][2], o.w + dq[ni][3]);
+          }
+        }
       }
       thread::fence_proxy_async_shared();
       // The dQ tile stored; every read of this stage (Q, dO, statistics), of dS^T and of K by
