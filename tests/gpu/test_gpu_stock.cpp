@@ -390,11 +390,12 @@ TEST_F(GpuTest, FrontDoorOverloadsAgreeWithInto) {
 
 // ---- determinism of the default backward --------------------------------------------------------
 TEST_F(GpuTest, DefaultBackwardIsBitwiseDeterministic) {
+  for (const int64_t D : {64, 128})  // the Hopper kernel sums head dim 64's dQ differently
   for (const char* variant : {"causal", "document", "softcap"}) {
-    SCOPED_TRACE(variant);
+    SCOPED_TRACE(std::string(variant) + " D=" + std::to_string(D));
     std::mt19937_64 rng(fa::gpu_test::fresh_seed());
     const DType dt = DType::bf16;
-    const int64_t B = 2, Hq = 8, Hkv = 2, L = 1000, D = 128;
+    const int64_t B = 2, Hq = 8, Hkv = 2, L = 1000;
     auto q = fa::gpu_test::random_input({B, Hq, L, D}, dt, rng);
     auto k = fa::gpu_test::random_input({B, Hkv, L, D}, dt, rng);
     auto v = fa::gpu_test::random_input({B, Hkv, L, D}, dt, rng);

@@ -141,6 +141,27 @@ FLEXATTN_DEV BwdCtaTile bwd_cta_tile(const BwdParams& p) {
           static_cast<int>(blockIdx.z)};
 }
 
+// Deterministic dQ order: how many CTAs add into a q tile before this one. Sparse walks: the rank
+// kernel's count of listed kv-blocks after this CTA's (dq_rank[bm, hm, qb, nb]) plus the kernel
+// kv tiles after this one inside its own mask kv-block; dense walks: every kv tile after it.
+struct BwdDqRank {
+  int nb = 0;             // this CTA's mask kv-block
+  int rank_in_block = 0;  // kernel kv tiles after this one inside it
+  FLEXATTN_DEV BwdDqRank(const BwdParams& p, int n_tile, int block_n) {
+    if (!p.sparse) return;
+    nb = n_tile * block_n / p.block_kv;
+    const int sub_n = p.block_kv / block_n;
+    const int block_end = (nb + 1) * sub_n < p.num_n_tiles ? (nb + 1) * sub_n : p.num_n_tiles;
+    rank_in_block = block_end - 1 - n_tile;
+  }
+  FLEXATTN_DEV int of(const BwdParams& p, int b, int hq, int qb, int n_tile) const {
+    if (!p.sparse) return p.num_n_tiles - 1 - n_tile;
+    const int64_t at = ((static_cast<int64_t>(p.mask_b == 1 ? 0 : b) * p.mask_h +
+                         (p.mask_h == 1 ? 0 : hq)) * p.nqb + qb) * p.nkvb + nb;
+    return __ldg(p.dq_rank + at) + rank_in_block;
+  }
+};
+
 // cp.async of kRows rows of one (b, h) into a padded tile; rows at or past `len` are zero-filled.
 template <class Cfg, int kRows, class T>
 FLEXATTN_DEV void bwd_load_rows(T* s, const T* g, int64_t stride_r, int row0, int len) {
@@ -235,11 +256,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
   bwd::zero(acc_dv);
 
   const bool n_edge = n0 + kBN > p.Lkv;
-  const int nb = p.sparse ? n0 / p.block_kv : 0;
-  const int sub_n = p.sparse ? p.block_kv / kBN : 1;
-  // Kernel kv tiles after this one inside its own mask kv-block (deterministic rank).
-  const int block_end = (nb + 1) * sub_n < p.num_n_tiles ? (nb + 1) * sub_n : p.num_n_tiles;
-  const int rank_in_block = block_end - 1 - n_tile;
+  const BwdDqRank dq_rank(p, n_tile, kBN);
   const int m_tiles_pad = p.Lq_pad / kBM;
 
   // Deterministic mode: the counter of the q tile whose dQ adds this CTA made last. Thread 0 bumps
@@ -255,10 +272,6 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
     const int64_t ws_bh = static_cast<int64_t>(b) * p.Hq + hq;
     const T* q_bh = static_cast<const T*>(p.q) + b * p.q_sb + hq * p.q_sh;
     const T* do_bh = static_cast<const T*>(p.dout) + b * p.do_sb + hq * p.do_sh;
-    const int64_t rank_row =
-        p.sparse ? ((static_cast<int64_t>(p.mask_b == 1 ? 0 : b) * p.mask_h +
-                     (p.mask_h == 1 ? 0 : hq)) * p.nqb) * p.nkvb + nb
-                 : 0;
 
     BwdQTileWalk::Item cur = walk.next();
     BwdQTileWalk::Item nxt = n_items > 1 ? walk.next() : cur;
@@ -278,11 +291,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
       // rank, this tile's row statistics.
       const BwdQTileWalk::Item nxt2 = it + 2 < n_items ? walk.next() : nxt;
       int rank = 0;
-      if (p.deterministic && tid == 0) {
-        rank = p.sparse ? __ldg(p.dq_rank + rank_row + static_cast<int64_t>(cur.qb) * p.nkvb) +
-                              rank_in_block
-                        : p.num_n_tiles - 1 - n_tile;
-      }
+      if (p.deterministic && tid == 0) rank = dq_rank.of(p, b, hq, cur.qb, n_tile);
       float lse2[Cfg::kSdpMI][2], delta[Cfg::kSdpMI][2];
 #pragma unroll
       for (int mi = 0; mi < Cfg::kSdpMI; ++mi) {

@@ -196,7 +196,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kBM = Cfg::kBlockM, kBN = Cfg::kBlockN, kD = Cfg::kHeadDim;
   extern __shared__ unsigned char bwd90_smem_raw[];
-  unsigned char* smem = bwd90_smem_raw + ((1024u - (smem_u32(bwd90_smem_raw) & 1023u)) & 1023u);
+  unsigned char* smem = cta::swizzle_aligned(bwd90_smem_raw);
   unsigned char* sK = smem + Cfg::kOffK;
   unsigned char* sDs = smem + Cfg::kOffDs;  // dS^T: (BLOCK_N kv rows, BLOCK_M q columns)
   float* sDq = reinterpret_cast<float*>(smem + Cfg::kOffDq);
@@ -234,10 +234,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
     for (int r = 0; r < 4; ++r) dk[i][r] = dv[i][r] = 0.0f;
 
   const bool n_edge = n0 + kBN > p.Lkv;
-  const int nb = p.sparse ? n0 / p.block_kv : 0;
-  const int sub_n = p.sparse ? p.block_kv / kBN : 1;
-  const int block_end = (nb + 1) * sub_n < p.num_n_tiles ? (nb + 1) * sub_n : p.num_n_tiles;
-  const int rank_in_block = block_end - 1 - n_tile;
+  const BwdDqRank dq_rank(p, n_tile, kBN);
   const int m_tiles_pad = p.Lq_pad / kBM;
   int* pending_sem = nullptr;  // thread 0, deterministic: the q tile whose reduction to announce
   bool kv_ready = false;
@@ -412,15 +409,9 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
       if (tid == 0) {
         if (p.deterministic) {
           int* const sem = p.dq_sem + ws_bh * m_tiles_pad + cur.m_tile;
-          // CTAs before this one in the tile's order: dq_rank[bm, hm, qb, nb] (the rank kernel)
-          // plus the kernel kv tiles after this one inside its mask kv-block.
-          const int64_t rank_at =
-              ((static_cast<int64_t>(p.mask_b == 1 ? 0 : b) * p.mask_h + (p.mask_h == 1 ? 0 : hq)) *
-                   p.nqb + cur.qb) * p.nkvb + nb;
-          const int rank = p.sparse ? __ldg(p.dq_rank + rank_at) + rank_in_block
-                                    : p.num_n_tiles - 1 - n_tile;
           bwd::wait_dq_turn(
-              reinterpret_cast<const bwd90::StageInfo*>(smem + Cfg::kOffInfo)[st].seen, rank, sem);
+              reinterpret_cast<const bwd90::StageInfo*>(smem + Cfg::kOffInfo)[st].seen,
+              dq_rank.of(p, b, hq, cur.qb, n_tile), sem);
           thread::fence_proxy_async_global();  // the acquire above before the copy unit's adds
           pending_sem = sem;
         }

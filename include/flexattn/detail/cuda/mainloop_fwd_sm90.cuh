@@ -122,8 +122,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   constexpr bool kNoopScore = is_noop_score<ScoreMod>;
 
   extern __shared__ unsigned char smem_raw[];
-  // The 128-byte swizzle repeats every 1024 bytes: every tile starts on a 1024-byte boundary.
-  unsigned char* smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+  unsigned char* smem = cta::swizzle_aligned(smem_raw);
   const FwdBarriersSm90<Traits> bar{reinterpret_cast<uint64_t*>(smem + Traits::kOffBars)};
 
   const auto tile = FwdTileScheduler::get();

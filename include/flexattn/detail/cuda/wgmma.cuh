@@ -26,6 +26,14 @@ namespace flexattn::detail::cuda {
 #define FLEXATTN_WGMMA_D32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
 #define FLEXATTN_WGMMA_D64 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
 
+namespace cta {
+// The dynamic shared memory rounded up to 1024 bytes: the 128-byte swizzle repeats every 1024
+// bytes, so every tile must start on such a boundary (kernels ask for 1 KB of slack).
+FLEXATTN_DEV unsigned char* swizzle_aligned(unsigned char* smem_raw) {
+  return smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+}
+}  // namespace cta
+
 namespace warpgroup {
 
 // Descriptor of a 128-byte-swizzled operand (bits: 0-13 address >> 4, 16-29 leading byte offset
