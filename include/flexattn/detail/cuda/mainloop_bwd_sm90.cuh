@@ -426,12 +426,38 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
     bwd90::signal_reduced(pending_sem);
   }
 
-  // ---- epilogue: dV, scale * dK in the output dtype (this warp's 16 kv rows) -----------------
-  using Frags = float[1][kD / 8][4];
-  bwd::store_dk_dv(reinterpret_cast<const Frags&>(dk), reinterpret_cast<const Frags&>(dv),
-                   static_cast<T*>(p.dk) + b * p.dk_sb + hkv * p.dk_sh, p.dk_sr,
-                   static_cast<T*>(p.dv) + b * p.dv_sb + hkv * p.dv_sh, p.dv_sr,
-                   n0 + kv_w + ww * 16, 0, p.Lkv, p.scale);
+  // ---- epilogue: scale * dK and dV in the output dtype, through shared memory ----------------
+  // K and V are free: every product that read them completed before the last end-of-tile
+  // barrier. Fragments go to the swizzled layout (conflict-free, as the dS^T stores); rows then
+  // leave in 16-byte chunks, consecutive threads along a row (coalesced, where 4-byte stores
+  // straight from the fragments touched 8 rows per instruction).
+  T* s_out = reinterpret_cast<T*>(sK);  // dK tile, then dV tile: (BLOCK_N, D) each
+  constexpr int kTile = kBN * kD;
+#pragma unroll
+  for (int ni = 0; ni < kD / 8; ++ni) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int off = Swizzled128<kBN>::offset(kv_w + ww * 16 + g + 8 * half, ni * 8 + 2 * t);
+      *reinterpret_cast<uint32_t*>(s_out + off) =
+          thread::pack2<T>(dk[ni][2 * half] * p.scale, dk[ni][2 * half + 1] * p.scale);
+      *reinterpret_cast<uint32_t*>(s_out + kTile + off) =
+          thread::pack2<T>(dv[ni][2 * half], dv[ni][2 * half + 1]);
+    }
+  }
+  __syncthreads();
+  T* const dk_bh = static_cast<T*>(p.dk) + b * p.dk_sb + hkv * p.dk_sh;
+  T* const dv_bh = static_cast<T*>(p.dv) + b * p.dv_sb + hkv * p.dv_sh;
+  constexpr int kChunksPerRow = kD / 8;
+#pragma unroll 4
+  for (int i = tid; i < 2 * kBN * kChunksPerRow; i += Cfg::kNThreads) {
+    const int which = i / (kBN * kChunksPerRow), j = i % (kBN * kChunksPerRow);
+    const int r = j / kChunksPerRow, c = j % kChunksPerRow;
+    if (n0 + r >= p.Lkv) continue;
+    const uint4 x =
+        *reinterpret_cast<const uint4*>(s_out + which * kTile + Swizzled128<kBN>::offset(r, c * 8));
+    T* dst = which == 0 ? dk_bh + (n0 + r) * p.dk_sr : dv_bh + (n0 + r) * p.dv_sr;
+    *reinterpret_cast<uint4*>(dst + c * 8) = x;
+  }
 #endif
 }
 
