@@ -1,7 +1,8 @@
 // Before the backward main kernel, one pass over the q rows:
 //   delta[row] = sum_d dO[row, d] * O[row, d]       (f32; dS = P * (dP - delta) needs it per row)
 //   lse2[row]  = lse[row] * log2(e)                  (the kernel's exp2 units)
-//   dq_accum[row, :] = 0                             (the f32 dQ accumulator the kernel adds into)
+//   dq_accum[row, :] = 0                             (the f32 dQ accumulator the kernel adds into;
+//                                                     not with dq_first_stores)
 // for every row of the padded workspaces, Lq_pad >= Lq.
 //
 // HAZARD - empty rows: lse = -inf where every key of a row is masked. lse2 is then +inf, so the
@@ -63,6 +64,7 @@ __global__ void __launch_bounds__(kPreThreads)
     p.lse2[ws_row] = l2;
     p.delta[ws_row] = row < p.Lq ? acc : 0.0f;
   }
+  if (p.dq_first_stores) return;
   float4* dqa = reinterpret_cast<float4*>(p.dq_accum + ws_row * p.D);
   for (int c = j; c < p.D / 4; c += 8) dqa[c] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 }

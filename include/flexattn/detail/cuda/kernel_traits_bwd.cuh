@@ -106,6 +106,7 @@ struct BwdTraits {
   static constexpr int kSmemElems = kOffDs + kBlockM * kPitchS;
   static constexpr int kSmemBytes = kSmemElems * 2;
   using DqLayout = DqRowMajor;
+  static constexpr bool kDqFirstStores = false;  // element-wise atomics: zeroed accumulator
 
   static_assert(kHeadDim % 16 == 0 && kBlockN % 16 == 0 && kBlockM % 16 == 0, "k16 slices");
   static_assert(kNWarps % kSdpWarpsM == 0 && kNWarps % kDkvWarpsN == 0 &&
@@ -172,6 +173,9 @@ struct BwdParams : MaskLists {  // the backward walks the transposed lists
   bool sparse;            // false: mask blocks not multiples of the tiles; every q tile is
                           //   visited with mask_mod evaluated per element
   bool deterministic;
+  bool dq_first_stores;   // deterministic, and the main kernel's first CTA in a q tile's order
+                          //   stores its dQ tile instead of adding it: dq_accum is not zeroed,
+                          //   and the postprocess writes zeros where no CTA came (dq_sem == 0)
   int num_n_tiles;        // kernel kv tiles: ceil(Lkv / BLOCK_N)
 };
 

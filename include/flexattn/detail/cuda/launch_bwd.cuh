@@ -11,7 +11,8 @@
 //   launch_backward()              every head dim (a user's .cu file: compile-time fusion)
 //
 // Launch sequence on args.stream, all asynchronous:
-//   1. bwd_preprocess_kernel  delta = rowsum(dO * O), lse2 = lse * log2(e), dq_accum = 0
+//   1. bwd_preprocess_kernel  delta = rowsum(dO * O), lse2 = lse * log2(e), dq_accum = 0 (unless
+//                             the main kernel's first adder stores: dq_first_stores)
 //   2. deterministic only:    dQ-order counters = 0; bwd_dq_rank_kernel (sparse walks)
 //   3. bwd_kernel_sm90 / _sm80 dK, dV written; dS K added into dq_accum
 //   4. bwd_postprocess_kernel dq = scale * dq_accum in q's dtype (read in the main kernel's
@@ -131,6 +132,7 @@ void launch_bwd_cfg(BwdParams p, void* stream_ptr, const LaunchMain& launch_main
   p.Lq_pad = p.sparse ? p.nqb * p.block_q
                       : (p.Lq + Cfg::kBlockM - 1) / Cfg::kBlockM * Cfg::kBlockM;
   p.num_n_tiles = (p.Lkv + Cfg::kBlockN - 1) / Cfg::kBlockN;
+  p.dq_first_stores = p.deterministic && Cfg::kDqFirstStores;
 
   int dev = 0, major = 0, smem_optin = 0;
   FLEXATTN_CUDA_CHECK(cudaGetDevice(&dev));

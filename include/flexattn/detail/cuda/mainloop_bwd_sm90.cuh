@@ -72,6 +72,7 @@ struct BwdTraitsSm90 {
   static constexpr int kSmemBytes = 1024 + kOffBars + 3 * 8;
   static constexpr uint32_t kQStageBytes = 2 * kTileQBytes + 2 * kStatBytes;  // one stage's copies
   using DqLayout = DqTileSm90<kHeadDim>;
+  static constexpr bool kDqFirstStores = true;  // see BwdParams::dq_first_stores
   static_assert(kHeadDim == 64 || kHeadDim == 128, "the sm90 backward is tiled for head dims 64, 128");
   static_assert(kBlockM == DqLayout::kTileRows, "dq_accum tiles are the q tiles");
 };
@@ -407,15 +408,26 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
       // this tile's products is complete.
       __syncthreads();
       if (tid == 0) {
+        float* const dst = p.dq_accum + (ws_bh * p.Lq_pad + m0) * kD;
         if (p.deterministic) {
           int* const sem = p.dq_sem + ws_bh * m_tiles_pad + cur.m_tile;
+          const int rank = dq_rank.of(p, b, hq, cur.qb, n_tile);
           bwd::wait_dq_turn(
-              reinterpret_cast<const bwd90::StageInfo*>(smem + Cfg::kOffInfo)[st].seen,
-              dq_rank.of(p, b, hq, cur.qb, n_tile), sem);
+              reinterpret_cast<const bwd90::StageInfo*>(smem + Cfg::kOffInfo)[st].seen, rank,
+              sem);
           thread::fence_proxy_async_global();  // the acquire above before the copy unit's adds
           pending_sem = sem;
+          // The first in the tile's order stores (dq_accum is not zeroed in this mode).
+          // HAZARD: correct only because the order is total: a wait_dq_turn that gave up (lists
+          // that disagree) could let this store land after another CTA's adds.
+          if (rank == 0) {
+            thread::bulk_store(dst, sDq, Cfg::kDqBytes);
+          } else {
+            thread::bulk_reduce_add(dst, sDq, Cfg::kDqBytes);
+          }
+        } else {
+          thread::bulk_reduce_add(dst, sDq, Cfg::kDqBytes);
         }
-        thread::bulk_reduce_add(p.dq_accum + (ws_bh * p.Lq_pad + m0) * kD, sDq, Cfg::kDqBytes);
       }
     }
   }

@@ -61,6 +61,12 @@ FLEXATTN_DEV void bulk_reduce_add(float* dst, const float* src, uint32_t bytes) 
                                     ::cuda::ptx::op_add, dst, src, bytes);
   ::cuda::ptx::cp_async_bulk_commit_group();
 }
+// Copies `bytes` from shared to global memory as one bulk operation and closes a bulk group (the
+// same hazard as bulk_reduce_add).
+FLEXATTN_DEV void bulk_store(void* dst, const void* src, uint32_t bytes) {
+  ::cuda::ptx::cp_async_bulk(::cuda::ptx::space_global, ::cuda::ptx::space_shared, dst, src, bytes);
+  ::cuda::ptx::cp_async_bulk_commit_group();
+}
 // At most N of this thread's bulk groups still reading their shared-memory source.
 template <int N>
 FLEXATTN_DEV void bulk_wait_read() {
