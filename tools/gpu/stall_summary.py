@@ -23,7 +23,8 @@ def read_rows(path):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("profile")
     ap.add_argument("--top", type=int, default=40)
     a = ap.parse_args()
@@ -47,7 +48,8 @@ def main():
     for r in data[: a.top]:
         top = sorted(((num(r, col[s]), s[6:]) for s in stalls), reverse=True)[:2]
         why = ", ".join(f"{n} {s}" for n, s in top if n)
-        print(f"{r[col['Address']][-5:]} {num(r, samples):8d}  {r[col['Source']].strip()[:58]:58s} {why}")
+        source = r[col["Source"]].strip()[:58]
+        print(f"{r[col['Address']][-5:]} {num(r, samples):8d}  {source:58s} {why}")
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ __global__ void __launch_bounds__(kPostThreads)
   T* dst = static_cast<T*>(p.dq) + b * p.dq_sb + h * p.dq_sh + row * p.dq_sr;
   if (p.dq_first_stores) {
     // No CTA came to this q tile (its counter is 0): nothing was stored there, dQ is 0.
-    const int64_t tile =
-        (static_cast<int64_t>(b) * p.Hq + h) * (p.Lq_pad / DqLayout::kTileRows) + row / DqLayout::kTileRows;
+    constexpr int kRows = DqLayout::kTileRows;
+    const int64_t tile = (static_cast<int64_t>(b) * p.Hq + h) * (p.Lq_pad / kRows) + row / kRows;
     if (__ldg(p.dq_sem + tile) == 0) {
       for (int c = (threadIdx.x % 8) * 8; c < p.D; c += 64) {
         *reinterpret_cast<uint4*>(dst + c) = make_uint4(0u, 0u, 0u, 0u);

@@ -73,7 +73,8 @@ struct BwdTraitsSm90 {
   static constexpr uint32_t kQStageBytes = 2 * kTileQBytes + 2 * kStatBytes;  // one stage's copies
   using DqLayout = DqTileSm90<kHeadDim>;
   static constexpr bool kDqFirstStores = true;  // see BwdParams::dq_first_stores
-  static_assert(kHeadDim == 64 || kHeadDim == 128, "the sm90 backward is tiled for head dims 64, 128");
+  static_assert(kHeadDim == 64 || kHeadDim == 128,
+                "the sm90 backward is tiled for head dims 64 and 128");
   static_assert(kBlockM == DqLayout::kTileRows, "dq_accum tiles are the q tiles");
 };
 
@@ -202,6 +203,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
   unsigned char* sDs = smem + Cfg::kOffDs;  // dS^T: (BLOCK_N kv rows, BLOCK_M q columns)
   float* sDq = reinterpret_cast<float*>(smem + Cfg::kOffDq);
   const float* sStats = reinterpret_cast<const float*>(smem + Cfg::kOffStats);
+  auto* const s_info = reinterpret_cast<bwd90::StageInfo*>(smem + Cfg::kOffInfo);
   const bwd90::Barriers bar{reinterpret_cast<uint64_t*>(smem + Cfg::kOffBars)};
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -262,14 +264,18 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
     for (int it = 0; it < n_items; ++it, ++uses) {
       const int st = uses % 2;
       // The next tile into the other stage, free since the last end-of-tile barrier.
-      if (tid == 0 && it + 1 < n_items) bwd90::load_next_q_tile<Cfg>(p, maps, smem, bar, st ^ 1, hq, b);
+      if (tid == 0 && it + 1 < n_items) {
+        bwd90::load_next_q_tile<Cfg>(p, maps, smem, bar, st ^ 1, hq, b);
+      }
       if (!kv_ready) {
         thread::mbar_wait(bar.kv_full(), 0);
         kv_ready = true;
       }
       thread::mbar_wait(bar.q_full(st), (uses / 2) & 1);
-      const bwd90::StageInfo cur = reinterpret_cast<const bwd90::StageInfo*>(smem + Cfg::kOffInfo)[st];
-      const int m0 = cur.m_tile * kBM;
+      // Field by field: thread 0 writes `seen` of this stage while the others read the rest.
+      const int m_tile = s_info[st].m_tile;
+      const bool partial = s_info[st].partial != 0;
+      const int m0 = m_tile * kBM;
       const uint32_t q_tile = smem_u32(smem + Cfg::kOffQ + st * Cfg::kTileQBytes);
       const uint32_t do_tile = smem_u32(smem + Cfg::kOffDo + st * Cfg::kTileQBytes);
       const float* s_lse2 = sStats + (st * 2) * kBM;
@@ -301,13 +307,12 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
       if (tid == 0) {
         bwd90::signal_reduced(pending_sem);
         // Read early, so that at the end of the tile the turn is often known without a round trip.
-        if (p.deterministic) seen = bwd::load_relaxed(p.dq_sem + ws_bh * m_tiles_pad + cur.m_tile);
+        if (p.deterministic) seen = bwd::load_relaxed(p.dq_sem + ws_bh * m_tiles_pad + m_tile);
       }
       warpgroup::wait<1>();
       warpgroup::fence_operand(s);
 
       // ---- P^T (to A fragments) and P^T * g (left in s) ----------------------------------------
-      const bool partial = cur.partial != 0;
       const bool check = partial || n_edge || m0 + kBM > p.Lq;
       const int kv_row = n0 + kv_w + ww * 16 + g;
       uint32_t pa[4][4], dsa[4][4];
@@ -352,7 +357,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
       thread::fence_proxy_async_shared();
       if (tid == 0) {
         thread::bulk_wait_read<0>();  // the last reduction has read the dQ tile
-        if (p.deterministic) reinterpret_cast<bwd90::StageInfo*>(smem + Cfg::kOffInfo)[st].seen = seen;
+        if (p.deterministic) s_info[st].seen = seen;
       }
       __syncthreads();  // dS^T of both warpgroups stored; the dQ staging tile free
 
@@ -410,11 +415,9 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
       if (tid == 0) {
         float* const dst = p.dq_accum + (ws_bh * p.Lq_pad + m0) * kD;
         if (p.deterministic) {
-          int* const sem = p.dq_sem + ws_bh * m_tiles_pad + cur.m_tile;
-          const int rank = dq_rank.of(p, b, hq, cur.qb, n_tile);
-          bwd::wait_dq_turn(
-              reinterpret_cast<const bwd90::StageInfo*>(smem + Cfg::kOffInfo)[st].seen, rank,
-              sem);
+          int* const sem = p.dq_sem + ws_bh * m_tiles_pad + m_tile;
+          const int rank = dq_rank.of(p, b, hq, s_info[st].qb, n_tile);
+          bwd::wait_dq_turn(s_info[st].seen, rank, sem);
           thread::fence_proxy_async_global();  // the acquire above before the copy unit's adds
           pending_sem = sem;
           // The first in the tile's order stores (dq_accum is not zeroed in this mode).
