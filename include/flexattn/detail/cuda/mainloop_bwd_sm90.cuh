@@ -148,6 +148,21 @@ FLEXATTN_DEV void signal_reduced(int*& counter) {
   counter = nullptr;
 }
 
+// Issues acc (64 x 64) = X_w Y^T as one wgmma group: X_w the warpgroup's 64 rows of a kv tile
+// (K or V, kBN rows), Y a q tile (Q or dO, kBM rows), both K-major along the head dim (a k16 step
+// is 32 bytes along a swizzled row, every 4 steps the next 64-element column block).
+template <class T, int kD, int kBN, int kBM>
+FLEXATTN_DEV void gemm_rows_qt(float (&acc)[8][4], uint32_t x_rows, uint32_t y_tile) {
+#pragma unroll
+  for (int kk = 0; kk < kD / 16; ++kk) {
+    const uint32_t step = (kk % 4) * 32;
+    warpgroup::mma_ss<T, 64>(acc, warpgroup::smem_desc(x_rows + (kk / 4) * kBN * 128 + step, 0),
+                             warpgroup::smem_desc(y_tile + (kk / 4) * kBM * 128 + step, 0),
+                             kk > 0);
+  }
+  warpgroup::commit();
+}
+
 // Packs an accumulator tile (64 rows x 64 columns, f32) into the four k16 A fragments of a
 // wgmma whose K runs along those columns.
 template <class T>
@@ -243,8 +258,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
   bool kv_ready = false;
   int uses = 0;  // q tiles loaded so far (every head): stage uses % 2, phase parity (uses / 2) % 2
 
-  // Shared-memory addresses the descriptors start from (K-major tiles step k16 by 32 bytes along
-  // a row and jump a column block every 4 steps; transposed reads step k16 by 16 rows).
+  // Shared-memory addresses the descriptors start from (transposed reads step k16 by 16 rows).
   const uint32_t k_rows = smem_u32(sK) + kv_w * 128;
   const uint32_t v_rows = smem_u32(smem + Cfg::kOffV) + kv_w * 128;
   constexpr uint32_t kColK = kBN * 128, kColQ = kBM * 128;  // column-block strides
@@ -286,22 +300,8 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
       warpgroup::fence_operand(s);
       warpgroup::fence_operand(dp);
       warpgroup::fence();
-#pragma unroll
-      for (int kk = 0; kk < kD / 16; ++kk) {
-        const uint32_t off = (kk / 4) * kColK + (kk % 4) * 32;
-        const uint32_t offq = (kk / 4) * kColQ + (kk % 4) * 32;
-        warpgroup::mma_ss<T, 64>(s, warpgroup::smem_desc(k_rows + off, 0),
-                                 warpgroup::smem_desc(q_tile + offq, 0), kk > 0);
-      }
-      warpgroup::commit();
-#pragma unroll
-      for (int kk = 0; kk < kD / 16; ++kk) {
-        const uint32_t off = (kk / 4) * kColK + (kk % 4) * 32;
-        const uint32_t offq = (kk / 4) * kColQ + (kk % 4) * 32;
-        warpgroup::mma_ss<T, 64>(dp, warpgroup::smem_desc(v_rows + off, 0),
-                                 warpgroup::smem_desc(do_tile + offq, 0), kk > 0);
-      }
-      warpgroup::commit();
+      bwd90::gemm_rows_qt<T, kD, kBN, kBM>(s, k_rows, q_tile);
+      bwd90::gemm_rows_qt<T, kD, kBN, kBM>(dp, v_rows, do_tile);
       // While the products run: the last tile's reduction is done by now, or nearly.
       int seen = 0;
       if (tid == 0) {
