@@ -38,7 +38,6 @@ struct FwdTraitsSm90 {
   static constexpr int kLoaderRegs = 24;
   static constexpr int kMathRegs = 240;
   static constexpr int kRowsPerWarpgroup = 64;
-  static constexpr int kColBlocks = kHeadDim / 64;  // 64-element (128-byte) column blocks
   static constexpr int kQBytes = kBlockM * kHeadDim * 2;
   static constexpr int kKvBytes = kBlockN * kHeadDim * 2;  // one K or one V stage
   static constexpr int kOffK = kQBytes;

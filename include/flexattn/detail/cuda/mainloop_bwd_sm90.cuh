@@ -54,7 +54,6 @@ struct BwdTraitsSm90 {
   static constexpr int kBlockM = 64;
   static constexpr int kBlockN = 128;
   static constexpr int kNThreads = 256;
-  static constexpr int kColBlocks = kHeadDim / 64;  // 64-element (128-byte) column blocks
   static constexpr int kTileQBytes = kBlockM * kHeadDim * 2;  // one Q or dO stage
   static constexpr int kTileKBytes = kBlockN * kHeadDim * 2;
   static constexpr int kStatBytes = kBlockM * 4;              // lse2 or delta of one q tile
@@ -125,11 +124,8 @@ FLEXATTN_DEV void load_next_q_tile(const BwdParams& p, const BwdTileMaps& maps,
   thread::mbar_arrive_expect_bytes(full, Cfg::kQStageBytes);
   unsigned char* q = smem + Cfg::kOffQ + st * Cfg::kTileQBytes;
   unsigned char* dout = smem + Cfg::kOffDo + st * Cfg::kTileQBytes;
-#pragma unroll
-  for (int c = 0; c < Cfg::kColBlocks; ++c) {
-    thread::tma_load(q + c * Cfg::kBlockM * 128, &maps.q, c * 64, m0, hq, b, full);
-    thread::tma_load(dout + c * Cfg::kBlockM * 128, &maps.dout, c * 64, m0, hq, b, full);
-  }
+  thread::tma_load_tile<Cfg::kBlockM, Cfg::kHeadDim>(q, &maps.q, m0, hq, b, full);
+  thread::tma_load_tile<Cfg::kBlockM, Cfg::kHeadDim>(dout, &maps.dout, m0, hq, b, full);
   float* stats = reinterpret_cast<float*>(smem + Cfg::kOffStats) + st * 2 * Cfg::kBlockM;
   const int64_t row = ws_bh * p.Lq_pad + m0;
   thread::bulk_load(stats, p.lse2 + row, Cfg::kStatBytes, full);
@@ -237,12 +233,8 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
   __syncthreads();
   if (tid == 0) {
     thread::mbar_arrive_expect_bytes(bar.kv_full(), 2 * Cfg::kTileKBytes);
-#pragma unroll
-    for (int c = 0; c < Cfg::kColBlocks; ++c) {
-      thread::tma_load(sK + c * kBN * 128, &maps.k, c * 64, n0, hkv, b, bar.kv_full());
-      thread::tma_load(smem + Cfg::kOffV + c * kBN * 128, &maps.v, c * 64, n0, hkv, b,
-                       bar.kv_full());
-    }
+    thread::tma_load_tile<kBN, kD>(sK, &maps.k, n0, hkv, b, bar.kv_full());
+    thread::tma_load_tile<kBN, kD>(smem + Cfg::kOffV, &maps.v, n0, hkv, b, bar.kv_full());
   }
 
   float dk[kD / 8][4], dv[kD / 8][4];

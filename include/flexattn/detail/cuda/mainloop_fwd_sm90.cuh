@@ -38,34 +38,23 @@ template <class Traits>
 FLEXATTN_DEV void fwd_load_sm90(const FwdParams& p, const FwdTileMaps& maps,
                                 const FwdBarriersSm90<Traits>& bar, unsigned char* smem, int b,
                                 int h, int m0) {
-  constexpr int kStages = Traits::kStages;
+  constexpr int kStages = Traits::kStages, D = Traits::kHeadDim, kBlockN = Traits::kBlockN;
   const int hk = h / p.group;
   thread::mbar_arrive_expect_bytes(bar.q_full(), Traits::kQBytes);
-#pragma unroll
-  for (int c = 0; c < Traits::kColBlocks; ++c) {
-    thread::tma_load(smem + c * Traits::kBlockM * 128, &maps.q, c * 64, m0, h, b, bar.q_full());
-  }
+  thread::tma_load_tile<Traits::kBlockM, D>(smem, &maps.q, m0, h, b, bar.q_full());
   KvTileIter<Traits::kBlockN> iter(p, b, h, m0);
   int j = 0;
   for (auto cur = iter.first(); cur.n0 >= 0; cur = iter.next(cur), ++j) {
     const int st = j % kStages;
     const uint32_t parity = ((j / kStages) & 1) ^ 1;  // first pass: fresh barriers, no wait
-    unsigned char* k_dst = smem + Traits::kOffK + st * Traits::kKvBytes;
-    unsigned char* v_dst = smem + Traits::kOffV + st * Traits::kKvBytes;
     thread::mbar_wait(bar.k_empty(st), parity);
     thread::mbar_arrive_expect_bytes(bar.k_full(st), Traits::kKvBytes);
-#pragma unroll
-    for (int c = 0; c < Traits::kColBlocks; ++c) {
-      thread::tma_load(k_dst + c * Traits::kBlockN * 128, &maps.k, c * 64, cur.n0, hk, b,
-                       bar.k_full(st));
-    }
+    thread::tma_load_tile<kBlockN, D>(smem + Traits::kOffK + st * Traits::kKvBytes, &maps.k,
+                                      cur.n0, hk, b, bar.k_full(st));
     thread::mbar_wait(bar.v_empty(st), parity);
     thread::mbar_arrive_expect_bytes(bar.v_full(st), Traits::kKvBytes);
-#pragma unroll
-    for (int c = 0; c < Traits::kColBlocks; ++c) {
-      thread::tma_load(v_dst + c * Traits::kBlockN * 128, &maps.v, c * 64, cur.n0, hk, b,
-                       bar.v_full(st));
-    }
+    thread::tma_load_tile<kBlockN, D>(smem + Traits::kOffV + st * Traits::kKvBytes, &maps.v,
+                                      cur.n0, hk, b, bar.v_full(st));
   }
 }
 

@@ -44,6 +44,17 @@ FLEXATTN_DEV void tma_load(void* dst, const CUtensorMap* map, int d0, int row, i
                                     map, coords, bar);
 }
 
+// A whole tile: kRows rows starting at `row`, every 64-element column block of a kHeadDim-wide
+// row, one box each, stored kRows x 128 bytes apart (the column-block layout of wgmma.cuh).
+template <int kRows, int kHeadDim>
+FLEXATTN_DEV void tma_load_tile(void* dst, const CUtensorMap* map, int row, int h, int b,
+                                uint64_t* bar) {
+#pragma unroll
+  for (int c = 0; c < kHeadDim / 64; ++c) {
+    tma_load(static_cast<unsigned char*>(dst) + c * kRows * 128, map, c * 64, row, h, b, bar);
+  }
+}
+
 // Copies `bytes` contiguous bytes (16-byte aligned, a multiple of 16) from global to shared
 // memory; completion is counted on `bar` in bytes.
 FLEXATTN_DEV void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
