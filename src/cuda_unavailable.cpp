@@ -5,6 +5,7 @@
 #include "device_memory.h"
 #include "flexattn/block_mask.h"
 #include "flexattn/detail/cuda/dispatch.h"
+#include "flexattn/tensor.h"
 
 namespace flexattn::detail {
 namespace {
@@ -16,12 +17,28 @@ namespace {
 }  // namespace
 
 bool cuda_device_present() { return false; }
-void* cuda_malloc(size_t) { no_cuda("allocating a tensor"); }
-void cuda_free(void*) noexcept {}
-void cuda_copy_to_device(void*, const void*, size_t) { no_cuda("copying to the GPU"); }
-void cuda_copy_to_host(void*, const void*, size_t) { no_cuda("copying from the GPU"); }
+std::shared_ptr<void> cuda_allocate(size_t, void*) { no_cuda("allocating a tensor"); }
+void cuda_copy_to_device(void*, const void*, size_t, void*) { no_cuda("copying to the GPU"); }
+void cuda_copy_to_host(void*, const void*, size_t, void*) { no_cuda("copying from the GPU"); }
 void cuda_synchronize() {}
+int cuda_current_device() { no_cuda("querying the current GPU"); }
+void* cuda_record_event(void*) { no_cuda("recording a CUDA event"); }
+void cuda_stream_wait(void*, void*) { no_cuda("waiting for a CUDA event"); }
 
+}  // namespace flexattn::detail
+
+namespace flexattn {
+// Without CUDA there is no GPU memory to route; the allocator is still checked, so a program
+// behaves the same in both builds.
+void set_cuda_allocator(const CudaAllocator& a) {
+  if ((a.allocate == nullptr) != (a.deallocate == nullptr)) {
+    throw Error("flexattn::set_cuda_allocator: CudaAllocator.allocate and .deallocate must be set "
+                "together (both null restores the library's pool)");
+  }
+}
+}  // namespace flexattn
+
+namespace flexattn::detail {
 namespace cuda {
 template <class MaskMod>
 void build_block_mask_prebuilt(const MaskMod&, BlockMaskData&, void*) {

@@ -321,7 +321,7 @@ TEST(BlockMask, DenseBlockMaskForAttention) {
   const std::vector<float> x(2 * 3 * 40 * 8, 0.5f);
   const auto q = flexattn::Tensor::from_host(x.data(), {2, 3, 17, 8}, flexattn::DType::f32);
   const auto k = flexattn::Tensor::from_host(x.data(), {2, 3, 40, 8}, flexattn::DType::f32);
-  const auto bm = flexattn::detail::dense_block_mask(q, k);
+  const auto bm = flexattn::detail::dense_block_mask(q, k, nullptr);
   EXPECT_EQ(bm.batch(), 1);
   EXPECT_EQ(bm.heads(), 1);
   EXPECT_EQ(bm.q_len(), 17);
@@ -329,7 +329,7 @@ TEST(BlockMask, DenseBlockMaskForAttention) {
   EXPECT_EQ(bm.sparsity(), 0.0);
   expect_data_matches(bm.data(), brute_force_kinds(flexattn::noop_mask(), 1, 1, 17, 40, 128, 128));
   const auto bad = flexattn::Tensor::from_host(x.data(), {3, 17, 8}, flexattn::DType::f32);
-  EXPECT_THROW(flexattn::detail::dense_block_mask(bad, k), flexattn::Error);
+  EXPECT_THROW(flexattn::detail::dense_block_mask(bad, k, nullptr), flexattn::Error);
 }
 
 // Each bad argument throws flexattn::Error whose message names it.

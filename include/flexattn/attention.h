@@ -18,7 +18,13 @@ namespace flexattn {
 struct AttentionOptions {
   float scale = 0.0f;        // 0 means 1/sqrt(head_dim)
   bool enable_gqa = false;   // Hq a multiple of Hkv; query head h reads kv head h / (Hq / Hkv)
-  void* stream = nullptr;    // cudaStream_t for Device::cuda; nullptr is the default stream
+  // cudaStream_t for Device::cuda; nullptr is the legacy default stream. Everything a GPU call
+  // does - the front door's outputs, the dense mask of the overloads without a block mask, the
+  // backward's workspaces, the kernels - is enqueued on this stream, and no call synchronises the
+  // host or the device: results are ready once the stream's work is (cudaStreamSynchronize, or
+  // the outputs' copy_to_host, which waits for it). Inputs written on another stream must be
+  // ordered before the call by the caller, as must a BlockMask built on another stream.
+  void* stream = nullptr;
   // Backward only. true: dQ is reduced in a fixed order, bit-identical run to run (the default on
   // every backend). false: a backend may use atomics where that is faster.
   bool deterministic = true;
@@ -39,6 +45,7 @@ void flex_attention_into(const TensorView& q, const TensorView& k, const TensorV
                          const BlockMask<MaskMod>& block_mask, AttentionOptions opts = {}) {
   detail::check_score_mod<ScoreMod>();
   detail::check_mask_mod<MaskMod>();
+  block_mask.data().check_sealed("flex_attention");
   const detail::FwdArgs args =
       detail::make_forward_args(q, k, v, out, lse, block_mask.data(), opts);
   if (args.q.device == Device::cpu) {
@@ -57,6 +64,7 @@ void flex_attention_backward_into(const TensorView& q, const TensorView& k, cons
                                   AttentionOptions opts = {}) {
   detail::check_differentiable_score_mod<ScoreMod>();
   detail::check_mask_mod<MaskMod>();
+  block_mask.data().check_sealed("flex_attention_backward");
   const detail::BwdArgs args = detail::make_backward_args(q, k, v, out, lse, dout, dq, dk, dv,
                                                           block_mask.data(), opts);
   if (args.q.device == Device::cpu) {
@@ -72,18 +80,21 @@ AttentionOutput flex_attention(const Tensor& q, const Tensor& k, const Tensor& v
                                ScoreMod score_mod, const BlockMask<MaskMod>& block_mask,
                                AttentionOptions opts = {}) {
   detail::check_score_mod<ScoreMod>();
+  block_mask.data().check_sealed("flex_attention");
   const detail::AttnDims d =
       detail::check_attention_inputs(q.view(), k.view(), v.view(), block_mask.data(), opts);
-  AttentionOutput r{Tensor::empty({d.B, d.Hq, d.Lq, d.Dv}, q.dtype(), q.device()),
-                    Tensor::empty({d.B, d.Hq, d.Lq}, DType::f32, q.device())};
+  // Stream-ordered on opts.stream: no allocation synchronises (tensor.h, GPU memory).
+  AttentionOutput r{Tensor::empty({d.B, d.Hq, d.Lq, d.Dv}, q.dtype(), q.device(), opts.stream),
+                    Tensor::empty({d.B, d.Hq, d.Lq}, DType::f32, q.device(), opts.stream)};
   flex_attention_into(q.view(), k.view(), v.view(), r.out.view(), r.lse.view(), score_mod,
                       block_mask, opts);
   return r;
 }
 
 namespace detail {
-// The block mask the overloads without one use: every tile full, on q's device.
-BlockMask<NoopMask> dense_block_mask(const Tensor& q, const Tensor& k);
+// The block mask the overloads without one use: every tile full, on q's device. On the GPU it is
+// built once per (device, Lq, Lkv) and kept; a call on `stream` is ordered after its build.
+BlockMask<NoopMask> dense_block_mask(const Tensor& q, const Tensor& k, void* stream);
 }  // namespace detail
 
 template <class MaskMod>
@@ -95,14 +106,14 @@ template <class ScoreMod>
   requires(!std::same_as<ScoreMod, AttentionOptions>)
 AttentionOutput flex_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                ScoreMod score_mod, AttentionOptions opts = {}) {
-  return flex_attention(q, k, v, score_mod, detail::dense_block_mask(q, k), opts);
+  return flex_attention(q, k, v, score_mod, detail::dense_block_mask(q, k, opts.stream), opts);
 }
 // Templates (never called with explicit arguments) rather than inline functions so that a .cu
 // file including this header does not compile the dense kernels unless it calls them.
 template <int = 0>
 AttentionOutput flex_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                AttentionOptions opts = {}) {
-  return flex_attention(q, k, v, NoopScore{}, detail::dense_block_mask(q, k), opts);
+  return flex_attention(q, k, v, NoopScore{}, detail::dense_block_mask(q, k, opts.stream), opts);
 }
 
 template <class ScoreMod, class MaskMod>
@@ -111,10 +122,11 @@ AttentionGrads flex_attention_backward(const Tensor& q, const Tensor& k, const T
                                        ScoreMod score_mod, const BlockMask<MaskMod>& block_mask,
                                        AttentionOptions opts = {}) {
   detail::check_differentiable_score_mod<ScoreMod>();
+  block_mask.data().check_sealed("flex_attention_backward");
   detail::check_attention_inputs(q.view(), k.view(), v.view(), block_mask.data(), opts);
-  AttentionGrads g{Tensor::empty(q.shape(), q.dtype(), q.device()),
-                   Tensor::empty(k.shape(), k.dtype(), k.device()),
-                   Tensor::empty(v.shape(), v.dtype(), v.device())};
+  AttentionGrads g{Tensor::empty(q.shape(), q.dtype(), q.device(), opts.stream),
+                   Tensor::empty(k.shape(), k.dtype(), k.device(), opts.stream),
+                   Tensor::empty(v.shape(), v.dtype(), v.device(), opts.stream)};
   flex_attention_backward_into(q.view(), k.view(), v.view(), out.view(), lse.view(), dout.view(),
                                g.dq.view(), g.dk.view(), g.dv.view(), score_mod, block_mask, opts);
   return g;
@@ -132,14 +144,14 @@ AttentionGrads flex_attention_backward(const Tensor& q, const Tensor& k, const T
                                        const Tensor& out, const Tensor& lse, const Tensor& dout,
                                        ScoreMod score_mod, AttentionOptions opts = {}) {
   return flex_attention_backward(q, k, v, out, lse, dout, score_mod,
-                                 detail::dense_block_mask(q, k), opts);
+                                 detail::dense_block_mask(q, k, opts.stream), opts);
 }
 template <int = 0>
 AttentionGrads flex_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                        const Tensor& out, const Tensor& lse, const Tensor& dout,
                                        AttentionOptions opts = {}) {
   return flex_attention_backward(q, k, v, out, lse, dout, NoopScore{},
-                                 detail::dense_block_mask(q, k), opts);
+                                 detail::dense_block_mask(q, k, opts.stream), opts);
 }
 
 }  // namespace flexattn

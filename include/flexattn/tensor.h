@@ -32,30 +32,64 @@ bool cuda_available();
 // CUDA. Time GPU calls only across a synchronize().
 void synchronize();
 
+// ---- GPU memory ----------------------------------------------------------------------------------
+// Every Device::cuda allocation the library makes (tensors, block masks, the backward's workspaces)
+// is stream-ordered: it is made on a CUDA stream and handed back on that same stream when its last
+// user lets go, so no call allocates or frees with a device-wide synchronisation. By default the
+// memory comes from a pool the library keeps per device (cudaMallocFromPoolAsync); the pool keeps
+// what it has mapped for the life of the process, as a caching allocator does.
+//
+// A host framework can route these allocations to its own allocator (PyTorch's caching allocator,
+// RMM, ...). `allocate` must return memory usable on `stream` in stream order (or throw / return
+// nullptr: the library then throws Error); `deallocate` receives the pointer, size, device and
+// stream of the allocation once the library's last use of it has been enqueued on that stream.
+// Allocations made before a change are handed back to the allocator that made them. Calling
+// set_cuda_allocator with a default-constructed CudaAllocator restores the library's pool; setting
+// only one of the two functions throws Error.
+struct CudaAllocator {
+  void* (*allocate)(size_t bytes, int device, void* stream, void* ctx) = nullptr;
+  void (*deallocate)(void* ptr, size_t bytes, int device, void* stream, void* ctx) = nullptr;
+  void* ctx = nullptr;
+};
+void set_cuda_allocator(const CudaAllocator& allocator);
+
 // Owning byte storage on one device. Copies share the storage (like a shared_ptr).
+//
+// On Device::cuda a buffer belongs to the CUDA stream it was allocated on (`stream`, a
+// cudaStream_t; nullptr is the legacy default stream): its memory is handed back on that stream
+// when the last copy is destroyed, and its host copies are ordered after the work already queued
+// on it. HAZARD - as with PyTorch's record_stream: work on ANOTHER stream that uses the buffer must
+// be ordered before the buffer is destroyed (an event, or a synchronisation), and the stream must
+// outlive the buffer.
 class Buffer {
  public:
   Buffer() = default;
-  static Buffer allocate(size_t bytes, Device device);
-  // Copies `bytes` bytes from host memory into a new buffer on `device`.
-  static Buffer from_host(const void* src, size_t bytes, Device device);
+  static Buffer allocate(size_t bytes, Device device, void* stream = nullptr);
+  // Copies `bytes` bytes from host memory into a new buffer on `device`; returns once the copy
+  // has completed.
+  static Buffer from_host(const void* src, size_t bytes, Device device, void* stream = nullptr);
+  // Waits for the work queued on the buffer's stream, then copies into host memory.
   void copy_to_host(void* dst, size_t bytes) const;
 
   void* data() { return ptr_.get(); }
   const void* data() const { return ptr_.get(); }
   size_t bytes() const { return bytes_; }
   Device device() const { return device_; }
+  void* stream() const { return stream_; }
   explicit operator bool() const { return static_cast<bool>(ptr_); }
 
  private:
   std::shared_ptr<void> ptr_;
   size_t bytes_ = 0;
   Device device_ = Device::cpu;
+  void* stream_ = nullptr;
 };
 
 inline constexpr int kMaxRank = 4;
 
-// Non-owning strided view. Strides are in elements. Rank <= 4; unused trailing dims are 1.
+// Non-owning strided view. Strides are in elements. Rank 0..4; unused trailing dims are 1.
+// A view is only read through the attention calls, which refuse a bad rank, negative dims, null
+// data and sizes or strides whose index arithmetic would overflow (see detail/args.h).
 struct TensorView {
   void* data = nullptr;
   DType dtype = DType::f32;
@@ -64,18 +98,33 @@ struct TensorView {
   int64_t shape[kMaxRank] = {1, 1, 1, 1};
   int64_t stride[kMaxRank] = {0, 0, 0, 0};
 
+  // Product of the first `rank` dims, rank clamped to 0..kMaxRank (never reads past shape[]).
+  // 0 when a dim is 0; -1 when a dim is negative or the product does not fit int64.
   int64_t numel() const {
+    const int r = rank < 0 ? 0 : (rank > kMaxRank ? kMaxRank : rank);
+    for (int i = 0; i < r; ++i)
+      if (shape[i] < 0) return -1;
+    for (int i = 0; i < r; ++i)
+      if (shape[i] == 0) return 0;
     int64_t n = 1;
-    for (int i = 0; i < rank; ++i) n *= shape[i];
+    for (int i = 0; i < r; ++i) {
+      if (n > INT64_MAX / shape[i]) return -1;
+      n *= shape[i];
+    }
     return n;
   }
 };
 
-// Owning, contiguous, row-major tensor.
+// Owning, contiguous, row-major tensor. On Device::cuda it is stream-ordered like its Buffer:
+// `stream` (a cudaStream_t, nullptr the legacy default stream) is where its memory is made and
+// handed back, and where copy_to_host / to_host / fill are ordered (they wait for that stream).
+// The front door's outputs (flex_attention, flex_attention_backward) are made on
+// AttentionOptions.stream.
 class Tensor {
  public:
   Tensor() = default;
-  static Tensor empty(std::vector<int64_t> shape, DType dtype, Device device = Device::cpu);
+  static Tensor empty(std::vector<int64_t> shape, DType dtype, Device device = Device::cpu,
+                      void* stream = nullptr);
   // Converts float32 host data to `dtype` (round to nearest even) on `device`.
   static Tensor from_host(const float* src, std::vector<int64_t> shape, DType dtype,
                           Device device = Device::cpu);
@@ -91,6 +140,7 @@ class Tensor {
   int rank() const { return static_cast<int>(shape_.size()); }
   DType dtype() const { return dtype_; }
   Device device() const { return buffer_.device(); }
+  void* stream() const { return buffer_.stream(); }
   void* data() { return buffer_.data(); }
   const void* data() const { return buffer_.data(); }
   bool defined() const { return static_cast<bool>(buffer_); }

@@ -1,9 +1,12 @@
-// The CUDA runtime calls behind Buffer/Tensor on Device::cuda (see src/device_memory.h), and the
-// backward's workspace pool (detail/cuda/workspace.h).
+// The CUDA runtime calls behind Buffer/Tensor on Device::cuda (see src/device_memory.h): the
+// stream-ordered allocator (the library's pool, or the host framework's of set_cuda_allocator),
+// which also serves the backward's workspaces (detail/cuda/workspace.h), and copies ordered on a
+// stream.
 #include <cuda_runtime.h>
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 
@@ -18,48 +21,12 @@ void check(cudaError_t e, const char* what) {
     throw Error(std::string("flexattn: CUDA error in ") + what + ": " + cudaGetErrorString(e));
   }
 }
-}  // namespace
 
-bool cuda_device_present() {
-  // Cached: the answer cannot change within a process, and the query costs a driver call.
-  static const bool present = [] {
-    int n = 0;
-    return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-  }();
-  return present;
-}
-
-void* cuda_malloc(size_t bytes) {
-  if (!cuda_device_present()) {
-    throw Error("flexattn: Device::cuda requested, but no CUDA device is visible");
-  }
-  void* p = nullptr;
-  check(cudaMalloc(&p, bytes), "cudaMalloc");
-  return p;
-}
-
-void cuda_free(void* p) noexcept { cudaFree(p); }
-
-void cuda_copy_to_device(void* dst, const void* src, size_t bytes) {
-  check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy to device");
-}
-
-void cuda_synchronize() {
-  if (cuda_device_present()) check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
-}
-
-void cuda_copy_to_host(void* dst, const void* src, size_t bytes) {
-  check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy to host");
-}
-
-}  // namespace flexattn::detail
-
-namespace flexattn::detail::cuda {
-namespace {
-
-cudaMemPool_t workspace_pool() {
-  int dev = 0;
-  check(cudaGetDevice(&dev), "cudaGetDevice");
+// Why a pool of our own: the device's default pool hands its memory back to the system at every
+// synchronisation (release threshold 0), so a training loop that synchronises once a step would
+// map and unmap its outputs and workspaces - for a long sequence hundreds of megabytes - on every
+// call. This pool keeps what it has mapped for the life of the process.
+cudaMemPool_t library_pool(int dev) {
   static std::mutex mutex;
   static std::map<int, cudaMemPool_t> pools;  // never destroyed: they live as long as the process
   const std::lock_guard<std::mutex> lock(mutex);
@@ -78,14 +45,102 @@ cudaMemPool_t workspace_pool() {
   return pool;
 }
 
+std::mutex allocator_mutex;
+CudaAllocator user_allocator;  // both functions null: the library's pool
+
 }  // namespace
 
-void* workspace_alloc(size_t bytes, cudaStream_t stream) {
-  void* p = nullptr;
-  check(cudaMallocFromPoolAsync(&p, bytes, workspace_pool(), stream), "cudaMallocFromPoolAsync");
-  return p;
+bool cuda_device_present() {
+  // Cached: the answer cannot change within a process, and the query costs a driver call.
+  static const bool present = [] {
+    int n = 0;
+    return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+  }();
+  return present;
 }
 
-void workspace_free(void* p, cudaStream_t stream) noexcept { cudaFreeAsync(p, stream); }
+std::shared_ptr<void> cuda_allocate(size_t bytes, void* stream) {
+  if (!cuda_device_present()) {
+    throw Error("flexattn: Device::cuda requested, but no CUDA device is visible");
+  }
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  CudaAllocator a;
+  {
+    const std::lock_guard<std::mutex> lock(allocator_mutex);
+    a = user_allocator;
+  }
+  const auto s = static_cast<cudaStream_t>(stream);
+  if (a.allocate == nullptr) {
+    void* p = nullptr;
+    check(cudaMallocFromPoolAsync(&p, bytes, library_pool(dev), s), "cudaMallocFromPoolAsync");
+    // Handed back in stream order: no synchronisation. Errors are ignored (the context may be
+    // gone at process exit).
+    return std::shared_ptr<void>(p, [s](void* q) { cudaFreeAsync(q, s); });
+  }
+  void* p = a.allocate(bytes, dev, stream, a.ctx);
+  if (p == nullptr) {
+    throw Error("flexattn: the CudaAllocator set by set_cuda_allocator returned null for " +
+                std::to_string(bytes) + " bytes");
+  }
+  return std::shared_ptr<void>(
+      p, [a, bytes, dev, stream](void* q) { a.deallocate(q, bytes, dev, stream, a.ctx); });
+}
+
+void cuda_copy_to_device(void* dst, const void* src, size_t bytes, void* stream) {
+  const auto s = static_cast<cudaStream_t>(stream);
+  check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s), "cudaMemcpyAsync to device");
+  // The source is the caller's host memory: it must not be released before the copy is done.
+  check(cudaStreamSynchronize(s), "cudaStreamSynchronize after a copy to the device");
+}
+
+void cuda_copy_to_host(void* dst, const void* src, size_t bytes, void* stream) {
+  const auto s = static_cast<cudaStream_t>(stream);
+  check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync to host");
+  check(cudaStreamSynchronize(s), "cudaStreamSynchronize after a copy to the host");
+}
+
+void cuda_synchronize() {
+  if (cuda_device_present()) check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+}
+
+int cuda_current_device() {
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  return dev;
+}
+
+void* cuda_record_event(void* stream) {
+  cudaEvent_t e = nullptr;
+  check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreateWithFlags");
+  check(cudaEventRecord(e, static_cast<cudaStream_t>(stream)), "cudaEventRecord");
+  return e;
+}
+
+void cuda_stream_wait(void* stream, void* event) {
+  check(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), static_cast<cudaEvent_t>(event), 0),
+        "cudaStreamWaitEvent");
+}
+
+}  // namespace flexattn::detail
+
+namespace flexattn {
+
+void set_cuda_allocator(const CudaAllocator& a) {
+  if ((a.allocate == nullptr) != (a.deallocate == nullptr)) {
+    throw Error("flexattn::set_cuda_allocator: CudaAllocator.allocate and .deallocate must be set "
+                "together (both null restores the library's pool)");
+  }
+  const std::lock_guard<std::mutex> lock(detail::allocator_mutex);
+  detail::user_allocator = a;
+}
+
+}  // namespace flexattn
+
+namespace flexattn::detail::cuda {
+
+std::shared_ptr<void> workspace_alloc(size_t bytes, cudaStream_t stream) {
+  return cuda_allocate(bytes, stream);
+}
 
 }  // namespace flexattn::detail::cuda

@@ -2,23 +2,25 @@
 // sizes, determinism) become template arguments and launch geometry of the backward kernels, and
 // where unsupported values throw.
 //
-//   backward_unsupported_reason()  what the backward cannot take (shared by backward_supported()
-//                                  and the launch, so the two cannot drift apart)
+//   backward_unsupported_reason()  what the backward cannot take (the Error message)
 //   launch_bwd_kernel<D, T>()      one head dim, one dtype: the main kernel's config, then
-//                                  launch_bwd_cfg: workspaces and the four launches
+//                                  launch_bwd_cfg: workspaces and the launches; records which
+//                                  main kernel ran (launch_record.h)
 //   launch_backward_for<mask>()    a chosen set of head dims (the library's prebuilt variants,
 //                                  src/cuda/prebuilt_bwd*.cu, FLEXATTN_CUDA_HEAD_DIMS)
 //   launch_backward()              every head dim (a user's .cu file: compile-time fusion)
+// Every launcher takes the unit tag `Unit` (sm90_unit.cuh), as in launch_fwd.cuh.
 //
 // Launch sequence on args.stream, all asynchronous:
 //   1. bwd_preprocess_kernel  delta = rowsum(dO * O), lse2 = lse * log2(e), dq_accum = 0 (unless
 //                             the main kernel's first adder stores: dq_first_stores)
-//   2. deterministic only:    dQ-order counters = 0; bwd_dq_rank_kernel (sparse walks)
+//   2. deterministic only:    dQ-order counters = 0; sparse walks: ranks = 0, bwd_dq_mark_kernel,
+//                             bwd_dq_rank_kernel (bwd_preprocess.cuh)
 //   3. bwd_kernel_sm90 / _sm80 dK, dV written; dS K added into dq_accum
 //   4. bwd_postprocess_kernel dq = scale * dq_accum in q's dtype (read in the main kernel's
 //                             DqLayout)
-// One workspace block from the library's pool (workspace.h), allocated and freed on the stream
-// (stream-ordered: no synchronisation, and reused by the pool on the next call).
+// One workspace block from the library's allocator (workspace.h), allocated and handed back on the
+// stream (stream-ordered: no synchronisation, and reused by the pool on the next call).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -33,6 +35,7 @@
 #include "check.cuh"
 #include "head_dims.cuh"
 #include "kernel_traits_bwd.cuh"
+#include "launch_record.h"
 #include "mainloop_bwd_sm80.cuh"
 #include "mainloop_bwd_sm90.cuh"
 #include "sm90_unit.cuh"
@@ -56,10 +59,6 @@ inline std::string backward_unsupported_reason(DType dtype, int64_t D, int64_t D
            ", Dv = " + std::to_string(Dv) + ")";
   }
   return {};
-}
-
-inline bool backward_supported(DType dtype, int64_t D, int64_t Dv) {
-  return backward_unsupported_reason(dtype, D, Dv).empty();
 }
 
 namespace bwd_launch_detail {
@@ -120,7 +119,7 @@ inline size_t round_up(size_t x) { return (x + 255) / 256 * 256; }
 
 // One tile config (BwdTraits / BwdTraitsSm90), one dtype, one main kernel: launch_main(p, grid,
 // stream) launches it with the workspaces filled in.
-template <class Cfg, class T, class LaunchMain>
+template <class Cfg, class T, class Unit, class LaunchMain>
 void launch_bwd_cfg(BwdParams p, void* stream_ptr, const LaunchMain& launch_main) {
   constexpr int D = Cfg::kHeadDim;
   using bwd_launch_detail::round_up;
@@ -160,46 +159,46 @@ void launch_bwd_cfg(BwdParams p, void* stream_ptr, const LaunchMain& launch_main
   const size_t off_rank = off_sem + (p.deterministic ? round_up(m_tiles * sizeof(int)) : 0);
   const size_t bytes = off_rank + round_up(rank_elems * sizeof(int));
 
-  char* ws = static_cast<char*>(workspace_alloc(bytes, stream));
+  const std::shared_ptr<void> ws_block = workspace_alloc(bytes, stream);  // handed back on `stream`
+  char* ws = static_cast<char*>(ws_block.get());
   p.dq_accum = reinterpret_cast<float*>(ws);
   p.lse2 = reinterpret_cast<float*>(ws + off_lse2);
   p.delta = reinterpret_cast<float*>(ws + off_delta);
   p.dq_sem = p.deterministic ? reinterpret_cast<int*>(ws + off_sem) : nullptr;
   p.dq_rank = ranks ? reinterpret_cast<int*>(ws + off_rank) : nullptr;
 
-  try {
-    const unsigned Hq = static_cast<unsigned>(p.Hq), B = static_cast<unsigned>(p.B);
-    bwd_preprocess_kernel<T>
-        <<<dim3((p.Lq_pad + kPreRowsPerCta - 1) / kPreRowsPerCta, Hq, B), kPreThreads, 0,
-           stream>>>(p);
-    FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward preprocess kernel");
-    if (p.deterministic) {
-      FLEXATTN_CUDA_CHECK(cudaMemsetAsync(p.dq_sem, 0, m_tiles * sizeof(int), stream));
-    }
-    if (ranks) {
-      bwd_dq_rank_kernel<Cfg::kBlockN>
-          <<<dim3(p.nqb, p.mask_h, p.mask_b), kRankThreads, 0, stream>>>(p);
-      FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward dQ rank kernel");
-    }
-
-    launch_main(p, dim3(p.num_n_tiles, p.Hkv, B), stream);
-
-    bwd_postprocess_kernel<T, typename Cfg::DqLayout>
-        <<<dim3((p.Lq + kPostRowsPerCta - 1) / kPostRowsPerCta, Hq, B), kPostThreads, 0,
-           stream>>>(p);
-    FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward postprocess kernel");
-  } catch (...) {
-    workspace_free(ws, stream);
-    throw;
+  const unsigned Hq = static_cast<unsigned>(p.Hq), B = static_cast<unsigned>(p.B);
+  bwd_preprocess_kernel<T, Unit>
+      <<<dim3((p.Lq_pad + kPreRowsPerCta - 1) / kPreRowsPerCta, Hq, B), kPreThreads, 0,
+         stream>>>(p);
+  FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward preprocess kernel");
+  if (p.deterministic) {
+    FLEXATTN_CUDA_CHECK(cudaMemsetAsync(p.dq_sem, 0, m_tiles * sizeof(int), stream));
   }
-  workspace_free(ws, stream);
+  if (ranks) {
+    FLEXATTN_CUDA_CHECK(cudaMemsetAsync(p.dq_rank, 0, rank_elems * sizeof(int), stream));
+    const unsigned mh = static_cast<unsigned>(p.mask_h), mb = static_cast<unsigned>(p.mask_b);
+    bwd_dq_mark_kernel<Cfg::kBlockN, Unit><<<dim3(p.nkvb, mh, mb), kRankThreads, 0, stream>>>(p);
+    FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward dQ mark kernel");
+    constexpr unsigned kRowsPerCta = kRankThreads / 32;
+    bwd_dq_rank_kernel<Unit>
+        <<<dim3((p.nqb + kRowsPerCta - 1) / kRowsPerCta, mh, mb), kRankThreads, 0, stream>>>(p);
+    FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward dQ rank kernel");
+  }
+
+  launch_main(p, dim3(p.num_n_tiles, p.Hkv, B), stream);
+
+  bwd_postprocess_kernel<T, typename Cfg::DqLayout, Unit>
+      <<<dim3((p.Lq + kPostRowsPerCta - 1) / kPostRowsPerCta, Hq, B), kPostThreads, 0,
+         stream>>>(p);
+  FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward postprocess kernel");
 }
 
 // One head dim, one dtype: the Hopper kernel (mainloop_bwd_sm90.cuh) where it has tiles for the
 // head dim, the calling translation unit carries sm_90a code (sm90_unit.cuh) and the driver takes
 // the tensors' layouts for its copies; else the sm80 config of kernel_traits_bwd.cuh. Explicitly
 // instantiated per head dim by the prebuilt files.
-template <int D, class T, class ScoreMod, class MaskMod>
+template <int D, class T, class ScoreMod, class MaskMod, class Unit>
 void launch_bwd_kernel(const BwdArgs& a, const BwdParams& p, const ScoreMod& score_mod,
                        const MaskMod& mask_mod) {
   if constexpr (kHasBwdSm90<D>) {
@@ -210,27 +209,30 @@ void launch_bwd_kernel(const BwdArgs& a, const BwdParams& p, const ScoreMod& sco
         make_tile_map(maps.k, a.k.data, a.k.shape, a.k.stride, Cfg::kBlockN) &&
         make_tile_map(maps.v, a.v.data, a.v.shape, a.v.stride, Cfg::kBlockN) &&
         make_tile_map(maps.dout, a.dout.data, a.dout.shape, a.dout.stride, Cfg::kBlockM)) {
-      launch_bwd_cfg<Cfg, T>(p, a.stream, [&](const BwdParams& pw, dim3 grid, cudaStream_t st) {
-        auto* kernel = &bwd_kernel_sm90<Cfg, T, ScoreMod, MaskMod, ThisUnit>;
+      launch_bwd_cfg<Cfg, T, Unit>(p, a.stream, [&](const BwdParams& pw, dim3 grid,
+                                                    cudaStream_t st) {
+        auto* kernel = &bwd_kernel_sm90<Cfg, T, ScoreMod, MaskMod, Unit>;
         FLEXATTN_CUDA_CHECK(cudaFuncSetAttribute(
             kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
         kernel<<<grid, Cfg::kNThreads, Cfg::kSmemBytes, st>>>(pw, maps, score_mod, mask_mod);
         FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward main kernel (sm90)");
+        note_launch("bwd_sm90");
       });
       return;
     }
   }
   using Cfg = BwdConfig<D>;
-  launch_bwd_cfg<Cfg, T>(p, a.stream, [&](const BwdParams& pw, dim3 grid, cudaStream_t st) {
-    auto* kernel = &bwd_kernel_sm80<Cfg, T, ScoreMod, MaskMod>;
+  launch_bwd_cfg<Cfg, T, Unit>(p, a.stream, [&](const BwdParams& pw, dim3 grid, cudaStream_t st) {
+    auto* kernel = &bwd_kernel_sm80<Cfg, T, ScoreMod, MaskMod, Unit>;
     FLEXATTN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              Cfg::kSmemBytes));
     kernel<<<grid, Cfg::kNThreads, Cfg::kSmemBytes, st>>>(pw, score_mod, mask_mod);
     FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward main kernel (sm80)");
+    note_launch("bwd_sm80");
   });
 }
 
-template <unsigned kDims, class ScoreMod, class MaskMod>
+template <unsigned kDims, class Unit, class ScoreMod, class MaskMod>
 void launch_backward_for(const BwdArgs& args, const ScoreMod& score_mod,
                          const MaskMod& mask_mod) {
   if (args.mask == nullptr) throw Error("flex_attention_backward: internal error, no block mask");
@@ -241,9 +243,9 @@ void launch_backward_for(const BwdArgs& args, const ScoreMod& score_mod,
   const bool bf16 = args.q.dtype == DType::bf16;
   const bool launched = with_head_dim<kDims>(static_cast<int>(args.dims.D), [&]<int D>() {
     if (bf16) {
-      launch_bwd_kernel<D, __nv_bfloat16>(args, p, score_mod, mask_mod);
+      launch_bwd_kernel<D, __nv_bfloat16, ScoreMod, MaskMod, Unit>(args, p, score_mod, mask_mod);
     } else {
-      launch_bwd_kernel<D, __half>(args, p, score_mod, mask_mod);
+      launch_bwd_kernel<D, __half, ScoreMod, MaskMod, Unit>(args, p, score_mod, mask_mod);
     }
   });
   if (!launched) {
@@ -256,9 +258,9 @@ void launch_backward_for(const BwdArgs& args, const ScoreMod& score_mod,
   }
 }
 
-template <class ScoreMod, class MaskMod>
+template <class Unit, class ScoreMod, class MaskMod>
 void launch_backward(const BwdArgs& args, const ScoreMod& score_mod, const MaskMod& mask_mod) {
-  launch_backward_for<kAllHeadDims>(args, score_mod, mask_mod);
+  launch_backward_for<kAllHeadDims, Unit>(args, score_mod, mask_mod);
 }
 
 }  // namespace flexattn::detail::cuda
