@@ -1,5 +1,7 @@
-// Validation of attention arguments: every bad input becomes a flexattn::Error naming the argument
-// and the expected value, raised before any output is allocated or written.
+// Validation of attention arguments: every bad input becomes a flexattn::Error naming the function
+// the user called, the argument and the expected value, raised before any output is allocated or
+// written. The limits are documented in detail/args.h.
+#include <climits>
 #include <cmath>
 #include <sstream>
 #include <string>
@@ -13,34 +15,74 @@ namespace {
   throw Error("flexattn::" + fn + ": " + msg);
 }
 
+// The dims a view has; a rank outside 0..kMaxRank (a hand-built view) prints its first dims only.
 std::string shape_str(const TensorView& t) {
+  const int rank = t.rank < 0 ? 0 : (t.rank > kMaxRank ? kMaxRank : t.rank);
   std::ostringstream s;
   s << "[";
-  for (int i = 0; i < t.rank; ++i) s << (i ? ", " : "") << t.shape[i];
+  for (int i = 0; i < rank; ++i) s << (i ? ", " : "") << t.shape[i];
+  if (t.rank > kMaxRank) s << ", ...";
   s << "]";
   return s.str();
 }
 
-// Rank, unit last stride, dtype and device of one view.
+// Rank, dims, index arithmetic, data, unit last stride, dtype and device of one view.
 void check_view(const std::string& fn, const char* name, const TensorView& t, int rank,
                 const char* layout, DType dtype, const char* dtype_from, Device device,
                 const char* device_from) {
-  if (t.data == nullptr && t.numel() != 0) fail(fn, std::string(name) + " has no data");
+  const std::string n = name;
   if (t.rank != rank) {
-    fail(fn, std::string(name) + " must have rank " + std::to_string(rank) + " " + layout +
-                 "; got rank " + std::to_string(t.rank) + " " + shape_str(t));
+    fail(fn, n + " must have rank " + std::to_string(rank) + " " + layout + "; got rank " +
+                 std::to_string(t.rank) + (t.rank >= 0 ? " " + shape_str(t) : std::string()));
+  }
+  for (int i = 0; i < rank; ++i) {
+    if (t.shape[i] < 0) {
+      fail(fn, n + ".shape[" + std::to_string(i) + "] must be >= 0; got " +
+                   std::to_string(t.shape[i]) + " " + shape_str(t));
+    }
+  }
+  const int64_t numel = t.numel();
+  if (numel < 0 || numel > kMaxViewElements) {
+    fail(fn, n + " has shape " + shape_str(t) + "; expected at most 2^56 elements");
+  }
+  // The kernels address element (i0, i1, i2, i3) as data + (sum i_k * stride_k) * element size
+  // in int64: the largest such offset must fit.
+  if (numel > 0) {
+    const int64_t esize = static_cast<int64_t>(dtype_size(t.dtype));
+    int64_t off = 0;
+    bool overflow = false;
+    for (int i = 0; i < rank; ++i) {
+      if (t.shape[i] == 1) continue;
+      int64_t step = 0;
+      const int64_t stride = t.stride[i] < 0 ? -t.stride[i] : t.stride[i];  // INT64_MIN: below
+      overflow = overflow || t.stride[i] == INT64_MIN ||
+                 __builtin_mul_overflow(t.shape[i] - 1, stride, &step) ||
+                 __builtin_add_overflow(off, step, &off);
+    }
+    int64_t bytes = 0;
+    if (overflow || __builtin_mul_overflow(off, esize, &bytes)) {
+      std::ostringstream s;
+      s << n << " has shape " << shape_str(t) << " and strides [";
+      for (int i = 0; i < rank; ++i) s << (i ? ", " : "") << t.stride[i];
+      s << "]; expected strides whose largest byte offset, sum (shape - 1) * |stride| * "
+        << esize << ", fits int64";
+      fail(fn, s.str());
+    }
+  }
+  if (t.data == nullptr && numel != 0) {
+    fail(fn, n + " has no data (null pointer) but " + std::to_string(numel) + " elements");
   }
   if (t.shape[rank - 1] > 1 && t.stride[rank - 1] != 1) {
-    fail(fn, std::string(name) + " must be contiguous in its last dim (stride 1); got stride " +
+    fail(fn, n + " must be contiguous in its last dim (stride 1); got stride " +
                  std::to_string(t.stride[rank - 1]));
   }
   if (t.dtype != dtype) {
-    fail(fn, std::string(name) + " has dtype " + to_string(t.dtype) + "; expected " +
-                 to_string(dtype) + " (" + dtype_from + ")");
+    fail(fn, n + " has dtype " + to_string(t.dtype) + "; expected " + to_string(dtype) + " (" +
+                 dtype_from + ")");
   }
   if (t.device != device) {
-    fail(fn, std::string(name) + " is on " + to_string(t.device) + "; expected " +
-                 to_string(device) + " (" + device_from + ")");
+    fail(fn, n + " is on " + to_string(t.device) + "; expected " + to_string(device) + " (" +
+                 device_from + ")");
   }
 }
 
@@ -69,15 +111,18 @@ void check_shape(const std::string& fn, const char* name, const TensorView& t,
   }
 }
 
-AttnDims check_inputs(const std::string& fn, const TensorView& q, const TensorView& k,
-                      const TensorView& v, const BlockMaskData& mask,
-                      const AttentionOptions& opts) {
+// q, k, v and the options, everything but the block mask.
+AttnDims check_qkv(const std::string& fn, const TensorView& q, const TensorView& k,
+                   const TensorView& v, const AttentionOptions& opts) {
   if (q.rank != 4) {
-    fail(fn, "q must have rank 4 [B, Hq, Lq, D]; got rank " + std::to_string(q.rank) + " " +
-                 shape_str(q));
+    fail(fn, "q must have rank 4 [B, Hq, Lq, D]; got rank " + std::to_string(q.rank) +
+                 (q.rank >= 0 ? " " + shape_str(q) : std::string()));
   }
   if (q.dtype != DType::f32 && q.dtype != DType::f16 && q.dtype != DType::bf16) {
-    fail(fn, "q has an unknown dtype");
+    fail(fn, "q has an unknown dtype; expected f32, f16 or bf16");
+  }
+  if (q.device != Device::cpu && q.device != Device::cuda) {
+    fail(fn, "q has an unknown device; expected cpu or cuda");
   }
   check_view(fn, "q", q, 4, "[B, Hq, Lq, D]", q.dtype, "q's dtype", q.device, "q's device");
   check_view(fn, "k", k, 4, "[B, Hkv, Lkv, D]", q.dtype, "q's dtype", q.device, "q's device");
@@ -100,6 +145,15 @@ AttnDims check_inputs(const std::string& fn, const TensorView& q, const TensorVi
   if (d.Hkv < 1) fail(fn, "k.shape[1] (Hkv) must be >= 1; got " + std::to_string(d.Hkv));
   if (d.Lkv < 1) fail(fn, "k.shape[2] (Lkv) must be >= 1; got " + std::to_string(d.Lkv));
   if (d.Dv < 1) fail(fn, "v.shape[3] (Dv) must be >= 1; got " + std::to_string(d.Dv));
+  // score_mods and mask_mods take int b, h, q_idx and kv_idx.
+  for (auto [name, value] : {std::pair{"q.shape[0] (B)", d.B}, {"q.shape[1] (Hq)", d.Hq},
+                             {"q.shape[2] (Lq)", d.Lq}, {"k.shape[1] (Hkv)", d.Hkv},
+                             {"k.shape[2] (Lkv)", d.Lkv}}) {
+    if (value > kMaxIndexDim) {
+      fail(fn, std::string(name) + " is " + std::to_string(value) + "; expected <= " +
+                   std::to_string(kMaxIndexDim) + " (score_mod / mask_mod indices are int)");
+    }
+  }
   check_dim(fn, "k", k, 0, "B", d.B, "q's batch");
   check_dim(fn, "k", k, 3, "D", d.D, "q's head dim");
   check_dim(fn, "v", v, 0, "B", d.B, "q's batch");
@@ -125,12 +179,22 @@ AttnDims check_inputs(const std::string& fn, const TensorView& q, const TensorVi
   if (q.device == Device::cuda && !cuda_available()) {
     fail(fn, "q is on cuda, but this build of flexattn has no CUDA backend or no GPU is visible");
   }
-  if (!std::isfinite(opts.scale)) fail(fn, "AttentionOptions.scale must be finite");
+  if (!std::isfinite(opts.scale)) {
+    fail(fn, "AttentionOptions.scale is " + std::to_string(opts.scale) +
+                 "; expected a finite value (0 means 1/sqrt(D))");
+  }
   d.scale = opts.scale != 0.0f ? opts.scale : 1.0f / std::sqrt(static_cast<float>(d.D));
+  return d;
+}
 
-  if (mask.device != q.device) {
+// The block mask against the resolved dims: its sizes, then (a BlockMaskData can be built by hand)
+// that its geometry and lists are what create_block_mask would have made, so no kernel indexes
+// past a list.
+void check_mask(const std::string& fn, const BlockMaskData& mask, const AttnDims& d,
+                Device device) {
+  if (mask.device != device) {
     fail(fn, std::string("block_mask is on ") + to_string(mask.device) + "; expected " +
-                 to_string(q.device) + " (q's device)");
+                 to_string(device) + " (q's device)");
   }
   if (mask.q_len != d.Lq || mask.kv_len != d.Lkv) {
     fail(fn, "block_mask was built for q_len " + std::to_string(mask.q_len) + ", kv_len " +
@@ -145,14 +209,89 @@ AttnDims check_inputs(const std::string& fn, const TensorView& q, const TensorVi
     fail(fn, "block_mask heads is " + std::to_string(mask.H) + "; expected 1 or " +
                  std::to_string(d.Hq) + " (q's heads)");
   }
-  return d;
+  for (auto [name, value] : {std::pair{"block_q", mask.block_q}, {"block_kv", mask.block_kv}}) {
+    if (value < 1 || value > kMaxBlockSize) {
+      fail(fn, std::string("block_mask ") + name + " is " + std::to_string(value) +
+                   "; expected 1.." + std::to_string(kMaxBlockSize));
+    }
+  }
+  const int64_t nqb = (mask.q_len + mask.block_q - 1) / mask.block_q;
+  const int64_t nkvb = (mask.kv_len + mask.block_kv - 1) / mask.block_kv;
+  if (mask.nqb != nqb || mask.nkvb != nkvb) {
+    fail(fn, "block_mask has " + std::to_string(mask.nqb) + " x " + std::to_string(mask.nkvb) +
+                 " blocks; expected " + std::to_string(nqb) + " x " + std::to_string(nkvb) +
+                 " for its lengths and block sizes (build it with create_block_mask)");
+  }
+  int64_t rows = 0, tiles = 0;
+  if (__builtin_mul_overflow(mask.B * mask.H, nqb, &rows) ||  // B, H <= INT_MAX here
+      __builtin_mul_overflow(rows, nkvb, &tiles) || tiles > kMaxBlockMaskTiles) {
+    fail(fn, "block_mask has B * H * " + std::to_string(nqb) + " * " + std::to_string(nkvb) +
+                 " tiles (B = " + std::to_string(mask.B) + ", H = " + std::to_string(mask.H) +
+                 "); expected at most " + std::to_string(kMaxBlockMaskTiles));
+  }
+  const int64_t cols = mask.B * mask.H * nkvb;  // <= tiles
+  const struct {
+    const char* name;
+    const Buffer& list;
+    int64_t entries;
+  } lists[] = {{"kv_num", mask.kv_num, rows},          {"kv_idx", mask.kv_idx, tiles},
+               {"full_kv_num", mask.full_kv_num, rows}, {"full_kv_idx", mask.full_kv_idx, tiles},
+               {"q_num", mask.q_num, cols},            {"q_idx", mask.q_idx, tiles},
+               {"full_q_num", mask.full_q_num, cols},  {"full_q_idx", mask.full_q_idx, tiles}};
+  for (const auto& l : lists) {
+    const size_t need = static_cast<size_t>(l.entries) * sizeof(int32_t);
+    if (!l.list || l.list.bytes() < need || l.list.device() != mask.device) {
+      fail(fn, std::string("block_mask list ") + l.name + " holds " +
+                   std::to_string(l.list ? l.list.bytes() : 0) + " bytes on " +
+                   to_string(l.list.device()) + "; expected " + std::to_string(need) +
+                   " bytes on " + to_string(mask.device) + " (build it with create_block_mask)");
+    }
+  }
+}
+
+// out, lse and dout as the backward reads them.
+void check_backward_tensors(const std::string& fn, const TensorView& q, const TensorView& out,
+                            const TensorView& lse, const TensorView& dout, const AttnDims& d) {
+  auto same_as_q = [&](const char* name, const TensorView& t) {
+    check_view(fn, name, t, 4, "[B, Hq, Lq, Dv]", q.dtype, "q's dtype", q.device, "q's device");
+    check_shape(fn, name, t, {d.B, d.Hq, d.Lq, d.Dv}, "[B, Hq, Lq, Dv]");
+  };
+  same_as_q("out", out);
+  same_as_q("dout", dout);
+  check_view(fn, "lse", lse, 3, "[B, Hq, Lq]", DType::f32, "lse is always f32", q.device,
+             "q's device");
+  check_shape(fn, "lse", lse, {d.B, d.Hq, d.Lq}, "[B, Hq, Lq]");
 }
 
 }  // namespace
 
+AttnDims check_attention_inputs(const char* fn, const TensorView& q, const TensorView& k,
+                                const TensorView& v, const BlockMaskData& mask,
+                                const AttentionOptions& opts) {
+  const AttnDims d = check_qkv(fn, q, k, v, opts);
+  check_mask(fn, mask, d, q.device);
+  return d;
+}
+
 AttnDims check_attention_inputs(const TensorView& q, const TensorView& k, const TensorView& v,
                                 const BlockMaskData& mask, const AttentionOptions& opts) {
-  return check_inputs("flex_attention", q, k, v, mask, opts);
+  return check_attention_inputs("flex_attention", q, k, v, mask, opts);
+}
+
+AttnDims check_front_door_inputs(const char* fn, const TensorView& q, const TensorView& k,
+                                 const TensorView& v, const AttentionOptions& opts) {
+  return check_qkv(fn, q, k, v, opts);
+}
+
+AttnDims check_backward_inputs(const TensorView& q, const TensorView& k, const TensorView& v,
+                               const TensorView& out, const TensorView& lse,
+                               const TensorView& dout, const BlockMaskData* mask,
+                               const AttentionOptions& opts) {
+  const std::string fn = "flex_attention_backward";
+  const AttnDims d = check_qkv(fn, q, k, v, opts);
+  if (mask) check_mask(fn, *mask, d, q.device);
+  check_backward_tensors(fn, q, out, lse, dout, d);
+  return d;
 }
 
 FwdArgs make_forward_args(const TensorView& q, const TensorView& k, const TensorView& v,
@@ -160,7 +299,8 @@ FwdArgs make_forward_args(const TensorView& q, const TensorView& k, const Tensor
                           const AttentionOptions& opts) {
   const std::string fn = "flex_attention";
   FwdArgs a;
-  a.dims = check_inputs(fn, q, k, v, mask, opts);
+  a.dims = check_qkv(fn, q, k, v, opts);
+  check_mask(fn, mask, a.dims, q.device);
   const AttnDims& d = a.dims;
   check_view(fn, "out", out, 4, "[B, Hq, Lq, Dv]", q.dtype, "q's dtype", q.device, "q's device");
   check_shape(fn, "out", out, {d.B, d.Hq, d.Lq, d.Dv}, "[B, Hq, Lq, Dv]");
@@ -183,18 +323,13 @@ BwdArgs make_backward_args(const TensorView& q, const TensorView& k, const Tenso
                            const BlockMaskData& mask, const AttentionOptions& opts) {
   const std::string fn = "flex_attention_backward";
   BwdArgs a;
-  a.dims = check_inputs(fn, q, k, v, mask, opts);
+  a.dims = check_backward_inputs(q, k, v, out, lse, dout, &mask, opts);
   const AttnDims& d = a.dims;
   auto same_as_q = [&](const char* name, const TensorView& t, const char* layout,
                        std::initializer_list<int64_t> shape) {
     check_view(fn, name, t, 4, layout, q.dtype, "q's dtype", q.device, "q's device");
     check_shape(fn, name, t, shape, layout);
   };
-  same_as_q("out", out, "[B, Hq, Lq, Dv]", {d.B, d.Hq, d.Lq, d.Dv});
-  same_as_q("dout", dout, "[B, Hq, Lq, Dv]", {d.B, d.Hq, d.Lq, d.Dv});
-  check_view(fn, "lse", lse, 3, "[B, Hq, Lq]", DType::f32, "lse is always f32", q.device,
-             "q's device");
-  check_shape(fn, "lse", lse, {d.B, d.Hq, d.Lq}, "[B, Hq, Lq]");
   same_as_q("dq", dq, "[B, Hq, Lq, D]", {d.B, d.Hq, d.Lq, d.D});
   same_as_q("dk", dk, "[B, Hkv, Lkv, D]", {d.B, d.Hkv, d.Lkv, d.D});
   same_as_q("dv", dv, "[B, Hkv, Lkv, Dv]", {d.B, d.Hkv, d.Lkv, d.Dv});

@@ -71,24 +71,45 @@ void Buffer::copy_to_host(void* dst, size_t bytes) const {
 
 // ---- Tensor -------------------------------------------------------------------------------------
 namespace {
-int64_t checked_numel(const std::vector<int64_t>& shape) {
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// Elements of `shape`, refusing a rank outside 1..4, a negative dim, and a shape whose element
+// count or byte size does not fit int64 (the byte size also fits size_t then). `fn` is the
+// function the user called.
+int64_t checked_numel(const char* fn, const std::vector<int64_t>& shape, DType dtype) {
   if (shape.empty() || shape.size() > static_cast<size_t>(kMaxRank)) {
-    throw Error("flexattn: Tensor shape must have 1 to 4 dims; got " + std::to_string(shape.size()));
+    throw Error(std::string("flexattn::") + fn + ": shape must have 1 to 4 dims; got " +
+                std::to_string(shape.size()));
   }
-  int64_t n = 1;
   for (size_t i = 0; i < shape.size(); ++i) {
     if (shape[i] < 0) {
-      throw Error("flexattn: Tensor shape[" + std::to_string(i) + "] must be >= 0; got " +
-                  std::to_string(shape[i]));
+      throw Error(std::string("flexattn::") + fn + ": shape[" + std::to_string(i) +
+                  "] must be >= 0; got " + std::to_string(shape[i]) + " in shape " +
+                  shape_str(shape));
     }
-    n *= shape[i];
+  }
+  // A zero dim makes the tensor empty whatever the other dims are.
+  for (int64_t d : shape)
+    if (d == 0) return 0;
+  const int64_t esize = static_cast<int64_t>(dtype_size(dtype));
+  int64_t n = 1, bytes = 0;
+  bool overflow = false;
+  for (int64_t d : shape) overflow = overflow || __builtin_mul_overflow(n, d, &n);
+  if (overflow || __builtin_mul_overflow(n, esize, &bytes)) {
+    throw Error(std::string("flexattn::") + fn + ": shape " + shape_str(shape) + " of " +
+                to_string(dtype) + " is too large; expected at most " +
+                std::to_string(INT64_MAX / esize) + " elements (the byte size must fit int64)");
   }
   return n;
 }
 }  // namespace
 
 Tensor Tensor::empty(std::vector<int64_t> shape, DType dtype, Device device) {
-  const int64_t n = checked_numel(shape);
+  const int64_t n = checked_numel("Tensor::empty", shape, dtype);
   Tensor t;
   t.shape_ = std::move(shape);
   t.dtype_ = dtype;
@@ -97,7 +118,11 @@ Tensor Tensor::empty(std::vector<int64_t> shape, DType dtype, Device device) {
 }
 
 Tensor Tensor::from_host(const float* src, std::vector<int64_t> shape, DType dtype, Device device) {
-  const int64_t n = checked_numel(shape);
+  const int64_t n = checked_numel("Tensor::from_host", shape, dtype);
+  if (src == nullptr && n > 0) {
+    throw Error("flexattn::Tensor::from_host: src is null; expected " + std::to_string(n) +
+                " floats for shape " + shape_str(shape));
+  }
   if (device == Device::cpu) {
     Tensor t = empty(std::move(shape), dtype, device);
     detail::cpu::store_row(src, t.data(), dtype, n);
@@ -114,6 +139,10 @@ Tensor Tensor::from_host(const float* src, std::vector<int64_t> shape, DType dty
 
 void Tensor::copy_to_host(float* dst) const {
   const int64_t n = numel();
+  if (dst == nullptr && n > 0) {
+    throw Error("flexattn::Tensor::copy_to_host: dst is null; expected room for " +
+                std::to_string(n) + " floats");
+  }
   if (device() == Device::cpu) {
     detail::cpu::load_row(data(), dtype_, dst, n);
     return;

@@ -11,13 +11,21 @@
 #include <flexattn/flexattn.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <iterator>
+#include <limits>
+#include <new>
 #include <random>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include "flexattn/detail/kept_fraction.h"
@@ -263,6 +271,61 @@ int usage() {
   return 2;
 }
 
+// Flag values are parsed whole: trailing junk, a value out of the flag's range or a negative
+// value where none is allowed is refused with a message naming the flag and the range.
+int64_t parse_int(const std::string& flag, const std::string& text, int64_t lo, int64_t hi) {
+  int64_t v = 0;
+  const char* end = text.data() + text.size();
+  const auto [ptr, ec] = std::from_chars(text.data(), end, v);
+  if (text.empty() || ec != std::errc() || ptr != end || v < lo || v > hi) {
+    throw fa::Error(flag + " expects an integer in " + std::to_string(lo) + ".." +
+                    std::to_string(hi) + "; got '" + text + "'");
+  }
+  return v;
+}
+
+uint64_t parse_u64(const std::string& flag, const std::string& text) {
+  uint64_t v = 0;
+  const char* end = text.data() + text.size();
+  const auto [ptr, ec] = std::from_chars(text.data(), end, v);
+  if (text.empty() || ec != std::errc() || ptr != end) {
+    throw fa::Error(flag + " expects an integer in 0.." +
+                    std::to_string(std::numeric_limits<uint64_t>::max()) + "; got '" + text + "'");
+  }
+  return v;
+}
+
+float parse_positive_float(const std::string& flag, const std::string& text) {
+  char* end = nullptr;
+  errno = 0;
+  const float v = text.empty() ? 0.0f : std::strtof(text.c_str(), &end);
+  if (text.empty() || errno != 0 || end != text.c_str() + text.size() || !std::isfinite(v) ||
+      !(v > 0.0f) || std::isspace(static_cast<unsigned char>(text[0]))) {
+    throw fa::Error(flag + " expects a finite number > 0; got '" + text + "'");
+  }
+  return v;
+}
+
+// Elements of a tensor of `dims` (flag names for the message); refuses a product whose f32 byte
+// size does not fit int64 before anything is allocated.
+void check_elements(const char* tensor,
+                    std::initializer_list<std::pair<const char*, int64_t>> dims) {
+  int64_t n = 1;
+  bool overflow = false;
+  std::string what;
+  for (auto [flag, d] : dims) {
+    overflow = overflow || __builtin_mul_overflow(n, d, &n);
+    what += (what.empty() ? "" : " x ") + std::string(flag) + " " + std::to_string(d);
+  }
+  if (overflow || n > std::numeric_limits<int64_t>::max() / 4) {
+    throw fa::Error(std::string(tensor) + " would have " + what + " elements: too many; expected " +
+                    "a product of at most " +
+                    std::to_string(std::numeric_limits<int64_t>::max() / 4));
+  }
+}
+
+constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+
 int run(int argc, char** argv) {
   Config c;
   for (int i = 2; i < argc; ++i) {
@@ -271,23 +334,30 @@ int run(int argc, char** argv) {
       if (i + 1 >= argc) throw fa::Error("missing value after " + a);
       return argv[++i];
     };
-    auto num = [&]() { return std::stoll(next()); };
-    if (a == "--variant") c.variant = next();
-    else if (a == "--b") c.b = num();
-    else if (a == "--hq") c.hq = num();
-    else if (a == "--hkv") c.hkv = num();
-    else if (a == "--lq") c.lq = num();
-    else if (a == "--lkv") c.lkv = num();
-    else if (a == "--d") c.d = num();
-    else if (a == "--dv") c.dv = num();
-    else if (a == "--repeats") c.repeats = int(num());
-    else if (a == "--block-q") c.block_q = int(num());
-    else if (a == "--block-kv") c.block_kv = int(num());
-    else if (a == "--window") c.window = int(num());
-    else if (a == "--prefix") c.prefix = int(num());
-    else if (a == "--docs") c.docs = int(num());
-    else if (a == "--cap") c.cap = std::stof(next());
-    else if (a == "--seed") c.seed = uint64_t(num());
+    // Sizes are >= 1 and fit the int indices the mods take.
+    auto size = [&](int64_t hi = kIntMax) { return parse_int(a, next(), 1, hi); };
+    if (a == "--variant") {
+      c.variant = next();
+      if (std::none_of(std::begin(kVariants), std::end(kVariants),
+                       [&](const char* v) { return c.variant == v; })) {
+        throw fa::Error("--variant expects one of the names `flexattn variants` lists; got '" +
+                        c.variant + "'");
+      }
+    } else if (a == "--b") c.b = size();
+    else if (a == "--hq") c.hq = size();
+    else if (a == "--hkv") c.hkv = size();
+    else if (a == "--lq") c.lq = size();
+    else if (a == "--lkv") c.lkv = size();
+    else if (a == "--d") c.d = size(256);
+    else if (a == "--dv") c.dv = size(256);
+    else if (a == "--repeats") c.repeats = int(size());
+    else if (a == "--block-q") c.block_q = int(size(fa::detail::kMaxBlockSize));
+    else if (a == "--block-kv") c.block_kv = int(size(fa::detail::kMaxBlockSize));
+    else if (a == "--window") c.window = int(parse_int(a, next(), 0, kIntMax));
+    else if (a == "--prefix") c.prefix = int(parse_int(a, next(), 0, kIntMax));
+    else if (a == "--docs") c.docs = int(size());
+    else if (a == "--cap") c.cap = parse_positive_float(a, next());
+    else if (a == "--seed") c.seed = parse_u64(a, next());
     else if (a == "--check") c.check = true;
     else if (a == "--backward") c.backward = true;
     else if (a == "--dtype") {
@@ -308,6 +378,10 @@ int run(int argc, char** argv) {
   if (c.hkv == 0) c.hkv = c.hq;
   if (c.lkv == 0) c.lkv = c.lq;
   if (c.dv == 0) c.dv = c.d;
+  check_elements("q", {{"--b", c.b}, {"--hq", c.hq}, {"--lq", c.lq}, {"--d", c.d}});
+  check_elements("k", {{"--b", c.b}, {"--hkv", c.hkv}, {"--lkv", c.lkv}, {"--d", c.d}});
+  check_elements("v", {{"--b", c.b}, {"--hkv", c.hkv}, {"--lkv", c.lkv}, {"--dv", c.dv}});
+  check_elements("out", {{"--b", c.b}, {"--hq", c.hq}, {"--lq", c.lq}, {"--dv", c.dv}});
   return run_one(c) ? 0 : 1;
 }
 
@@ -324,10 +398,15 @@ int main(int argc, char** argv) {
       return 0;
     }
   } catch (const fa::Error& e) {
-    std::fprintf(stderr, "flexattn: %s\n", e.what());
+    // The library's messages already start with "flexattn::<function>:".
+    const bool prefixed = std::strncmp(e.what(), "flexattn", 8) == 0;
+    std::fprintf(stderr, "%s%s\n", prefixed ? "" : "flexattn: ", e.what());
+    return 2;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "flexattn: out of host memory for the requested sizes\n");
     return 2;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "flexattn: bad argument: %s\n", e.what());
+    std::fprintf(stderr, "flexattn: %s\n", e.what());
     return 2;
   }
   return usage();

@@ -20,7 +20,11 @@
 #include "math.h"
 
 #if !defined(__CUDACC_RTC__)
+#include <cmath>
 #include <concepts>
+#include <string>
+
+#include "tensor.h"  // flexattn::Error, thrown by the stock constructors below
 #endif
 
 namespace flexattn {
@@ -204,10 +208,44 @@ struct NotMask {
   }
 };
 
+// The stock constructors check their parameters on the host (they are not FLEXATTN_HD: build the
+// functor on the host, then hand it to a kernel). Under NVRTC only the functors are compiled.
+#if !defined(__CUDACC_RTC__)
+namespace detail {
+[[noreturn]] inline void bad_mod_parameter(const char* fn, const std::string& what) {
+  throw Error(std::string("flexattn::") + fn + ": " + what);
+}
+}  // namespace detail
+#endif
+
 inline CausalMask causal() { return {}; }
-inline SlidingWindowMask sliding_window(int w) { return {w}; }
-inline PrefixLMMask prefix_lm(int prefix_len) { return {prefix_len}; }
-inline DocumentMask document(const int32_t* doc_ids) { return {doc_ids}; }
+inline SlidingWindowMask sliding_window(int w) {
+#if !defined(__CUDACC_RTC__)
+  if (w < 0) {
+    detail::bad_mod_parameter("sliding_window", "w is " + std::to_string(w) + "; expected >= 0");
+  }
+#endif
+  return {w};
+}
+inline PrefixLMMask prefix_lm(int prefix_len) {
+#if !defined(__CUDACC_RTC__)
+  if (prefix_len < 0) {
+    detail::bad_mod_parameter("prefix_lm",
+                              "prefix_len is " + std::to_string(prefix_len) + "; expected >= 0");
+  }
+#endif
+  return {prefix_len};
+}
+// doc_ids must hold max(q_len, kv_len) ids on the tensors' device; a null pointer is refused.
+inline DocumentMask document(const int32_t* doc_ids) {
+#if !defined(__CUDACC_RTC__)
+  if (doc_ids == nullptr) {
+    detail::bad_mod_parameter("document",
+                              "doc_ids is null; expected a pointer to one int32 id per position");
+  }
+#endif
+  return {doc_ids};
+}
 inline NoopMask noop_mask() { return {}; }
 
 template <class M0, class... Ms>
@@ -309,8 +347,25 @@ struct Composed {
 
 inline NoopScore noop_score() { return {}; }
 inline RelativePosition relative_position() { return {}; }
-inline Alibi alibi(int num_heads) { return {num_heads}; }
-inline Softcap softcap(float cap) { return {cap}; }
+inline Alibi alibi(int num_heads) {
+#if !defined(__CUDACC_RTC__)
+  if (num_heads < 1) {
+    detail::bad_mod_parameter("alibi",
+                              "num_heads is " + std::to_string(num_heads) + "; expected >= 1");
+  }
+#endif
+  return {num_heads};
+}
+inline Softcap softcap(float cap) {
+#if !defined(__CUDACC_RTC__)
+  // cap = 0 divides by zero (NaN gradients); a NaN or infinite cap is no cap at all.
+  if (!std::isfinite(cap) || !(cap > 0.0f)) {
+    detail::bad_mod_parameter("softcap", "cap is " + std::to_string(cap) +
+                                             "; expected a finite value > 0");
+  }
+#endif
+  return {cap};
+}
 template <class F, class G>
 Composed<F, G> compose(F f, G g) {
   return {f, g};
