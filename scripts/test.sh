@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds flexattn (the CUDA sources too when nvcc is present) and runs the test suite.
 #   scripts/test.sh              Release build in build/, every CTest test
-#   scripts/test.sh --sanitize   ASan+UBSan build of the core tests in build-asan/ (CPU only)
+#   scripts/test.sh --sanitize   ASan+UBSan build of the core tests and a short fuzz run
+#                                (label fuzz, tests/fuzz/) in build-asan/ (CPU only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh
@@ -9,9 +10,9 @@ jobs=$(nproc)
 if [ "${1:-}" = "--sanitize" ]; then
   cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFLEXATTN_CUDA=OFF \
         -DFLEXATTN_SANITIZE=ON -DFLEXATTN_BUILD_TOOLS=OFF >/dev/null
-  cmake --build build-asan --target flexattn_tests -j "$jobs"
+  cmake --build build-asan --target flexattn_tests fuzz_attention -j "$jobs"
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-  exec ctest --test-dir build-asan -L core --output-on-failure -j "$jobs"
+  exec ctest --test-dir build-asan -L 'core|fuzz' --output-on-failure -j "$jobs"
 fi
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j "$jobs"

@@ -6,3 +6,4 @@
 #include "math.h"
 #include "mods.h"
 #include "tensor.h"
+#include "threads.h"
