@@ -27,10 +27,11 @@ bool cuda_available() { return detail::cuda_device_present(); }
 void synchronize() { detail::cuda_synchronize(); }
 
 // ---- Buffer -------------------------------------------------------------------------------------
-Buffer Buffer::allocate(size_t bytes, Device device) {
+Buffer Buffer::allocate(size_t bytes, Device device, void* stream) {
   Buffer b;
   b.bytes_ = bytes;
   b.device_ = device;
+  b.stream_ = device == Device::cuda ? stream : nullptr;
   // A zero-byte request still gets a distinct allocation so a defined Buffer is never null.
   const size_t n = bytes == 0 ? 1 : bytes;
   if (device == Device::cpu) {
@@ -39,19 +40,18 @@ Buffer Buffer::allocate(size_t bytes, Device device) {
     if (!p) throw Error("flexattn: out of host memory allocating " + std::to_string(bytes) + " bytes");
     b.ptr_ = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
   } else {
-    void* p = detail::cuda_malloc(n);
-    b.ptr_ = std::shared_ptr<void>(p, [](void* q) { detail::cuda_free(q); });
+    b.ptr_ = detail::cuda_allocate(n, stream);
   }
   return b;
 }
 
-Buffer Buffer::from_host(const void* src, size_t bytes, Device device) {
-  Buffer b = allocate(bytes, device);
+Buffer Buffer::from_host(const void* src, size_t bytes, Device device, void* stream) {
+  Buffer b = allocate(bytes, device, stream);
   if (bytes == 0) return b;
   if (device == Device::cpu) {
     std::memcpy(b.data(), src, bytes);
   } else {
-    detail::cuda_copy_to_device(b.data(), src, bytes);
+    detail::cuda_copy_to_device(b.data(), src, bytes, b.stream_);
   }
   return b;
 }
@@ -65,7 +65,7 @@ void Buffer::copy_to_host(void* dst, size_t bytes) const {
   if (device_ == Device::cpu) {
     std::memcpy(dst, data(), bytes);
   } else {
-    detail::cuda_copy_to_host(dst, data(), bytes);
+    detail::cuda_copy_to_host(dst, data(), bytes, stream_);
   }
 }
 
@@ -108,12 +108,12 @@ int64_t checked_numel(const char* fn, const std::vector<int64_t>& shape, DType d
 }
 }  // namespace
 
-Tensor Tensor::empty(std::vector<int64_t> shape, DType dtype, Device device) {
+Tensor Tensor::empty(std::vector<int64_t> shape, DType dtype, Device device, void* stream) {
   const int64_t n = checked_numel("Tensor::empty", shape, dtype);
   Tensor t;
   t.shape_ = std::move(shape);
   t.dtype_ = dtype;
-  t.buffer_ = Buffer::allocate(static_cast<size_t>(n) * dtype_size(dtype), device);
+  t.buffer_ = Buffer::allocate(static_cast<size_t>(n) * dtype_size(dtype), device, stream);
   return t;
 }
 
@@ -166,7 +166,7 @@ void Tensor::fill(float value) {
   }
   std::vector<unsigned char> staged(static_cast<size_t>(numel()) * dtype_size(dtype_));
   detail::cpu::store_row(v.data(), staged.data(), dtype_, numel());
-  detail::cuda_copy_to_device(data(), staged.data(), staged.size());
+  detail::cuda_copy_to_device(data(), staged.data(), staged.size(), stream());
 }
 
 int64_t Tensor::size(int dim) const {
