@@ -17,7 +17,7 @@ namespace flexattn::detail::cuda {
 
 template <class ScoreMod, class MaskMod>
 void backward_prebuilt(const BwdArgs& args, const ScoreMod& score_mod, const MaskMod& mask_mod) {
-  launch_backward_for<kPrebuiltHeadDims>(args, score_mod, mask_mod);
+  launch_backward_for<kPrebuiltHeadDims, LibraryUnit>(args, score_mod, mask_mod);
 }
 
 #define FLEXATTN_X(S, M) template void backward_prebuilt<S, M>(const BwdArgs&, const S&, const M&);

@@ -13,7 +13,8 @@
 // `extern template` (declare: compiled elsewhere) or `template` (instantiate here) of one head
 // dim's backward for every prebuilt variant and both dtypes.
 #define FLEXATTN_BWD_ONE(PREFIX, D, T, S, M)                                                      \
-  PREFIX void ::flexattn::detail::cuda::launch_bwd_kernel<D, T, S, M>(                              \
+  PREFIX void ::flexattn::detail::cuda::launch_bwd_kernel<D, T, S, M,                              \
+                                                          ::flexattn::detail::cuda::LibraryUnit>(  \
       const ::flexattn::detail::BwdArgs&, const ::flexattn::detail::cuda::BwdParams&, const S&,    \
       const M&);
 #define FLEXATTN_BWD_BOTH_DTYPES(PREFIX, D, S, M) \

@@ -17,7 +17,7 @@ namespace flexattn::detail::cuda {
 
 template <class ScoreMod, class MaskMod>
 void forward_prebuilt(const FwdArgs& args, const ScoreMod& score_mod, const MaskMod& mask_mod) {
-  launch_forward_for<kPrebuiltHeadDims>(args, score_mod, mask_mod);
+  launch_forward_for<kPrebuiltHeadDims, LibraryUnit>(args, score_mod, mask_mod);
 }
 
 #define FLEXATTN_X(S, M) template void forward_prebuilt<S, M>(const FwdArgs&, const S&, const M&);

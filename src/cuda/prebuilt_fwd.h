@@ -8,7 +8,8 @@
 // `extern template` (declare: compiled elsewhere) or `template` (instantiate here) of one head
 // dim's kernels for every prebuilt variant and both dtypes.
 #define FLEXATTN_FWD_ONE(PREFIX, D, T, S, M)                                                      \
-  PREFIX void ::flexattn::detail::cuda::launch_fwd_kernel<D, T, S, M>(                            \
+  PREFIX void ::flexattn::detail::cuda::launch_fwd_kernel<D, T, S, M,                              \
+                                                          ::flexattn::detail::cuda::LibraryUnit>(  \
       const ::flexattn::detail::FwdArgs&, const ::flexattn::detail::cuda::FwdParams&, const S&,   \
       const M&);
 #define FLEXATTN_FWD_BOTH_DTYPES(PREFIX, D, S, M) \

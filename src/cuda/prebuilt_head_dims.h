@@ -17,6 +17,12 @@
 
 namespace flexattn::detail::cuda {
 
+// The unit tag (detail/cuda/sm90_unit.cuh) of the library's prebuilt kernels and launchers: one
+// type with external linkage, so that prebuilt_fwd.cu / prebuilt_bwd.cu reach the instantiations
+// of the per-head-dim files (all built with the library's one architecture list), while a user's
+// .cu, which tags its own with its private ThisUnit, never shares one with them.
+struct LibraryUnit {};
+
 // The same list as a head-dim mask for launch_forward_for / launch_backward_for.
 inline constexpr unsigned kPrebuiltHeadDims = 0u
 #if defined(FLEXATTN_CUDA_HDIM_32)

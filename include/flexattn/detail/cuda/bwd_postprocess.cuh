@@ -13,8 +13,9 @@ namespace flexattn::detail::cuda {
 inline constexpr int kPostThreads = 256;
 inline constexpr int kPostRowsPerCta = kPostThreads / 8;  // 8 lanes per row, 8 elements a lane
 
-// DqLayout: how the main kernel laid out dq_accum (kernel_traits_bwd.cuh).
-template <class T, class DqLayout>
+// DqLayout: how the main kernel laid out dq_accum (kernel_traits_bwd.cuh). Unit: the launching
+// translation unit's tag (sm90_unit.cuh).
+template <class T, class DqLayout, class Unit>
 __global__ void __launch_bounds__(kPostThreads)
     bwd_postprocess_kernel(const BwdParams p) {
   const int b = blockIdx.z, h = blockIdx.y;

@@ -21,7 +21,8 @@ namespace flexattn::detail::cuda {
 inline constexpr int kPreThreads = 256;
 inline constexpr int kPreRowsPerCta = kPreThreads / 8;
 
-template <class T>
+// Unit: the launching translation unit's tag (sm90_unit.cuh), as for every kernel here.
+template <class T, class Unit>
 __global__ void __launch_bounds__(kPreThreads)
     bwd_preprocess_kernel(const BwdParams p) {
   const int b = blockIdx.z, h = blockIdx.y;
@@ -74,43 +75,58 @@ __global__ void __launch_bounds__(kPreThreads)
 namespace flexattn::detail::cuda {
 
 // Deterministic mode, sparse walk: dq_rank[bm][hm][qb][nb] = the number of kernel kv tiles, in
-// mask kv-blocks listed for q-block qb (partial or full) AFTER block nb, that add into qb's dQ
-// before any tile of nb does (the main kernel orders the adds by descending kv tile).
-// From the FORWARD lists (kv-blocks per q-block, ascending), by binary search.
-// Grid (nqb, mask H, mask B). A template (on the kernel's BLOCK_N) so that every translation unit
-// may instantiate it without clashing host stubs.
+// mask kv-blocks AFTER nb whose lists hold q-block qb, that add into qb's dQ before any tile of nb
+// does (the main kernel orders the adds by descending kv tile). Counted from the TRANSPOSED lists
+// (q-blocks per kv-block), the very lists the main kernel walks, so a rank counts exactly the CTAs
+// that will bump the q tile's counter, whatever the lists hold (see wait_dq_turn). Two passes over
+// the zeroed array: bwd_dq_mark_kernel writes each listed (qb, nb) block's kernel kv tiles, then
+// bwd_dq_rank_kernel turns every (bm, hm, qb) row into its exclusive suffix sums over nb.
 inline constexpr int kRankThreads = 128;
 
-FLEXATTN_DEV int count_greater(const int32_t* list, int n, int x) {
-  int lo = 0, hi = n;  // first index with list[i] > x
-  while (lo < hi) {
-    const int mid = (lo + hi) / 2;
-    if (__ldg(list + mid) > x) {
-      hi = mid;
-    } else {
-      lo = mid + 1;
+// Grid (nkvb, mask H, mask B). Indices out of range are skipped (the walk cannot reach them in a
+// valid mask, and a mark there would be out of bounds).
+template <int kBlockN, class Unit>
+__global__ void __launch_bounds__(kRankThreads) bwd_dq_mark_kernel(const BwdParams p) {
+  const int nb = blockIdx.x;
+  const int64_t bh = static_cast<int64_t>(blockIdx.z) * p.mask_h + blockIdx.y;
+  const int64_t row = bh * p.nkvb + nb;
+  // Kernel kv tiles of mask kv-block nb: the last block may hold fewer (tiles past Lkv do not exist).
+  const int sub_n = p.block_kv / kBlockN;
+  const int end = min((nb + 1) * sub_n, p.num_n_tiles);
+  const int tiles = max(end - nb * sub_n, 0);
+  int* const marks = p.dq_rank + bh * p.nqb * p.nkvb + nb;  // marks[qb * nkvb]
+#pragma unroll
+  for (int list = 0; list < 2; ++list) {
+    const int32_t* idx = (list == 0 ? p.q_idx : p.full_q_idx) + row * p.nqb;
+    const int n = min(__ldg((list == 0 ? p.q_num : p.full_q_num) + row), p.nqb);
+    for (int i = threadIdx.x; i < n; i += kRankThreads) {
+      const int qb = __ldg(idx + i);
+      if (qb >= 0 && qb < p.nqb) marks[static_cast<int64_t>(qb) * p.nkvb] = tiles;
     }
   }
-  return n - lo;
 }
 
-template <int kBlockN>
+// Grid (ceil(nqb / 4), mask H, mask B): one warp per (bm, hm, qb) row, in place, 32 kv-blocks at
+// a time from the top: rank[nb] = sum of marks[nb'] over nb' > nb.
+template <class Unit>
 __global__ void __launch_bounds__(kRankThreads) bwd_dq_rank_kernel(const BwdParams p) {
-  const int64_t row =
-      (static_cast<int64_t>(blockIdx.z) * p.mask_h + blockIdx.y) * p.nqb + blockIdx.x;
-  const int32_t* part = p.kv_idx + row * p.nkvb;
-  const int32_t* full = p.full_kv_idx + row * p.nkvb;
-  const int n_part = __ldg(p.kv_num + row), n_full = __ldg(p.full_kv_num + row);
-  const int sub_n = p.block_kv / kBlockN;  // kernel tiles per mask kv-block
-  const int last = p.nkvb - 1;
-  // The last mask kv-block may hold fewer kernel tiles (those starting past Lkv do not exist).
-  const int last_short = sub_n * p.nkvb - p.num_n_tiles;
-  const bool last_listed = (n_part > 0 && __ldg(part + n_part - 1) == last) ||
-                           (n_full > 0 && __ldg(full + n_full - 1) == last);
-  for (int nb = threadIdx.x; nb < p.nkvb; nb += kRankThreads) {
-    const int blocks_after = count_greater(part, n_part, nb) + count_greater(full, n_full, nb);
-    p.dq_rank[row * p.nkvb + nb] =
-        blocks_after * sub_n - (last_listed && nb < last ? last_short : 0);
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  const int qb = static_cast<int>(blockIdx.x) * (kRankThreads / 32) + warp;
+  if (qb >= p.nqb) return;  // whole warps leave: the shuffles below stay full
+  int* const r =
+      p.dq_rank + ((static_cast<int64_t>(blockIdx.z) * p.mask_h + blockIdx.y) * p.nqb + qb) * p.nkvb;
+  int above = 0;  // marks of the kv-blocks above this chunk
+  for (int top = p.nkvb; top > 0; top -= 32) {
+    const int nb = top - 1 - lane;  // lane 0 takes the chunk's highest block
+    const int mark = nb >= 0 ? r[nb] : 0;
+    int incl = mark;  // marks of nb and of the chunk's blocks above it
+#pragma unroll
+    for (int d = 1; d < 32; d *= 2) {
+      const int up = __shfl_up_sync(0xffffffffu, incl, d);
+      if (lane >= d) incl += up;
+    }
+    if (nb >= 0) r[nb] = above + incl - mark;
+    above += __shfl_sync(0xffffffffu, incl, 31);
   }
 }
 

@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "../../math.h"
+#include "launch_record.h"
 #include "mask.cuh"
 #include "utils.cuh"
 
@@ -187,15 +188,70 @@ FLEXATTN_DEV int load_acquire(const int* p) {
   return v;
 }
 
+// Wall-clock nanoseconds (the GPU's global timer; it ticks every microsecond or so).
+FLEXATTN_DEV uint64_t global_timer_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+// How long a q tile's dQ-order counter may stand still before wait_dq_turn stops the kernel.
+inline constexpr uint64_t kDqStallNs = 60ull * 1000 * 1000 * 1000;
+
 // Deterministic dQ order, one thread: waits until `rank` CTAs have added into this q tile (`seen`
-// is the counter's early relaxed read). Bounded: ~2^22 polls is seconds, far past any real wait; a
-// block mask whose forward and transposed lists disagree degrades to unordered adds instead of
-// hanging. Once the counter reaches the rank, every earlier CTA's adds were performed in L2 (they
-// fenced before bumping it), and ours are issued only after this load returned: the order is fixed.
-FLEXATTN_DEV void wait_dq_turn(int seen, int rank, const int* sem) {
-  for (int spins = 0; seen < rank && spins < (1 << 22); ++spins) {
+// is the counter's early relaxed read). Once the counter reaches the rank, every earlier CTA's
+// adds were performed in L2 (they fenced before bumping it), and ours are issued only after this
+// load returned: the order is fixed.
+//
+// WHY THE WAIT ENDS. The adds into the dQ tile (b, hq, m) come from the CTAs (n, hq / group, b)
+// whose kv tile's TRANSPOSED lists (the lists the main kernel walks) hold m's q-block; a CTA's
+// rank is the number of those CTAs with a higher kv tile, counted from those same lists
+// (bwd_dq_mark_kernel, bwd_dq_rank_kernel; dense walks: every higher kv tile). Each of them bumps
+// the counter at least once after its adds, so the counter reaches the rank as soon as they have
+// all passed tile m, whatever the lists hold. And they do pass it: in deterministic mode
+// bwd_cta_tile maps blockIdx.x = num_n_tiles - 1 - n, so every CTA a CTA waits for has the same
+// blockIdx.y, .z and a lower blockIdx.x, i.e. a lower linear block index. NVIDIA GPUs dispatch a
+// grid's CTAs in increasing linear index (not a promise of the programming model, but what every
+// generation does; FlashAttention's deterministic backward relies on it too), so while a CTA is
+// resident, every CTA it may wait for is resident or finished. The lowest-numbered unfinished CTA
+// therefore waits only on finished CTAs and finishes; by induction every CTA does: no deadlock.
+// WHY IT CAN STILL BE LONG. A CTA waits until every CTA ahead of it in the tile's order has
+// reached the tile in its own walk, and those wait in turn: a chain through other tiles, GQA's
+// query heads and later waves of the grid. It is normally a wavefront of one hand-off per rank,
+// but it can approach the kernel's whole run time, which stretches without bound when the GPU is
+// shared, time-sliced, or slowed 10-100x by compute-sanitizer or a debugger. So the wait counts
+// no polls (a bound of ~2^22 polls, about a second, used to give up and add unordered: determinism
+// silently lost, and on sm90, where rank 0 stores, a wrong dQ).
+// WHAT IT DOES INSTEAD. If the counter stands still for kDqStallNs (60 s) - by the argument above
+// only a bug, or a GPU that does not dispatch in order - the thread writes what stalled into
+// `stall` (pinned host memory, launch_record.h; may be null) and traps: the launch fails, the
+// next CUDA call reports it (cudaErrorLaunchFailure, thrown as flexattn::Error with the record's
+// sentence) and the CUDA context is unusable afterwards. It never carries on with an unordered add.
+FLEXATTN_DEV void wait_dq_turn(int seen, int rank, const int* sem, DqStallRecord* stall) {
+  if (seen >= rank) return;
+  uint64_t since = global_timer_ns();
+  for (;;) {
     __nanosleep(32);
-    seen = load_acquire(sem);
+    const int now = load_acquire(sem);
+    if (now >= rank) return;
+    const uint64_t t = global_timer_ns();
+    if (now != seen) {
+      seen = now;
+      since = t;
+    } else if (t - since > kDqStallNs) {
+      if (stall != nullptr) {
+        volatile DqStallRecord* r = stall;
+        r->cta_x = static_cast<int>(blockIdx.x);
+        r->cta_y = static_cast<int>(blockIdx.y);
+        r->cta_z = static_cast<int>(blockIdx.z);
+        r->rank = rank;
+        r->counter = now;
+        __threadfence_system();
+        r->stalled = 1;
+        __threadfence_system();
+      }
+      __trap();
+    }
   }
 }
 

@@ -7,12 +7,15 @@
 #include <string>
 
 #include "../../tensor.h"
+#include "launch_record.h"
 
 namespace flexattn::detail::cuda {
 
 inline void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) {
-    throw Error(std::string("flexattn: CUDA error in ") + what + ": " + cudaGetErrorString(e));
+    // A kernel the dQ-order watchdog stopped says why (launch_record.h); "" otherwise.
+    throw Error(std::string("flexattn: CUDA error in ") + what + ": " + cudaGetErrorString(e) +
+                dq_stall_message());
   }
 }
 

@@ -49,7 +49,7 @@ void build_block_mask(const MaskMod& mask_mod, BlockMaskData& data, void* stream
 template <class ScoreMod, class MaskMod>
 void forward(const FwdArgs& args, const ScoreMod& score_mod, const MaskMod& mask_mod) {
 #if defined(__CUDACC__)
-  launch_forward(args, score_mod, mask_mod);
+  launch_forward<ThisUnit>(args, score_mod, mask_mod);
 #else
   if constexpr (is_prebuilt_variant<ScoreMod, MaskMod>) {
     forward_prebuilt(args, score_mod, mask_mod);
@@ -62,7 +62,7 @@ void forward(const FwdArgs& args, const ScoreMod& score_mod, const MaskMod& mask
 template <class ScoreMod, class MaskMod>
 void backward(const BwdArgs& args, const ScoreMod& score_mod, const MaskMod& mask_mod) {
 #if defined(__CUDACC__)
-  launch_backward(args, score_mod, mask_mod);
+  launch_backward<ThisUnit>(args, score_mod, mask_mod);
 #else
   if constexpr (is_prebuilt_variant<ScoreMod, MaskMod>) {
     backward_prebuilt(args, score_mod, mask_mod);

@@ -34,6 +34,7 @@
 #include <cstdint>
 
 #include "../../config.h"
+#include "launch_record.h"
 #include "mask_lists.cuh"
 
 namespace flexattn::detail::cuda {
@@ -169,6 +170,7 @@ struct BwdParams : MaskLists {  // the backward walks the transposed lists
   int* dq_sem;            // [B, Hq, Lq_pad / BLOCK_M] deterministic mode: dQ adds done per q tile
   int* dq_rank;           // [Bm, Hm, nqb, nkvb] deterministic + sparse: kernel kv tiles listed for
                           //   q-block qb after kv-block nb (their dQ adds come first)
+  DqStallRecord* dq_stall;  // deterministic: where a stalled dQ order is reported (launch_record.h)
 
   bool sparse;            // false: mask blocks not multiples of the tiles; every q tile is
                           //   visited with mask_mod evaluated per element

@@ -110,6 +110,7 @@ BwdParams make_params(const BwdArgs& a, const MaskData& m) {
   p.scale_log2 = a.dims.scale * kLog2e;
   static_cast<MaskLists&>(p) = mask_lists(m);
   p.deterministic = a.deterministic;
+  p.dq_stall = a.deterministic ? dq_stall_record() : nullptr;
   return p;
 }
 

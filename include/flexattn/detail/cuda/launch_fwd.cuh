@@ -1,15 +1,16 @@
 // Forward dispatch and launch: the ONE place where runtime values (dtype, head dim, mask block
 // sizes) become template arguments of the forward kernel, and where unsupported values throw.
 //
-//   select_forward_kernel()   validates and picks the tile config; shared by forward_supported()
-//                             and launch, so the two cannot drift apart
+//   select_forward_kernel()   validates and picks the tile config
 //   launch_fwd_kernel<D, T>() one head dim, one dtype: the Hopper kernel where it applies
-//                             (sm90_forward_usable), else the sm80 one
+//                             (sm90_forward_usable), else the sm80 one; records which
+//                             (launch_record.h)
 //   launch_forward()          every head dim (a user's .cu file: compile-time fusion)
 //   launch_forward_for<mask>  a chosen set of head dims (the library's prebuilt variants; see
-//                             src/cuda/prebuilt_fwd*.cu and FLEXATTN_CUDA_HEAD_DIMS). A different
-//                             function from launch_forward, so a user's .cu instantiating every
-//                             head dim never collides (ODR) with the library's narrower copy.
+//                             src/cuda/prebuilt_fwd*.cu and FLEXATTN_CUDA_HEAD_DIMS)
+// Every launcher takes the unit tag `Unit` (sm90_unit.cuh: ThisUnit in a user's .cu, LibraryUnit
+// in the prebuilt files), so that no instantiation is shared between translation units compiled
+// with different architecture lists.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -22,6 +23,7 @@
 #include "check.cuh"
 #include "head_dims.cuh"
 #include "kernel_traits_fwd.cuh"
+#include "launch_record.h"
 #include "mainloop_fwd_sm80.cuh"
 #include "mainloop_fwd_sm90.cuh"
 #include "sm90_unit.cuh"
@@ -77,11 +79,6 @@ FwdKernelChoice select_forward_kernel(const FwdArgs& a, const MaskData& mask) {
                                                      mask.block_kv);
   if (!why.empty()) throw Error(why);
   return fwd_choice_for(a.dims.D);
-}
-
-inline bool forward_supported(DType dtype, int64_t D, int64_t Dv, int block_q = 128,
-                              int block_kv = 128) {
-  return forward_unsupported_reason(dtype, D, Dv, block_q, block_kv).empty();
 }
 
 namespace fwd_launch_detail {
@@ -159,7 +156,7 @@ bool make_tile_maps(const FwdArgs& a, FwdTileMaps& maps) {
 
 // Whether the Hopper kernel takes this call: a head dim it has tiles for, mask blocks its tiles
 // divide, a Hopper GPU and sm_90a machine code in the calling translation unit (sm90_unit.cuh).
-template <int D>
+template <int D, class Unit>
 bool sm90_forward_usable(const FwdParams& p) {
   if constexpr (!FwdConfigSm90<D>::kAvailable) {
     return false;
@@ -171,7 +168,7 @@ bool sm90_forward_usable(const FwdParams& p) {
 }
 
 // One head dim, one dtype. Explicitly instantiated per head dim by the library's prebuilt files.
-template <int D, class T, class ScoreMod, class MaskMod>
+template <int D, class T, class ScoreMod, class MaskMod, class Unit>
 void launch_fwd_kernel(const FwdArgs& a, const FwdParams& p, const ScoreMod& score_mod,
                        const MaskMod& mask_mod) {
   const int batch = static_cast<int>(a.dims.B), heads = static_cast<int>(a.dims.Hq);
@@ -179,19 +176,20 @@ void launch_fwd_kernel(const FwdArgs& a, const FwdParams& p, const ScoreMod& sco
   if constexpr (FwdConfigSm90<D>::kAvailable) {
     using Traits = FwdConfigSm90<D>;
     FwdTileMaps maps;
-    if (sm90_forward_usable<D>(p) && fwd_launch_detail::make_tile_maps<Traits>(a, maps)) {
-      auto* kernel = &fwd_kernel_sm90<Traits, T, ScoreMod, MaskMod, ThisUnit>;
+    if (sm90_forward_usable<D, Unit>(p) && fwd_launch_detail::make_tile_maps<Traits>(a, maps)) {
+      auto* kernel = &fwd_kernel_sm90<Traits, T, ScoreMod, MaskMod, Unit>;
       FLEXATTN_CUDA_CHECK(cudaFuncSetAttribute(
           kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes));
       const int m_tiles = (p.Lq + Traits::kBlockM - 1) / Traits::kBlockM;
       kernel<<<FwdTileScheduler::grid(m_tiles, heads, batch), Traits::kNThreads,
                Traits::kSmemBytes, stream>>>(p, maps, score_mod, mask_mod);
       FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention forward kernel (sm90)");
+      note_launch("fwd_sm90");
       return;
     }
   }
   using Traits = FwdConfig<D>;
-  auto* kernel = &fwd_kernel_sm80<Traits, T, ScoreMod, MaskMod>;
+  auto* kernel = &fwd_kernel_sm80<Traits, T, ScoreMod, MaskMod, Unit>;
   if constexpr (Traits::kSmemBytes > 48 * 1024) {
     FLEXATTN_CUDA_CHECK(cudaFuncSetAttribute(
         kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes));
@@ -200,9 +198,10 @@ void launch_fwd_kernel(const FwdArgs& a, const FwdParams& p, const ScoreMod& sco
   kernel<<<FwdTileScheduler::grid(m_tiles, heads, batch), Traits::kNThreads, Traits::kSmemBytes,
            stream>>>(p, score_mod, mask_mod);
   FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention forward kernel (sm80)");
+  note_launch("fwd_sm80");
 }
 
-template <unsigned kHeadDimMask, class ScoreMod, class MaskMod>
+template <unsigned kHeadDimMask, class Unit, class ScoreMod, class MaskMod>
 void launch_forward_for(const FwdArgs& args, const ScoreMod& score_mod, const MaskMod& mask_mod) {
   if (args.mask == nullptr) throw Error("flex_attention: internal error, no block mask");
   const auto& mask = *args.mask;
@@ -213,9 +212,9 @@ void launch_forward_for(const FwdArgs& args, const ScoreMod& score_mod, const Ma
   const bool bf16 = args.q.dtype == DType::bf16;
   const bool launched = with_head_dim<kHeadDimMask>(choice.head_dim, [&]<int D>() {
     if (bf16) {
-      launch_fwd_kernel<D, __nv_bfloat16>(args, p, score_mod, mask_mod);
+      launch_fwd_kernel<D, __nv_bfloat16, ScoreMod, MaskMod, Unit>(args, p, score_mod, mask_mod);
     } else {
-      launch_fwd_kernel<D, __half>(args, p, score_mod, mask_mod);
+      launch_fwd_kernel<D, __half, ScoreMod, MaskMod, Unit>(args, p, score_mod, mask_mod);
     }
   });
   if (!launched) {
@@ -226,9 +225,9 @@ void launch_forward_for(const FwdArgs& args, const ScoreMod& score_mod, const Ma
   }
 }
 
-template <class ScoreMod, class MaskMod>
+template <class Unit, class ScoreMod, class MaskMod>
 void launch_forward(const FwdArgs& args, const ScoreMod& score_mod, const MaskMod& mask_mod) {
-  launch_forward_for<kAllHeadDims>(args, score_mod, mask_mod);
+  launch_forward_for<kAllHeadDims, Unit>(args, score_mod, mask_mod);
 }
 
 }  // namespace flexattn::detail::cuda

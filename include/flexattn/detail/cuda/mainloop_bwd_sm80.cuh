@@ -15,13 +15,13 @@
 //   deterministic (the default, AttentionOptions::deterministic = true): the adds into one q tile
 //     happen one CTA at a time in a fixed order - descending kv tile - so every element sees the
 //     same sequence of f32 additions on every run. A per-(b, h, q tile) counter says how many
-//     CTAs have added; a CTA waits for its rank (the number of listed kv tiles above it, from
-//     bwd_dq_rank_kernel) and bumps the counter once its adds are fenced. CTAs launch in
-//     descending kv-tile order and walk their q tiles in ascending order, so a CTA only ever waits
-//     for CTAs launched before it (no deadlock), and under causal and sliding-window masks the
-//     order is the order in which the tiles are reached anyway (little waiting). The wait is
-//     bounded: a block mask whose forward and transposed lists disagree degrades to unordered
-//     adds instead of hanging.
+//     CTAs have added; a CTA waits for its rank (the number of kv tiles above it whose transposed
+//     lists hold the q tile, from bwd_dq_mark_kernel / bwd_dq_rank_kernel) and bumps the counter
+//     once its adds are fenced. CTAs launch in descending kv-tile order, so a CTA only ever waits
+//     for CTAs launched before it (no deadlock: the argument is at wait_dq_turn), and as they walk
+//     their q tiles in ascending order, under causal and sliding-window masks the order is the
+//     order in which the tiles are reached anyway (little waiting). The wait never gives up: a
+//     counter that stands still for a minute stops the kernel with an error (wait_dq_turn).
 //   non-deterministic: plain f32 atomics, CTAs in ascending kv-tile order (longest lists first
 //     under causal masks, the better schedule). Measured 4-8% faster at L = 16k on an H100.
 //   Launch order (bwd_cta_tile): kv tiles vary fastest, then kv heads, then batches. Heads
@@ -210,7 +210,8 @@ FLEXATTN_DEV void bwd_probs(float (&s)[Cfg::kSdpMI][Cfg::kSdpNI][4], T* sP,
   }
 }
 
-template <class Cfg, class T, class ScoreMod, class MaskMod>
+// Unit: the launching translation unit's tag (sm90_unit.cuh).
+template <class Cfg, class T, class ScoreMod, class MaskMod, class Unit>
 __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
     bwd_kernel_sm80(const BwdParams p, const ScoreMod score_mod, const MaskMod mask_mod) {
   constexpr int kBM = Cfg::kBlockM, kBN = Cfg::kBlockN, kD = Cfg::kHeadDim;
@@ -377,7 +378,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
         bwd::zero(acc_dq);
         bwd::warp_gemm<T, Cfg::kDqMI, Cfg::kDqNI, kBN / 16>(acc_dq, fa_ds, fb_kt);
         if (p.deterministic) {
-          if (tid == 0) bwd::wait_dq_turn(seen, rank, sem);
+          if (tid == 0) bwd::wait_dq_turn(seen, rank, sem, p.dq_stall);
           __syncthreads();
           pending_sem = sem;
         }

@@ -409,12 +409,12 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
         if (p.deterministic) {
           int* const sem = p.dq_sem + ws_bh * m_tiles_pad + m_tile;
           const int rank = dq_rank.of(p, b, hq, s_info[st].qb, n_tile);
-          bwd::wait_dq_turn(s_info[st].seen, rank, sem);
+          bwd::wait_dq_turn(s_info[st].seen, rank, sem, p.dq_stall);
           thread::fence_proxy_async_global();  // the acquire above before the copy unit's adds
           pending_sem = sem;
           // The first in the tile's order stores (dq_accum is not zeroed in this mode).
-          // HAZARD: correct only because the order is total: a wait_dq_turn that gave up (lists
-          // that disagree) could let this store land after another CTA's adds.
+          // HAZARD: correct only because the order is total: wait_dq_turn never gives up and
+          // lets an add through early (it traps instead), so this store lands before every add.
           if (rank == 0) {
             thread::bulk_store(dst, sDq, Cfg::kDqBytes);
           } else {

@@ -123,7 +123,8 @@ struct MainloopFwdSm80 {
   }
 };
 
-template <class Traits, class T, class ScoreMod, class MaskMod>
+// Unit: the launching translation unit's tag (sm90_unit.cuh).
+template <class Traits, class T, class ScoreMod, class MaskMod, class Unit>
 __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
     fwd_kernel_sm80(const FwdParams p, const ScoreMod score_mod, const MaskMod mask_mod) {
   using ML = MainloopFwdSm80<Traits, T>;

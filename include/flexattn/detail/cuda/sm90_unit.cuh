@@ -8,8 +8,14 @@
 // HAZARD - everything here has internal linkage on purpose. A user's .cu compiled for sm_90
 // (without the a) and the library compiled for sm_90a both instantiate the same kernel templates;
 // if those merged across translation units, a launcher could test one file's flag and run the
-// other file's kernel, whose body is empty without sm_90a. Kernels that need sm_90a therefore take
-// ThisUnit as a template argument, which makes each file's instantiation its own.
+// other file's kernel, whose body is empty without sm_90a. Any kernel template instantiated in two
+// files with different architecture lists has the same problem (the linker keeps one host stub,
+// the CUDA runtime one file's device code for it), and so has a launcher template with external
+// linkage that names this file's internal flag. Therefore EVERY kernel template and every
+// launcher (launch_fwd.cuh, launch_bwd.cuh) takes a unit tag as a template argument: ThisUnit in
+// a user's .cu, which makes each file's instantiations its own; LibraryUnit (external linkage,
+// src/cuda/prebuilt_head_dims.h, not visible to users) in the library's prebuilt files, which
+// share their instantiations among themselves (one build, one architecture list).
 #pragma once
 
 #include <cuda_runtime.h>

@@ -90,10 +90,10 @@ FLEXATTN_DEV float exp2_approx(float x) {
 
 namespace warp {
 
-// ---- ldmatrix: four (or two) 8x8 matrices of 16-bit elements from shared memory ----------------
+// ---- ldmatrix: four 8x8 matrices of 16-bit elements from shared memory --------------------------
 // Lanes 8i..8i+7 give the row addresses (16 bytes each, 16-byte aligned) of matrix i; register i
-// of every lane receives (row lane/4, cols 2*(lane%4)..+1) of matrix i. x2 uses lanes 0..15's
-// addresses. `_trans` delivers the transpose of each 8x8 matrix (row-major V as a B operand).
+// of every lane receives (row lane/4, cols 2*(lane%4)..+1) of matrix i. `_trans`
+// delivers the transpose of each 8x8 matrix (row-major V as a B operand).
 FLEXATTN_DEV void ldmatrix_x4(uint32_t (&r)[4], uint32_t smem_addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -102,16 +102,6 @@ FLEXATTN_DEV void ldmatrix_x4(uint32_t (&r)[4], uint32_t smem_addr) {
 FLEXATTN_DEV void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t smem_addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr));
-}
-FLEXATTN_DEV void ldmatrix_x2(uint32_t (&r)[2], uint32_t smem_addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];"
-               : "=r"(r[0]), "=r"(r[1])
-               : "r"(smem_addr));
-}
-FLEXATTN_DEV void ldmatrix_x2_trans(uint32_t (&r)[2], uint32_t smem_addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];"
-               : "=r"(r[0]), "=r"(r[1])
                : "r"(smem_addr));
 }
 
