@@ -12,7 +12,7 @@ find_package(CUDAToolkit REQUIRED)
 
 
 add_executable(flexattn_bench_gpu ${CMAKE_CURRENT_LIST_DIR}/gpu/bench_gpu.cpp)
-target_include_directories(flexattn_bench_gpu PRIVATE ${PROJECT_SOURCE_DIR}/tools/gpu)
+target_include_directories(flexattn_bench_gpu PRIVATE ${PROJECT_SOURCE_DIR})  # tools/stock_variants.h
 target_link_libraries(flexattn_bench_gpu PRIVATE flexattn::flexattn CUDA::cudart)
 set_target_properties(flexattn_bench_gpu PROPERTIES RUNTIME_OUTPUT_DIRECTORY
                                                     ${CMAKE_BINARY_DIR}/gpu)

@@ -8,7 +8,7 @@
 bf16, H=16, B = tokens / L, D in {128, 64}, L in {16384, 8192, 2048}; forward and backward, each
 the median of CUDA-event timings after warm-up. FLOPs as design.md section 4 and
 bench/gpu/bench_gpu.cpp: forward 4*B*H*L^2*D*density, backward 2.5x, density = kept fraction of
-the score matrix. Variants and parameters match tools/gpu/stock_variants.h. Also times Flex's
+the score matrix. Variants and parameters come from tools/stock_variants.h. Also times Flex's
 (eager) create_block_mask at L=16384 for causal and document.
 
 Writes CSV (impl,variant,D,L,B,H,dir,ms,tflops,density) for bench/merge_gpu.py.
@@ -29,9 +29,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-VARIANTS = ["noop", "causal", "sliding_window", "document", "alibi_causal", "softcap"]
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools", "gpu"))
-from torch_variants import CAP, WINDOW, mods  # noqa: E402
+from torch_variants import BENCH_VARIANTS as VARIANTS, CAP, WINDOW, mods  # noqa: E402
 DOCS = 16
 
 

@@ -30,6 +30,7 @@
 
 #include "flexattn/detail/kept_fraction.h"
 #include "reference/reference.h"
+#include "tools/stock_variants.h"
 
 namespace fa = flexattn;
 
@@ -48,29 +49,27 @@ struct Config {
   uint64_t seed = 0;  // 0: fresh from std::random_device
 };
 
-const char* kVariants[] = {"noop",    "causal",          "sliding_window", "prefix_lm",
-                           "document", "causal_document", "alibi_causal",   "softcap"};
+// The stock variants' names and functors: tools/stock_variants.h, the one table the GPU tests,
+// the benchmarks and the PyTorch cross-check share.
+const auto& kVariants = fa::stock::kStockVariantNames;
 
 // Calls f(score_mod, mask_mod_for_device, mask_mod_for_host). Two mask objects because the
 // document mask holds a pointer that must live on the tensors' device for the kernel and on the
 // host for the reference.
 template <class F>
 void with_variant(const Config& c, const int32_t* docs_dev, const int32_t* docs_host, F&& f) {
-  const std::string& v = c.variant;
-  if (v == "noop") return f(fa::NoopScore{}, fa::noop_mask(), fa::noop_mask());
-  if (v == "causal") return f(fa::NoopScore{}, fa::causal(), fa::causal());
-  if (v == "sliding_window") {
-    return f(fa::NoopScore{}, fa::sliding_window(c.window), fa::sliding_window(c.window));
+  if (std::none_of(std::begin(kVariants), std::end(kVariants),
+                   [&](const char* v) { return c.variant == v; })) {
+    throw fa::Error("unknown --variant '" + c.variant + "' (run `flexattn variants`)");
   }
-  if (v == "prefix_lm") return f(fa::NoopScore{}, fa::prefix_lm(c.prefix), fa::prefix_lm(c.prefix));
-  if (v == "document") return f(fa::NoopScore{}, fa::document(docs_dev), fa::document(docs_host));
-  if (v == "causal_document") {
-    return f(fa::NoopScore{}, fa::and_masks(fa::causal(), fa::document(docs_dev)),
-             fa::and_masks(fa::causal(), fa::document(docs_host)));
-  }
-  if (v == "alibi_causal") return f(fa::alibi(int(c.hq)), fa::causal(), fa::causal());
-  if (v == "softcap") return f(fa::softcap(c.cap), fa::noop_mask(), fa::noop_mask());
-  throw fa::Error("unknown --variant '" + v + "' (run `flexattn variants`)");
+  fa::stock::VariantParams p;
+  p.window = c.window;
+  p.prefix = c.prefix;
+  p.cap = c.cap;
+  p.num_heads = int(c.hq);
+  p.doc_ids = docs_dev;
+  p.doc_ids_host = docs_host;
+  fa::stock::visit_variant(c.variant, p, f);
 }
 
 // GPU calls are asynchronous: each timed call ends in synchronize() so the clock sees the kernels.

@@ -25,10 +25,10 @@
 #include <string>
 #include <vector>
 
-#include "stock_variants.h"
+#include "tools/stock_variants.h"
 
 namespace fa = flexattn;
-namespace gt = flexattn::gpu_tools;
+namespace gt = flexattn::stock;
 
 namespace {
 
@@ -224,7 +224,7 @@ void bench_variant(const std::string& variant, ShapeBufs& s, const Args& args, C
   const double fwd_flops = 4.0 * double(s.B * s.H) * double(s.L) * double(s.L) * double(s.D) * density;
   const int sets = int(s.q.size());
 
-  gt::visit_variant(variant, p, [&](auto score, auto mask) {
+  gt::visit_variant(variant, p, [&](auto score, auto mask, auto) {
     fa::BlockMaskOptions bo;
     bo.device = fa::Device::cuda;
     const auto bm = fa::create_block_mask(mask, 1, 1, s.L, s.L, bo);

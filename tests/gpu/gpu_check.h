@@ -5,10 +5,13 @@
 // gradients poisoned with NaN first, so an element the kernel never wrote shows up), then compares
 // with the float64 oracle (reference/reference.h, the same functors):
 //     max|gpu - exact| <= k * max|naive - exact| + atol
-// where `naive` is the same-precision textbook algorithm (gpu_ref.h). Rows whose every key is
+// where `naive` is the straightforward low-precision algorithm, the one oracle the CPU tests use
+// too (tests/attn_check.h: naive_forward_lowp, naive_backward_lowp). Rows whose every key is
 // masked must come back exactly as out = 0, lse = -inf, dQ = 0.
 #pragma once
 
+#include <cuda_runtime.h>
+#include <flexattn/detail/cuda/launch_record.h>
 #include <flexattn/flexattn.h>
 #include <gtest/gtest.h>
 
@@ -21,7 +24,7 @@
 #include <string>
 #include <vector>
 
-#include "gpu_ref.h"
+#include "tests/attn_check.h"
 
 namespace flexattn::gpu_test {
 
@@ -33,6 +36,21 @@ class GpuTest : public ::testing::Test {
     if (!cuda_available()) GTEST_SKIP() << "no CUDA device visible: GPU tests skipped";
   }
 };
+
+// The main kernel the launchers must pick, as launch_record.h names it ("fwd" or "bwd" + "_sm90" or
+// "_sm80"): the Hopper kernels for head dims 64 and 128 on a compute-capability 9.0 GPU (the GPU
+// tests are built with sm_90a code: tools/gpu/run_all.sh), unless FLEXATTN_CUDA_SM80=1 forces the
+// sm80 kernels; the sm80 kernels everywhere else.
+inline std::string expected_kernel(const std::string& dir, int64_t D) {
+  int dev = 0, major = 0, minor = 0;
+  EXPECT_EQ(cudaGetDevice(&dev), cudaSuccess);
+  EXPECT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), cudaSuccess);
+  EXPECT_EQ(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), cudaSuccess);
+  const char* forced = std::getenv("FLEXATTN_CUDA_SM80");
+  const bool sm90 = major == 9 && minor == 0 && !(forced != nullptr && forced[0] == '1') &&
+                    (D == 64 || D == 128);
+  return dir + (sm90 ? "_sm90" : "_sm80");
+}
 
 // A fresh seed per case (printed on failure); FLEXATTN_TEST_SEED pins it to reproduce a failure.
 inline uint64_t fresh_seed() {
@@ -92,7 +110,7 @@ struct ErrStats {
 };
 
 inline ErrStats compare(const std::vector<float>& got, const std::vector<double>& exact,
-                        const std::vector<double>& naive) {
+                        const std::vector<float>& naive) {
   ErrStats e;
   double num = 0.0, den = 0.0;
   for (size_t i = 0; i < got.size(); ++i) {
@@ -111,7 +129,7 @@ inline ErrStats compare(const std::vector<float>& got, const std::vector<double>
     }
     const double d = std::fabs(double(got[i]) - ref);
     e.max_err = std::max(e.max_err, d);
-    e.naive_err = std::max(e.naive_err, std::fabs(naive[i] - ref));
+    e.naive_err = std::max(e.naive_err, std::fabs(double(naive[i]) - ref));
     e.max_ref = std::max(e.max_ref, std::fabs(ref));
     num += d * d;
     den += ref * ref;
@@ -122,7 +140,7 @@ inline ErrStats compare(const std::vector<float>& got, const std::vector<double>
 
 // EXPECTs `got` within FlashAttention's bound of `exact`; `k` the multiple of the naive error.
 inline void expect_close(const char* what, const std::vector<float>& got,
-                         const std::vector<double>& exact, const std::vector<double>& naive,
+                         const std::vector<double>& exact, const std::vector<float>& naive,
                          double k, double atol_scale, const std::string& ctx) {
   ASSERT_EQ(got.size(), exact.size()) << what << " size, " << ctx;
   const ErrStats e = compare(got, exact, naive);
@@ -195,7 +213,7 @@ void check_attention(const CaseOptions& c, ScoreMod score, MaskMod mask, RefScor
 
   Input dout;
   if (c.backward) dout = random_input({s.B, s.Hq, s.Lq, s.D}, c.dtype, rng);
-  // The oracle is single-threaded: run it beside the (multi-threaded) naive computation.
+  // The oracles are single-threaded: the float64 forward and backward run beside the naive ones.
   auto exact_fwd = std::async(std::launch::async, [&] {
     return reference::forward(s, reference::to_double(q.host), reference::to_double(k.host),
                               reference::to_double(v.host), double(scale), ref_score, ref_mask);
@@ -206,8 +224,13 @@ void check_attention(const CaseOptions& c, ScoreMod score, MaskMod mask, RefScor
                                reference::to_double(v.host), reference::to_double(dout.host),
                                double(scale), ref_score, ref_mask);
   });
-  const NaiveResult nv = naive_attention(s, scale, q.host, k.host, v.host, dout.host, ref_score,
-                                         ref_mask, c.dtype);
+  const testing::LowpForward nv = testing::naive_forward_lowp(s, c.dtype, scale, q.host, k.host,
+                                                              v.host, ref_score, ref_mask);
+  auto naive_bwd = std::async(std::launch::async, [&] {
+    if (!c.backward) return testing::LowpGrads{};
+    return testing::naive_backward_lowp(s, c.dtype, scale, q.host, k.host, v.host, dout.host, nv,
+                                        ref_score, ref_mask);
+  });
   const reference::ForwardResult ex = exact_fwd.get();
   const reference::Grads exg = exact_bwd.get();
   const double eps = dtype_eps(c.dtype);
@@ -225,9 +248,10 @@ void check_attention(const CaseOptions& c, ScoreMod score, MaskMod mask, RefScor
   flex_attention_backward_into(q.t.view(), k.t.view(), v.t.view(), out.view(), lse.view(),
                                dout.t.view(), dq.view(), dk.view(), dv.view(), score, bm, opts);
   const std::vector<float> dq_h = dq.to_host(), dk_h = dk.to_host(), dv_h = dv.to_host();
-  expect_close("dq", dq_h, exg.dq, nv.dq, tol.k_bwd, eps, ctx);
-  expect_close("dk", dk_h, exg.dk, nv.dk, tol.k_bwd, eps, ctx);
-  expect_close("dv", dv_h, exg.dv, nv.dv, tol.k_bwd, eps, ctx);
+  const testing::LowpGrads ng = naive_bwd.get();
+  expect_close("dq", dq_h, exg.dq, ng.dq, tol.k_bwd, eps, ctx);
+  expect_close("dk", dk_h, exg.dk, ng.dk, tol.k_bwd, eps, ctx);
+  expect_close("dv", dv_h, exg.dv, ng.dv, tol.k_bwd, eps, ctx);
   expect_masked_rows_zero(ex.lse, out_h, dq_h, s.D, ctx);
 }
 

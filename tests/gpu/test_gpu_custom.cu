@@ -57,6 +57,8 @@ TEST_P(CustomFunctors, Bf16GqaUnequalLengths) {
   c.dtype = DType::bf16;
   c.shape = shape(2, 4, 2, 257, 300, GetParam());
   run_custom(c);
+  // This file's own kernels (its ThisUnit, sm90_unit.cuh) choose as the library's prebuilt ones do.
+  EXPECT_EQ(fa::detail::cuda::last_launch(), fa::gpu_test::expected_kernel("bwd", GetParam()));
 }
 
 TEST_P(CustomFunctors, F16OddLengths) {

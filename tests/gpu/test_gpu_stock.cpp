@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <iostream>
+#include <iterator>
 #include <random>
 #include <cstring>
 #include <limits>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "gpu_check.h"
+#include "tools/stock_variants.h"
 
 namespace fa = flexattn;
 using fa::DType;
@@ -53,40 +55,31 @@ Docs make_docs(int64_t n, int64_t masked_from = -1) {
 
 std::string dtype_name(DType d) { return d == DType::bf16 ? "bf16" : "f16"; }
 
-// Runs the named stock variant on one case (document variants get their ids built here).
+// Runs the named stock variant (tools/stock_variants.h) on one case, with parameters that make
+// its tiles empty, full and partial at these lengths (document variants get their ids here).
 void check_stock(const std::string& variant, CaseOptions c) {
   c.name = variant;
   const int64_t n = std::max(c.shape.Lq, c.shape.Lkv);
-  if (variant == "noop") {
-    check_attention(c, fa::NoopScore{}, fa::noop_mask());
-  } else if (variant == "causal") {
-    check_attention(c, fa::NoopScore{}, fa::causal());
-  } else if (variant == "sliding_window") {
-    check_attention(c, fa::NoopScore{}, fa::sliding_window(37));
-  } else if (variant == "prefix_lm") {
-    check_attention(c, fa::NoopScore{}, fa::prefix_lm(int(std::min<int64_t>(n / 3 + 1, 300))));
-  } else if (variant == "document") {
-    const Docs docs = make_docs(n);
-    check_attention(c, fa::NoopScore{}, fa::document(docs.d()), fa::NoopScore{},
-                    fa::document(docs.host.data()));
-  } else if (variant == "causal_document") {
-    const Docs docs = make_docs(n);
-    check_attention(c, fa::NoopScore{}, fa::and_masks(fa::causal(), fa::document(docs.d())),
-                    fa::NoopScore{}, fa::and_masks(fa::causal(), fa::document(docs.host.data())));
-  } else if (variant == "alibi_causal") {
-    check_attention(c, fa::alibi(int(c.shape.Hq)), fa::causal());
-  } else if (variant == "softcap") {
-    // A cap near the score range so that tanh bends the scores (and its derivative matters).
-    c.scale = 1.0f;
-    check_attention(c, fa::softcap(8.0f), fa::noop_mask());
-  } else {
-    FAIL() << "unknown variant " << variant;
+  fa::stock::VariantParams p;
+  p.window = 37;
+  p.prefix = int(std::min<int64_t>(n / 3 + 1, 300));
+  // A cap near the score range so that tanh bends the scores (and its derivative matters).
+  p.cap = 8.0f;
+  if (variant == "softcap") c.scale = 1.0f;
+  p.num_heads = int(c.shape.Hq);
+  Docs docs;
+  if (fa::stock::needs_doc_ids(variant)) {
+    docs = make_docs(n);
+    p.doc_ids = docs.d();
+    p.doc_ids_host = docs.host.data();
   }
+  fa::stock::visit_variant(variant, p, [&](auto score, auto mask, auto host_mask) {
+    check_attention(c, score, mask, score, host_mask);
+  });
 }
 
-const std::vector<std::string> kAllStock = {"noop",           "causal",   "sliding_window",
-                                            "prefix_lm",      "document", "causal_document",
-                                            "alibi_causal",   "softcap"};
+const std::vector<std::string> kAllStock(std::begin(fa::stock::kStockVariantNames),
+                                         std::end(fa::stock::kStockVariantNames));
 
 // ---- every stock variant x dtype, GQA, Lq != Lkv, forward and backward ------------------------
 struct VariantDtype {

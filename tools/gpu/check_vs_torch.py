@@ -12,7 +12,7 @@ baseline.
   flexattn_gpu_run_case DIR/*/          flexattn's outputs (tools/gpu/run_case.cpp)
   check_vs_torch.py compare DIR         prints the table; exit status 1 on any failure
 
-Variant names and parameters match tools/gpu/stock_variants.h.
+Variant names and parameters come from tools/stock_variants.h (through torch_variants.py).
 """
 import argparse
 import os

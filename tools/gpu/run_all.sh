@@ -3,8 +3,8 @@
 # Run from anywhere on the GPU machine; it works in the repo root. Logs and results go to $OUT
 # (the device tool brings that folder back), else to ./out.
 #
-#   tools/gpu/run_all.sh [full|quick] [--no-tests] [--no-check] [--no-bench] [--no-peers]
-#                        [--gtest-filter=PATTERN] [--jobs=N] [--budget-s=540]
+#   tools/gpu/run_all.sh [full|quick] [--no-tests] [--no-sanitize] [--no-check] [--no-bench]
+#                        [--no-peers] [--gtest-filter=PATTERN] [--jobs=N] [--budget-s=540]
 #   tools/gpu/run_all.sh prepare        (here, before a device call: copies GoogleTest's source
 #                                        into build-deps/ to carry, for machines without it; the
 #                                        device image has GoogleTest 1.14, so this is a fallback)
@@ -21,10 +21,14 @@
 # Timeline (the device caps one call at 10 minutes; the whole script keeps to --budget-s):
 #   background: check_vs_torch.py gen (inputs + PyTorch oracles), then gpu_peers.py compiles
 #               every Flex variant x shape, then waits for the go-file before timing
-#   foreground: cmake configure + build (niced) -> GPU tests -> run_case on the check inputs
-#               -> go-file (peers time on a quiet GPU) -> compare -> our benchmark -> merge
-# Files under $OUT (the device returns at most 8): build.log tests.log (both passes) peers.log
-# check.log bench.log ours.csv peers.csv <date>-<card>.md. The summary table is printed last.
+#   foreground: cmake configure + build (niced) -> GPU tests (twice: sm90 where it applies, then
+#               sm80 forced) -> compute-sanitizer over SANITIZE_FILTER (memcheck, racecheck,
+#               synccheck, initcheck; each time-boxed, skipped when the budget runs short) -> run_case
+#               on the check inputs -> go-file (peers time on a quiet GPU) -> compare -> our
+#               benchmark -> merge
+# Files under $OUT (the device returns at most 8): build.log tests.log (both passes, then the
+# sanitizer runs) peers.log check.log bench.log ours.csv peers.csv <date>-<card>.md. The summary
+# table is printed last: one line per step, the sanitizers' with their SUMMARY lines.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -38,7 +42,7 @@ if [[ "${1:-}" == "prepare" ]]; then
 fi
 
 MODE=full
-TESTS=1 CHECK=1 BENCH=1 PEERS=1
+TESTS=1 SANITIZE=1 CHECK=1 BENCH=1 PEERS=1
 GTEST_FILTER='*'
 JOBS=$(nproc)
 BUDGET=540
@@ -46,6 +50,7 @@ for a in "$@"; do
   case "$a" in
     full|quick) MODE=$a ;;
     --no-tests) TESTS=0 ;;
+    --no-sanitize) SANITIZE=0 ;;
     --no-check) CHECK=0 ;;
     --no-bench) BENCH=0 ;;
     --no-peers) PEERS=0 ;;
@@ -166,6 +171,33 @@ if [[ $TESTS == 1 && $BUILD_OK == 1 ]]; then
   { echo; echo "==== the same tests with FLEXATTN_CUDA_SM80=1 ===="; cat "$tl"; } >> "$OUT/tests.log"
 fi
 
+# ---- compute-sanitizer over a small subset of the GPU tests: both attention paths (prebuilt and a
+# .cu's own kernels), forward and backward, the dQ order, the block-mask builder, the stream races.
+# Device-side checks only; each tool gets its own time box.
+SANITIZE_FILTER='Gpu/StockVariant.MatchesFloat64Reference/causal_bf16'
+SANITIZE_FILTER+=':Gpu/StockVariant.MatchesFloat64Reference/document_f16'
+SANITIZE_FILTER+=':Gpu/CustomFunctors.Bf16GqaUnequalLengths/3'  # head dim 128
+SANITIZE_FILTER+=':GpuTest.DeterministicBackwardReadsOnlyTheTransposedLists'
+SANITIZE_FILTER+=':BlockMaskGpu.StockMasksMatchCpu:NonBlockingStream.*'
+if [[ $SANITIZE == 1 && $BUILD_OK == 1 ]]; then
+  CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  for tool in memcheck racecheck synccheck initcheck; do
+    if (( $(left) < 240 )); then STATUS[$tool]="skipped ($(left)s of the budget left)"; continue; fi
+    log "compute-sanitizer --tool $tool"
+    tl=$WORK/sanitize_$tool.log
+    timeout "$(slot 60 230)" "$CS" --tool "$tool" --error-exitcode 99 --print-limit 20 \
+      "$BIN/flexattn_gpu_tests" --gtest_filter="$SANITIZE_FILTER" --gtest_color=no > "$tl" 2>&1
+    rc=$?
+    summary=$(grep -E '^========= .*SUMMARY' "$tl" | tail -1 | sed 's/^========= //')
+    passed=$(grep -cE "^\[ +OK +\] [A-Za-z]" "$tl")
+    failed=$(grep -E "^\[ +FAILED +\] [A-Za-z]" "$tl" | awk '{print $4}' | sort -u | wc -l)
+    if [[ -z $summary ]]; then summary="no summary: $(grep -m1 -E '=========|rror' "$tl" | cut -c1-120)"; fi
+    STATUS[$tool]="$summary; $passed tests passed, $failed failed (rc $rc)"
+    [[ $rc == 124 ]] && STATUS[$tool]+=" TIMED OUT"
+    { echo; echo "==== compute-sanitizer --tool $tool ===="; cat "$tl"; } >> "$OUT/tests.log"
+  done
+fi
+
 # ---- large cases: flexattn on the oracles' inputs
 if [[ $CHECK == 1 && $BUILD_OK == 1 ]]; then
   waited=0
@@ -232,8 +264,8 @@ if [[ $BENCH == 1 ]]; then
   python3 bench/merge_gpu.py "$OUT/ours.csv" "$OUT/peers.csv" --out-dir "$OUT" 2>&1 | grep -v '^merge_gpu: wrote' | grep -vE '^$'
 fi
 echo "==== summary (+$(elapsed)s) ===="
-for k in build tests tests80 check peers bench; do
-  [[ -n ${STATUS[$k]:-} ]] && printf '  %-6s %s\n' "$k" "${STATUS[$k]}"
+for k in build tests tests80 memcheck racecheck synccheck initcheck check peers bench; do
+  [[ -n ${STATUS[$k]:-} ]] && printf '  %-9s %s\n' "$k" "${STATUS[$k]}"
 done
 rm -rf "$WORK"
 [[ $BUILD_OK == 1 ]]

@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "stock_variants.h"
+#include "tools/stock_variants.h"
 
 namespace fa = flexattn;
 
@@ -68,10 +68,10 @@ void run_case(const std::string& dir) {
   const fa::Tensor q = upload("q.bin", nq, Hq), k = upload("k.bin", nkv, Hkv),
                    v = upload("v.bin", nkv, Hkv), dout = upload("dout.bin", nq, Hq);
 
-  fa::gpu_tools::VariantParams params;
+  fa::stock::VariantParams params;
   params.num_heads = int(Hq);
   fa::Buffer doc_dev;
-  if (fa::gpu_tools::needs_doc_ids(variant)) {
+  if (fa::stock::needs_doc_ids(variant)) {
     const std::vector<int32_t> doc = read_bin<int32_t>(dir + "/doc.bin", size_t(L));
     doc_dev = fa::Buffer::from_host(doc.data(), doc.size() * sizeof(int32_t), fa::Device::cuda);
     params.doc_ids = static_cast<const int32_t*>(doc_dev.data());
@@ -80,7 +80,7 @@ void run_case(const std::string& dir) {
   if (meta.count("cap")) params.cap = std::stof(meta.at("cap"));
 
   const auto t0 = std::chrono::steady_clock::now();
-  fa::gpu_tools::visit_variant(variant, params, [&](auto score, auto mask) {
+  fa::stock::visit_variant(variant, params, [&](auto score, auto mask, auto) {
     fa::BlockMaskOptions bo;
     bo.device = fa::Device::cuda;
     const auto bm = fa::create_block_mask(mask, 1, 1, L, L, bo);

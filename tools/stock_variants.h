@@ -1,5 +1,9 @@
-// The named attention variants the GPU benchmark and the PyTorch cross-check share, so that C++ and
-// Python (bench/gpu_peers.py, tools/gpu/check_vs_torch.py) mean the same thing by each name:
+// The stock attention variants by name: the ONE table the CLI (tools/flexattn_cli.cpp), the GPU
+// tests (tests/gpu), the GPU benchmark (bench/gpu) and the PyTorch cross-check's runner
+// (tools/gpu/run_case.cpp) share. The Python side (tools/gpu/torch_variants.py, for
+// check_vs_torch.py and bench/gpu_peers.py) reads kStockVariantNames, kBenchVariantNames and the
+// kDefault* parameters from this file and refuses to run when its functors do not cover the
+// names: keep those declarations plain (string literals in braces, numeric literals).
 //
 //   noop            no mask, no score_mod
 //   causal          kv <= q
@@ -17,24 +21,39 @@
 #include <flexattn/flexattn.h>
 
 #include <cstdint>
+#include <iterator>
 #include <map>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
-namespace flexattn::gpu_tools {
+namespace flexattn::stock {
+
+inline constexpr const char* kStockVariantNames[] = {
+    "noop", "causal", "sliding_window", "prefix_lm", "document", "causal_document", "alibi_causal",
+    "softcap"};
+// The benchmark's default set (bench/gpu/bench_gpu.cpp, bench/gpu_peers.py).
+inline constexpr const char* kBenchVariantNames[] = {
+    "noop", "causal", "sliding_window", "document", "alibi_causal", "softcap"};
+
+inline constexpr int kDefaultWindow = 1024;
+inline constexpr int kDefaultPrefix = 256;
+inline constexpr float kDefaultCap = 30.0f;
 
 struct VariantParams {
-  int window = 1024;
-  int prefix = 256;
-  float cap = 30.0f;
-  int num_heads = 16;                // query heads, for ALiBi's slopes
-  const int32_t* doc_ids = nullptr;  // on the tensors' device; document variants only
+  int window = kDefaultWindow;
+  int prefix = kDefaultPrefix;
+  float cap = kDefaultCap;
+  int num_heads = 16;  // query heads, for ALiBi's slopes
+  // The document ids (document variants only) on the tensors' device, and the same ids on the
+  // host for a host-side reference (may be null when no caller uses the host mask).
+  const int32_t* doc_ids = nullptr;
+  const int32_t* doc_ids_host = nullptr;
 };
 
 inline const std::vector<std::string>& bench_variants() {
-  static const std::vector<std::string> v = {"noop",     "causal",       "sliding_window",
-                                             "document", "alibi_causal", "softcap"};
+  static const std::vector<std::string> v(std::begin(kBenchVariantNames),
+                                          std::end(kBenchVariantNames));
   return v;
 }
 
@@ -42,28 +61,31 @@ inline bool needs_doc_ids(const std::string& name) {
   return name == "document" || name == "causal_document";
 }
 
-// Calls f(score_mod, mask_mod) with the functors of the named variant.
+// Calls f(score_mod, mask_mod, host_mask_mod) with the functors of the named variant: mask_mod
+// reads the document ids on the tensors' device, host_mask_mod the same ids on the host (the two
+// differ only for the document variants). Throws std::invalid_argument for an unknown name.
 template <class F>
 void visit_variant(const std::string& name, const VariantParams& p, F&& f) {
   if (needs_doc_ids(name) && p.doc_ids == nullptr) {
     throw std::invalid_argument("variant " + name + " needs doc_ids");
   }
   if (name == "noop") {
-    f(NoopScore{}, noop_mask());
+    f(NoopScore{}, noop_mask(), noop_mask());
   } else if (name == "causal") {
-    f(NoopScore{}, causal());
+    f(NoopScore{}, causal(), causal());
   } else if (name == "sliding_window") {
-    f(NoopScore{}, sliding_window(p.window));
+    f(NoopScore{}, sliding_window(p.window), sliding_window(p.window));
   } else if (name == "prefix_lm") {
-    f(NoopScore{}, prefix_lm(p.prefix));
+    f(NoopScore{}, prefix_lm(p.prefix), prefix_lm(p.prefix));
   } else if (name == "document") {
-    f(NoopScore{}, document(p.doc_ids));
+    f(NoopScore{}, document(p.doc_ids), document(p.doc_ids_host));
   } else if (name == "causal_document") {
-    f(NoopScore{}, and_masks(causal(), document(p.doc_ids)));
+    f(NoopScore{}, and_masks(causal(), document(p.doc_ids)),
+      and_masks(causal(), document(p.doc_ids_host)));
   } else if (name == "alibi_causal") {
-    f(alibi(p.num_heads), causal());
+    f(alibi(p.num_heads), causal(), causal());
   } else if (name == "softcap") {
-    f(softcap(p.cap), noop_mask());
+    f(softcap(p.cap), noop_mask(), noop_mask());
   } else {
     throw std::invalid_argument("unknown variant: " + name);
   }
@@ -111,4 +133,4 @@ inline std::vector<int32_t> equal_documents(int64_t n, int docs) {
   return ids;
 }
 
-}  // namespace flexattn::gpu_tools
+}  // namespace flexattn::stock
