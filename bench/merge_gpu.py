@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Merges flexattn's GPU benchmark (bench/gpu/bench_gpu.cpp) with its peers (bench/gpu_peers.py)
 into one table: TFLOP/s of ours, Flex, FA2 and cuDNN with the ratios ours/Flex, ours/FA2,
-ours/cuDNN, checked against issue 3's targets (H100, bf16, D=128, L=16384):
+ours/cuDNN, checked against issue 3's targets (bf16, D=128, L=16384):
   forward   no mask, causal:      ours >= 1.0 x FA2
   forward   the other variants:   ours >= 0.9 x Flex
   backward  every variant:        ours >= 0.8 x Flex
   GPU block mask, L=16384:        < 100 us (causal and document)
+and issue 8's: the front door (fwd_front / bwd_front rows) at most 1.05 x the *_into time.
 
   merge_gpu.py OURS_CSV PEERS_CSV [--out-dir DIR]
 prints the table (markdown) and writes DIR/<date>-<card name>.md (card name from nvidia-smi).
@@ -73,12 +74,14 @@ def main():
     peers, c2 = load(args.peers)
     comments = c1 + c2
     tf = {}  # (impl, variant, D, L, dir) -> TFLOP/s (ms for block_mask)
+    ms = {}  # the same keys -> ms
     batch = {}
     for r in ours + peers:
         key = (r["impl"], r["variant"], int(r["D"]), int(r["L"]), r["dir"])
         tf[key] = float(r["ms"]) if r["dir"] == "block_mask" else float(r["tflops"])
+        ms[key] = float(r["ms"])
         batch[(int(r["D"]), int(r["L"]))] = (int(r["B"]), int(r["H"]))
-    shapes = sorted({(d, l) for (_, _, d, l, dr) in tf if dr != "block_mask"},
+    shapes = sorted({(d, l) for (_, _, d, l, dr) in tf if dr in ("fwd", "bwd", "bwd_nd")},
                     key=lambda x: (-x[0], -x[1]))
 
     def f(x, fmt="{:.1f}"):
@@ -127,6 +130,33 @@ def main():
                            f"{f(ratio(r['ours'], r['flex']), '{:.2f}')} | "
                            f"{f(ratio(r['ours'], r['fa2']), '{:.2f}')} | "
                            f"{f(ratio(r['ours'], r['cudnn']), '{:.2f}')} | {tcell} |")
+    # Issue 8: the front door (fresh output tensors per call) within 5% of the *_into layer.
+    fronts = [(v, D, L, d) for (impl, v, D, L, d) in tf
+              if impl == "ours" and d in ("fwd_front", "bwd_front")]
+    if fronts:
+        out.append("")
+        out.append("## Front door vs the *_into layer (ms; target: front ≤ 1.05 × into)")
+        out.append("")
+        out.append("| D | L | variant | dir | into | front door | front/into | target |")
+        out.append("|---:|---:|---|---|---:|---:|---:|---|")
+        for (v, D, L, d) in sorted(fronts, key=lambda x: (-x[1], -x[2], ORDER.index(x[0])
+                                                          if x[0] in ORDER else 99, x[3] != "fwd_front")):
+            base = d.replace("_front", "")
+            into_tf, front_tf = tf.get(("ours", v, D, L, base)), tf.get(("ours", v, D, L, d))
+            # TFLOP/s of the same work: the time ratio is the inverse of the throughput ratio.
+            r = ratio(into_tf, front_tf)
+            tcell = ""
+            if L == TARGET_L and r is not None:
+                total += 1
+                ok = r <= 1.05
+                met += ok
+                tcell = f"≤ 1.05: {'met' if ok else 'MISSED'}"
+                if not ok:
+                    misses.append(f"front door {v} D={D} {base}: {r:.3f}x the into layer")
+            into_ms = ms.get(("ours", v, D, L, base))
+            front_ms = ms.get(("ours", v, D, L, d))
+            out.append(f"| {D} | {L} | {v} | {base} | {f(into_ms, '{:.3f}')} | "
+                       f"{f(front_ms, '{:.3f}')} | {f(r, '{:.3f}')} | {tcell} |")
     out.append("")
     out.append("## Block mask build, L=16384, 128×128 tiles (µs)")
     out.append("")
@@ -146,7 +176,7 @@ def main():
         out.append(f"| {v} | {f(o * 1e3 if o is not None else None)} | "
                    f"{f(p * 1e3 if p is not None else None)} | {tcell} |")
     out.append("")
-    out.append(f"Targets (issue 3, D={TARGET_D} L={TARGET_L}): {met}/{total} met"
+    out.append(f"Targets (issues 3 and 8, L={TARGET_L}): {met}/{total} met"
                + (f"; missed: {'; '.join(misses)}" if misses else ""))
     text = "\n".join(out) + "\n"
     print(text)

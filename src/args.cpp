@@ -187,11 +187,12 @@ AttnDims check_qkv(const std::string& fn, const TensorView& q, const TensorView&
   return d;
 }
 
-// The block mask against the resolved dims: its sizes, then (a BlockMaskData can be built by hand)
-// that its geometry and lists are what create_block_mask would have made, so no kernel indexes
-// past a list.
+// The block mask: made by create_block_mask and not edited since (its seal: the geometry and
+// lists are what the builder made, so no kernel sizes or indexes anything from a bad field), then
+// against the resolved dims.
 void check_mask(const std::string& fn, const BlockMaskData& mask, const AttnDims& d,
                 Device device) {
+  mask.check_sealed(fn.c_str());
   if (mask.device != device) {
     fail(fn, std::string("block_mask is on ") + to_string(mask.device) + "; expected " +
                  to_string(device) + " (q's device)");
@@ -208,44 +209,6 @@ void check_mask(const std::string& fn, const BlockMaskData& mask, const AttnDims
   if (mask.H != 1 && mask.H != d.Hq) {
     fail(fn, "block_mask heads is " + std::to_string(mask.H) + "; expected 1 or " +
                  std::to_string(d.Hq) + " (q's heads)");
-  }
-  for (auto [name, value] : {std::pair{"block_q", mask.block_q}, {"block_kv", mask.block_kv}}) {
-    if (value < 1 || value > kMaxBlockSize) {
-      fail(fn, std::string("block_mask ") + name + " is " + std::to_string(value) +
-                   "; expected 1.." + std::to_string(kMaxBlockSize));
-    }
-  }
-  const int64_t nqb = (mask.q_len + mask.block_q - 1) / mask.block_q;
-  const int64_t nkvb = (mask.kv_len + mask.block_kv - 1) / mask.block_kv;
-  if (mask.nqb != nqb || mask.nkvb != nkvb) {
-    fail(fn, "block_mask has " + std::to_string(mask.nqb) + " x " + std::to_string(mask.nkvb) +
-                 " blocks; expected " + std::to_string(nqb) + " x " + std::to_string(nkvb) +
-                 " for its lengths and block sizes (build it with create_block_mask)");
-  }
-  int64_t rows = 0, tiles = 0;
-  if (__builtin_mul_overflow(mask.B * mask.H, nqb, &rows) ||  // B, H <= INT_MAX here
-      __builtin_mul_overflow(rows, nkvb, &tiles) || tiles > kMaxBlockMaskTiles) {
-    fail(fn, "block_mask has B * H * " + std::to_string(nqb) + " * " + std::to_string(nkvb) +
-                 " tiles (B = " + std::to_string(mask.B) + ", H = " + std::to_string(mask.H) +
-                 "); expected at most " + std::to_string(kMaxBlockMaskTiles));
-  }
-  const int64_t cols = mask.B * mask.H * nkvb;  // <= tiles
-  const struct {
-    const char* name;
-    const Buffer& list;
-    int64_t entries;
-  } lists[] = {{"kv_num", mask.kv_num, rows},          {"kv_idx", mask.kv_idx, tiles},
-               {"full_kv_num", mask.full_kv_num, rows}, {"full_kv_idx", mask.full_kv_idx, tiles},
-               {"q_num", mask.q_num, cols},            {"q_idx", mask.q_idx, tiles},
-               {"full_q_num", mask.full_q_num, cols},  {"full_q_idx", mask.full_q_idx, tiles}};
-  for (const auto& l : lists) {
-    const size_t need = static_cast<size_t>(l.entries) * sizeof(int32_t);
-    if (!l.list || l.list.bytes() < need || l.list.device() != mask.device) {
-      fail(fn, std::string("block_mask list ") + l.name + " holds " +
-                   std::to_string(l.list ? l.list.bytes() : 0) + " bytes on " +
-                   to_string(l.list.device()) + "; expected " + std::to_string(need) +
-                   " bytes on " + to_string(mask.device) + " (build it with create_block_mask)");
-    }
   }
 }
 
@@ -271,11 +234,6 @@ AttnDims check_attention_inputs(const char* fn, const TensorView& q, const Tenso
   const AttnDims d = check_qkv(fn, q, k, v, opts);
   check_mask(fn, mask, d, q.device);
   return d;
-}
-
-AttnDims check_attention_inputs(const TensorView& q, const TensorView& k, const TensorView& v,
-                                const BlockMaskData& mask, const AttentionOptions& opts) {
-  return check_attention_inputs("flex_attention", q, k, v, mask, opts);
 }
 
 AttnDims check_front_door_inputs(const char* fn, const TensorView& q, const TensorView& k,

@@ -290,13 +290,8 @@ BlockMask<NoopMask> cached_dense_mask_cuda(int64_t lq, int64_t lkv, void* stream
 
 }  // namespace
 
+// Called after the front door checked q and k (check_front_door_inputs / check_backward_inputs).
 BlockMask<NoopMask> dense_block_mask(const Tensor& q, const Tensor& k, void* stream) {
-  // Runs before the attention call checks its inputs, so a bad rank is reported here.
-  if (q.rank() != 4 || k.rank() != 4) {
-    throw Error(std::string("flexattn::flex_attention: ") + (q.rank() != 4 ? "q" : "k") +
-                " must have rank 4 [B, H, L, D]; got rank " +
-                std::to_string(q.rank() != 4 ? q.rank() : k.rank()));
-  }
   if (q.device() == Device::cuda) return cached_dense_mask_cuda(q.size(2), k.size(2), stream);
   BlockMaskOptions opts;
   opts.device = q.device();

@@ -459,12 +459,10 @@ TEST(Errors, MessagesNameTheCalledFunction) {
                     {"lse", "f32"});
 }
 
-// The front doors' own checks (item 17 of issue 8). DISABLED until attention.h calls
-// detail::check_backward_inputs in the backward front door and detail::check_front_door_inputs
-// before detail::dense_block_mask (notes/issue8-validation.md): today the backward front door
-// reports q/k/v errors as flex_attention, and the overloads without a block mask report Lq = 0 as
-// create_block_mask.
-TEST(Errors, DISABLED_FrontDoorsNameTheCalledFunction) {
+// The front doors' own checks (item 17 of issue 8): the backward front door reports q/k/v errors
+// as flex_attention_backward, and the overloads without a block mask check q/k/v before they build
+// the dense mask, so Lq = 0 is reported for the function the user called, not create_block_mask.
+TEST(Errors, FrontDoorsNameTheCalledFunction) {
   Args a;
   const Tensor& q = a.q.storage;
   const Tensor& v = a.v.storage;

@@ -4,13 +4,15 @@
 //
 //   flexattn_bench_gpu [--quick] [--csv PATH] [--dims 64,128] [--lens 16384,8192,2048]
 //                      [--tokens 16384] [--heads 16] [--variants noop,causal,...] [--no-bwd]
-//                      [--no-mask-build] [--budget-s 240] [--bwd-modes det,nd]
+//                      [--no-mask-build] [--no-front-door] [--budget-s 240] [--bwd-modes det,nd]
 //
 // Per (variant, D, L) with B = tokens / L, H = heads, bf16: forward, backward (the default,
 // deterministic) and backward with deterministic = false, each the median of CUDA-event timings
 // after warm-up, on random non-zero inputs; inputs rotate over several sets when one set would fit
 // in L2. TFLOP/s count 4*B*H*L^2*D*density forward and 2.5x that backward (design.md section 4),
 // density = kept fraction of the score matrix. Also the GPU create_block_mask time at L=16384.
+// Rows fwd / bwd time the *_into layer on caller-owned buffers; fwd_front / bwd_front time the
+// front door (flex_attention / flex_attention_backward returning fresh tensors) on the same inputs.
 #include <cuda_runtime.h>
 #include <flexattn/flexattn.h>
 
@@ -42,7 +44,7 @@ struct Args {
   int64_t tokens = 16384;
   int64_t heads = 16;
   std::vector<std::string> variants = gt::bench_variants();
-  bool bwd = true, mask_build = true;
+  bool bwd = true, mask_build = true, front_door = true;
   std::vector<std::string> bwd_modes = {"det", "nd"};  // deterministic, non-deterministic
   double budget_s = 240.0;
   std::string csv;
@@ -93,6 +95,8 @@ Args parse(int argc, char** argv) {
       for (const auto& m : a.bwd_modes) {
         if (m != "det" && m != "nd") throw std::invalid_argument("--bwd-modes takes det and nd");
       }
+    } else if (s == "--no-front-door") {
+      a.front_door = false;
     } else if (s == "--no-mask-build") {
       a.mask_build = false;
     } else if (s == "--budget-s") {
@@ -237,6 +241,15 @@ void bench_variant(const std::string& variant, ShapeBufs& s, const Args& args, C
                               s.lse[j].view(), score, bm);
     });
     row("fwd", fwd_ms, fwd_flops);
+    // The front door users call: outputs allocated per call (stream-ordered, from the library's
+    // pool), the block mask checked; the target is within 5% of the lower layer above.
+    if (args.front_door) {
+      row("fwd_front", median_ms([&](int i) {
+            const int j = i % sets;
+            const fa::AttentionOutput o = fa::flex_attention(s.q[j], s.k[j], s.v[j], score, bm);
+          }),
+          fwd_flops);
+    }
     if (!args.bwd) return;
     // out/lse of every set now hold that set's forward results (the warm-up ran each set).
     for (const std::string& mode : args.bwd_modes) {
@@ -250,6 +263,14 @@ void bench_variant(const std::string& variant, ShapeBufs& s, const Args& args, C
                                          s.dq.view(), s.dk.view(), s.dv.view(), score, bm, opts);
       });
       row(det ? "bwd" : "bwd_nd", ms, 2.5 * fwd_flops);
+      if (args.front_door && det) {
+        row("bwd_front", median_ms([&](int i) {
+              const int j = i % sets;
+              const fa::AttentionGrads g = fa::flex_attention_backward(
+                  s.q[j], s.k[j], s.v[j], s.out[j], s.lse[j], s.dout[j], score, bm, opts);
+            }),
+            2.5 * fwd_flops);
+      }
     }
   });
 }

@@ -45,7 +45,6 @@ void flex_attention_into(const TensorView& q, const TensorView& k, const TensorV
                          const BlockMask<MaskMod>& block_mask, AttentionOptions opts = {}) {
   detail::check_score_mod<ScoreMod>();
   detail::check_mask_mod<MaskMod>();
-  block_mask.data().check_sealed("flex_attention");
   const detail::FwdArgs args =
       detail::make_forward_args(q, k, v, out, lse, block_mask.data(), opts);
   if (args.q.device == Device::cpu) {
@@ -64,7 +63,6 @@ void flex_attention_backward_into(const TensorView& q, const TensorView& k, cons
                                   AttentionOptions opts = {}) {
   detail::check_differentiable_score_mod<ScoreMod>();
   detail::check_mask_mod<MaskMod>();
-  block_mask.data().check_sealed("flex_attention_backward");
   const detail::BwdArgs args = detail::make_backward_args(q, k, v, out, lse, dout, dq, dk, dv,
                                                           block_mask.data(), opts);
   if (args.q.device == Device::cpu) {
@@ -80,9 +78,8 @@ AttentionOutput flex_attention(const Tensor& q, const Tensor& k, const Tensor& v
                                ScoreMod score_mod, const BlockMask<MaskMod>& block_mask,
                                AttentionOptions opts = {}) {
   detail::check_score_mod<ScoreMod>();
-  block_mask.data().check_sealed("flex_attention");
-  const detail::AttnDims d =
-      detail::check_attention_inputs(q.view(), k.view(), v.view(), block_mask.data(), opts);
+  const detail::AttnDims d = detail::check_attention_inputs("flex_attention", q.view(), k.view(),
+                                                            v.view(), block_mask.data(), opts);
   // Stream-ordered on opts.stream: no allocation synchronises (tensor.h, GPU memory).
   AttentionOutput r{Tensor::empty({d.B, d.Hq, d.Lq, d.Dv}, q.dtype(), q.device(), opts.stream),
                     Tensor::empty({d.B, d.Hq, d.Lq}, DType::f32, q.device(), opts.stream)};
@@ -106,6 +103,7 @@ template <class ScoreMod>
   requires(!std::same_as<ScoreMod, AttentionOptions>)
 AttentionOutput flex_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                ScoreMod score_mod, AttentionOptions opts = {}) {
+  detail::check_front_door_inputs("flex_attention", q.view(), k.view(), v.view(), opts);
   return flex_attention(q, k, v, score_mod, detail::dense_block_mask(q, k, opts.stream), opts);
 }
 // Templates (never called with explicit arguments) rather than inline functions so that a .cu
@@ -113,6 +111,7 @@ AttentionOutput flex_attention(const Tensor& q, const Tensor& k, const Tensor& v
 template <int = 0>
 AttentionOutput flex_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                AttentionOptions opts = {}) {
+  detail::check_front_door_inputs("flex_attention", q.view(), k.view(), v.view(), opts);
   return flex_attention(q, k, v, NoopScore{}, detail::dense_block_mask(q, k, opts.stream), opts);
 }
 
@@ -122,8 +121,8 @@ AttentionGrads flex_attention_backward(const Tensor& q, const Tensor& k, const T
                                        ScoreMod score_mod, const BlockMask<MaskMod>& block_mask,
                                        AttentionOptions opts = {}) {
   detail::check_differentiable_score_mod<ScoreMod>();
-  block_mask.data().check_sealed("flex_attention_backward");
-  detail::check_attention_inputs(q.view(), k.view(), v.view(), block_mask.data(), opts);
+  detail::check_backward_inputs(q.view(), k.view(), v.view(), out.view(), lse.view(), dout.view(),
+                                &block_mask.data(), opts);
   AttentionGrads g{Tensor::empty(q.shape(), q.dtype(), q.device(), opts.stream),
                    Tensor::empty(k.shape(), k.dtype(), k.device(), opts.stream),
                    Tensor::empty(v.shape(), v.dtype(), v.device(), opts.stream)};
@@ -143,6 +142,8 @@ template <class ScoreMod>
 AttentionGrads flex_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                        const Tensor& out, const Tensor& lse, const Tensor& dout,
                                        ScoreMod score_mod, AttentionOptions opts = {}) {
+  detail::check_backward_inputs(q.view(), k.view(), v.view(), out.view(), lse.view(), dout.view(),
+                                nullptr, opts);
   return flex_attention_backward(q, k, v, out, lse, dout, score_mod,
                                  detail::dense_block_mask(q, k, opts.stream), opts);
 }
@@ -150,6 +151,8 @@ template <int = 0>
 AttentionGrads flex_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                        const Tensor& out, const Tensor& lse, const Tensor& dout,
                                        AttentionOptions opts = {}) {
+  detail::check_backward_inputs(q.view(), k.view(), v.view(), out.view(), lse.view(), dout.view(),
+                                nullptr, opts);
   return flex_attention_backward(q, k, v, out, lse, dout, NoopScore{},
                                  detail::dense_block_mask(q, k, opts.stream), opts);
 }

@@ -58,9 +58,6 @@ struct BwdArgs {
 AttnDims check_attention_inputs(const char* fn, const TensorView& q, const TensorView& k,
                                 const TensorView& v, const BlockMaskData& mask,
                                 const AttentionOptions& opts);
-// The same with fn = "flex_attention" (the forward front door's name).
-AttnDims check_attention_inputs(const TensorView& q, const TensorView& k, const TensorView& v,
-                                const BlockMaskData& mask, const AttentionOptions& opts);
 // q, k, v and the options without a block mask: what the overloads without one call before they
 // build the dense mask, so a bad q/k/v is reported under the user's function name.
 AttnDims check_front_door_inputs(const char* fn, const TensorView& q, const TensorView& k,
