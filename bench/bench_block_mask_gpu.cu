@@ -83,10 +83,10 @@ void time_mask(const char* name, const M& cpu_mask, const M& gpu_mask, int64_t L
   cudaEvent_t start, stop;
   check(cudaEventCreate(&start), "cudaEventCreate");
   check(cudaEventCreate(&stop), "cudaEventCreate");
-  flexattn::detail::cuda::build_block_mask_device(gpu_mask, d, stream);  // warm-up
+  flexattn::detail::cuda::build_block_mask_device<flexattn::detail::cuda::ThisUnit>(gpu_mask, d, stream);  // warm-up
   check(cudaEventRecord(start, stream), "cudaEventRecord");
   for (int r = 0; r < repeats; ++r)
-    flexattn::detail::cuda::build_block_mask_device(gpu_mask, d, stream);
+    flexattn::detail::cuda::build_block_mask_device<flexattn::detail::cuda::ThisUnit>(gpu_mask, d, stream);
   check(cudaEventRecord(stop, stream), "cudaEventRecord");
   check(cudaEventSynchronize(stop), "cudaEventSynchronize");
   float ms = 0.0f;

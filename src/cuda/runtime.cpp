@@ -11,14 +11,17 @@
 #include <string>
 
 #include "../device_memory.h"
+#include "flexattn/detail/cuda/launch_record.h"
 #include "flexattn/detail/cuda/workspace.h"
 #include "flexattn/tensor.h"
 
 namespace flexattn::detail {
 namespace {
+// A failed call after the deterministic backward's watchdog stopped a kernel carries its record.
 void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) {
-    throw Error(std::string("flexattn: CUDA error in ") + what + ": " + cudaGetErrorString(e));
+    throw Error(std::string("flexattn: CUDA error in ") + what + ": " + cudaGetErrorString(e) +
+                cuda::dq_stall_message());
   }
 }
 

@@ -76,7 +76,10 @@ __device__ TileKind scan_tile_warp(const MaskMod& m, int b, int h, int q0, int q
 }
 
 // kinds[((b * H + h) * nqb + qb) * nkvb + kb] for every tile. Warp-uniform grid-stride loop.
-template <class MaskMod>
+// Every kernel here takes the translation unit's tag (sm90_unit.cuh): a user's .cu and the library
+// instantiate them for the same stock masks, and merged host stubs could launch the other file's
+// device code, built for another architecture list.
+template <class Unit, class MaskMod>
 __global__ void __launch_bounds__(kClassifyWarps * 32)
     classify_tiles_kernel(const MaskMod m, int H, int Lq, int Lkv, int bq, int bkv, int nqb,
                           int nkvb, int64_t tiles, unsigned char* __restrict__ kinds) {
@@ -137,9 +140,7 @@ __device__ void compact_line(int len, const KindOf& kind_of, int32_t* pnum, int3
   }
 }
 
-// Kernels 2 and 3 are templates only so that every .cu including this header shares one
-// definition of each (no ODR clash between translation units).
-template <int kThreads>
+template <int kThreads, class Unit>
 __global__ void __launch_bounds__(kThreads)
     row_lists_kernel(const unsigned char* __restrict__ kinds, int64_t rows, int nkvb,
                      int32_t* kv_num, int32_t* kv_idx, int32_t* full_kv_num, int32_t* full_kv_idx) {
@@ -165,7 +166,7 @@ __device__ inline bool sorted_contains(const int32_t* a, int n, int v) {
   return lo < n && a[lo] == v;
 }
 
-template <int kThreads>
+template <int kThreads, class Unit>
 __global__ void __launch_bounds__(kThreads)
     column_lists_kernel(int64_t cols, int nqb, int nkvb, const int32_t* kv_num,
                         const int32_t* kv_idx, const int32_t* full_kv_num,
@@ -193,8 +194,9 @@ inline unsigned grid_for(int64_t work, int per_block) {
 }  // namespace block_mask_impl
 
 // Fills every list of `d` (allocated on the GPU by BlockMaskData::allocate) on `stream`
-// (a cudaStream_t; nullptr is the default stream). Returns before the kernels finish.
-template <class MaskMod>
+// (a cudaStream_t; nullptr is the default stream). Returns before the kernels finish. `Unit`: the
+// calling translation unit's tag (ThisUnit in a user's .cu, LibraryUnit in the library).
+template <class Unit, class MaskMod>
 void build_block_mask_device(const MaskMod& mask_mod, BlockMaskData& d, void* stream) {
   using namespace block_mask_impl;
   const auto s = static_cast<cudaStream_t>(stream);
@@ -203,15 +205,15 @@ void build_block_mask_device(const MaskMod& mask_mod, BlockMaskData& d, void* st
   // The kinds are parked in q_idx (4 * tiles bytes) until kernel 3 writes the q lists there.
   auto* kinds = static_cast<unsigned char*>(d.q_idx.data());
 
-  classify_tiles_kernel<<<grid_for(tiles, kClassifyWarps), kClassifyWarps * 32, 0, s>>>(
+  classify_tiles_kernel<Unit><<<grid_for(tiles, kClassifyWarps), kClassifyWarps * 32, 0, s>>>(
       mask_mod, static_cast<int>(d.H), static_cast<int>(d.q_len), static_cast<int>(d.kv_len),
       d.block_q, d.block_kv, static_cast<int>(d.nqb), static_cast<int>(d.nkvb), tiles, kinds);
   FLEXATTN_CUDA_CHECK_LAUNCH("create_block_mask: classify_tiles_kernel");
-  row_lists_kernel<kListThreads><<<grid_for(rows, 1), kListThreads, 0, s>>>(
+  row_lists_kernel<kListThreads, Unit><<<grid_for(rows, 1), kListThreads, 0, s>>>(
       kinds, rows, static_cast<int>(d.nkvb), i32(d.kv_num), i32(d.kv_idx), i32(d.full_kv_num),
       i32(d.full_kv_idx));
   FLEXATTN_CUDA_CHECK_LAUNCH("create_block_mask: row_lists_kernel");
-  column_lists_kernel<kListThreads><<<grid_for(cols, 1), kListThreads, 0, s>>>(
+  column_lists_kernel<kListThreads, Unit><<<grid_for(cols, 1), kListThreads, 0, s>>>(
       cols, static_cast<int>(d.nqb), static_cast<int>(d.nkvb), i32(d.kv_num), i32(d.kv_idx),
       i32(d.full_kv_num), i32(d.full_kv_idx), i32(d.q_num), i32(d.q_idx), i32(d.full_q_num),
       i32(d.full_q_idx));

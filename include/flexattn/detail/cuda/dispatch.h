@@ -36,7 +36,7 @@ void backward_prebuilt(const BwdArgs& args, const ScoreMod& score_mod, const Mas
 template <class MaskMod>
 void build_block_mask(const MaskMod& mask_mod, BlockMaskData& data, void* stream) {
 #if defined(__CUDACC__)
-  build_block_mask_device(mask_mod, data, stream);
+  build_block_mask_device<ThisUnit>(mask_mod, data, stream);
 #else
   if constexpr (is_prebuilt_mask<MaskMod>) {
     build_block_mask_prebuilt(mask_mod, data, stream);
