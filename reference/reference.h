@@ -6,6 +6,12 @@
 //   p = softmax over kv ; out = p.v ; lse = log(sum_kv exp(s))   (natural log)
 //   A row with every key masked: out = 0, lse = -inf, zero gradients.
 //
+// Non-finite scores (the library's contract, README): scores are float32 quantities, so a score
+// beyond the float range (before or after score_mod) is +-inf here too. A score of -inf is the
+// same as a masked one: that (q, kv) pair contributes nothing, whatever q, k, v, dout hold. A row
+// that keeps any NaN or +inf score is a NaN row: out NaN, lse NaN, dq NaN, and NaN in dk / dv of
+// every key it keeps (score != -inf). Only rows whose kept scores are all -inf are fully masked.
+//
 // Layout: contiguous row-major q [B,Hq,Lq,D], k [B,Hkv,Lkv,D], v [B,Hkv,Lkv,Dv], out/dout
 // [B,Hq,Lq,Dv], lse [B,Hq,Lq]. Query head h reads kv head h / (Hq / Hkv) (GQA; Hq == Hkv is the
 // plain case).
@@ -65,6 +71,18 @@ inline double dot(const double* a, const double* b, int64_t n) {
   return acc;
 }
 
+// x, or +-inf where x is finite but overflows float32 (scores are float32 quantities).
+inline double float_range(double x) {
+  return std::isfinite(x) && std::isinf(static_cast<float>(x)) ? double(static_cast<float>(x)) : x;
+}
+
+// A row that keeps a NaN or +inf score (s[j] != -inf where kept): out, lse and gradients NaN.
+inline bool nan_row(const std::vector<double>& s) {
+  for (double e : s)
+    if (std::isnan(e) || e == std::numeric_limits<double>::infinity()) return true;
+  return false;
+}
+
 // Scores of one query row: x[j] = scale * q.k_j (pre-score_mod), s[j] = score_mod(x[j]) or -inf
 // where masked. Returns the row max (-inf when every key is masked).
 template <class ScoreMod, class MaskMod>
@@ -76,10 +94,10 @@ double row_scores(const Shape& sh, const double* q, const double* k, double scal
   double m = -std::numeric_limits<double>::infinity();
   for (int64_t j = 0; j < sh.Lkv; ++j) {
     const double* kj = k + ((b * sh.Hkv + hk) * sh.Lkv + j) * sh.D;
-    x[j] = scale * dot(qi, kj, sh.D);
+    x[j] = float_range(scale * dot(qi, kj, sh.D));
     if (mask_mod(int(b), int(h), int(i), int(j))) {
-      s[j] = double(score_mod(x[j], int(b), int(h), int(i), int(j)));
-      m = std::max(m, s[j]);
+      s[j] = float_range(double(score_mod(x[j], int(b), int(h), int(i), int(j))));
+      m = std::max(m, s[j]);  // ignores NaN: nan_row() looks for those
     } else {
       s[j] = -std::numeric_limits<double>::infinity();
     }
@@ -103,6 +121,12 @@ ForwardResult forward(const Shape& sh, const std::vector<double>& q, const std::
         const int64_t row = (b * sh.Hq + h) * sh.Lq + i;
         const double m =
             detail::row_scores(sh, q.data(), k.data(), scale, score_mod, mask_mod, b, h, i, x, s);
+        double* o = r.out.data() + row * sh.Dv;
+        if (detail::nan_row(s)) {
+          r.lse[row] = std::numeric_limits<double>::quiet_NaN();
+          std::fill(o, o + sh.Dv, std::numeric_limits<double>::quiet_NaN());
+          continue;
+        }
         if (m == -std::numeric_limits<double>::infinity()) {  // every key masked
           r.lse[row] = m;
           continue;  // out row stays 0
@@ -111,8 +135,8 @@ ForwardResult forward(const Shape& sh, const std::vector<double>& q, const std::
         for (int64_t j = 0; j < sh.Lkv; ++j) sum += std::exp(s[j] - m);  // exp(-inf) = 0
         const double lse = m + std::log(sum);
         r.lse[row] = lse;
-        double* o = r.out.data() + row * sh.Dv;
         for (int64_t j = 0; j < sh.Lkv; ++j) {
+          if (s[j] == -std::numeric_limits<double>::infinity()) continue;  // adds nothing
           const double p = std::exp(s[j] - lse);
           const double* vj = v.data() + ((b * sh.Hkv + hk) * sh.Lkv + j) * sh.Dv;
           for (int64_t e = 0; e < sh.Dv; ++e) o[e] += p * vj[e];
@@ -147,6 +171,18 @@ Grads backward(const Shape& sh, const std::vector<double>& q, const std::vector<
       for (int64_t i = 0; i < sh.Lq; ++i) {
         const double m =
             detail::row_scores(sh, q.data(), k.data(), scale, score_mod, mask_mod, b, h, i, x, s);
+        if (detail::nan_row(s)) {  // NaN into dq of the row and dk / dv of every key it keeps
+          const double nan = std::numeric_limits<double>::quiet_NaN();
+          const int64_t row = (b * sh.Hq + h) * sh.Lq + i;
+          std::fill(g.dq.begin() + row * sh.D, g.dq.begin() + (row + 1) * sh.D, nan);
+          for (int64_t j = 0; j < sh.Lkv; ++j) {
+            if (s[j] == -std::numeric_limits<double>::infinity()) continue;
+            const int64_t kv_off = (b * sh.Hkv + hk) * sh.Lkv + j;
+            std::fill(g.dk.begin() + kv_off * sh.D, g.dk.begin() + (kv_off + 1) * sh.D, nan);
+            std::fill(g.dv.begin() + kv_off * sh.Dv, g.dv.begin() + (kv_off + 1) * sh.Dv, nan);
+          }
+          continue;
+        }
         if (m == -std::numeric_limits<double>::infinity()) continue;  // zero gradients
         double sum = 0.0;
         for (int64_t j = 0; j < sh.Lkv; ++j) sum += std::exp(s[j] - m);
@@ -158,6 +194,9 @@ Grads backward(const Shape& sh, const std::vector<double>& q, const std::vector<
         // dL/dp_j = dout_i . v_j ; softmax backward: ds_j = p_j (dp_j - sum_l p_l dp_l)
         double p_dot_dp = 0.0;
         for (int64_t j = 0; j < sh.Lkv; ++j) {
+          p[j] = 0.0;
+          dp[j] = 0.0;
+          if (s[j] == -std::numeric_limits<double>::infinity()) continue;  // adds nothing
           p[j] = std::exp(s[j] - lse);
           const double* vj = v.data() + ((b * sh.Hkv + hk) * sh.Lkv + j) * sh.Dv;
           dp[j] = detail::dot(doi, vj, sh.Dv);
@@ -171,8 +210,10 @@ Grads backward(const Shape& sh, const std::vector<double>& q, const std::vector<
           for (int64_t e = 0; e < sh.Dv; ++e) dvj[e] += p[j] * doi[e];
           const double ds = p[j] * (dp[j] - p_dot_dp);
           // chain rule through score_mod and the scale: dL/dx = ds * f'(x), x = scale * q.k
+          // (a zero ds gives zero whatever the derivative: math.h's chain-rule convention)
           const double dx =
-              ds * score_mod_derivative(score_mod, x[j], int(b), int(h), int(i), int(j));
+              ds == 0.0 ? 0.0
+                        : ds * score_mod_derivative(score_mod, x[j], int(b), int(h), int(i), int(j));
           const double* kj = k.data() + kv_off * sh.D;
           double* dkj = g.dk.data() + kv_off * sh.D;
           for (int64_t e = 0; e < sh.D; ++e) {

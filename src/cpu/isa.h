@@ -26,6 +26,7 @@ struct KernelTable {
   void (*bwd_dscores)(float* p, int64_t ldp, const float* dp, int64_t lddp, const float* g,
                       int64_t ldg, int M, int N, const float* delta, float scale);
   void (*bwd_add)(float* y, const float* x, int64_t n);
+  bool (*rows_finite)(const float* x, int64_t ld, int rows, int cols);
   // Register-resident FMA chains for `iters` iterations; returns the flops done (and a value the
   // caller must consume so the loop is not optimised away, through `sink`).
   double (*fma_peak_loop)(int64_t iters, float* sink);

@@ -145,6 +145,10 @@ void bwd_dscores(float* p, int64_t ldp, const float* dp, int64_t lddp, const flo
   isa::active().bwd_dscores(p, ldp, dp, lddp, g, ldg, M, N, delta, scale);
 }
 void bwd_add(float* y, const float* x, int64_t n) { isa::active().bwd_add(y, x, n); }
+bool rows_finite(const float* x, int64_t ld, int rows, int cols) {
+  if (rows <= 0 || cols <= 0) return true;
+  return isa::active().rows_finite(x, ld, rows, cols);
+}
 const char* isa_name() { return isa::active().name; }
 double fma_chain_flops(int64_t iters) {
   float sink = 0.0f;

@@ -11,6 +11,7 @@ namespace flexattn::detail::cpu::isa {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr float kLog2e = 1.4426950408889634f;
 
 void gemm_portable(Trans ta, Trans tb, int M, int N, int K, const float* A, int64_t lda,
                    const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate,
@@ -103,7 +104,7 @@ void online_softmax_t_portable(float* st, int64_t ldst, int N, int M, float* row
     for (int n = 0; n < N; ++n) mx = st[n * ldst + m] > mx ? st[n * ldst + m] : mx;
     // Nothing kept yet: subtract 0 instead of -inf so every exp2(-inf) is a clean 0.
     const bool empty = mx == kNegInf;
-    alpha[m] = empty ? 1.0f : std::exp2(row_max[m] - mx);
+    alpha[m] = empty ? 1.0f : std::exp2((row_max[m] - mx) * kLog2e);
     row_max[m] = mx;
     row_sum[m] *= alpha[m];
   }
@@ -111,7 +112,7 @@ void online_softmax_t_portable(float* st, int64_t ldst, int N, int M, float* row
     float* s = st + n * ldst;
     for (int m = 0; m < M; ++m) {
       const float sub = row_max[m] == kNegInf ? 0.0f : row_max[m];
-      s[m] = std::exp2(s[m] - sub);
+      s[m] = std::exp2((s[m] - sub) * kLog2e);
       row_sum[m] += s[m];
     }
   }
@@ -125,6 +126,10 @@ void bwd_probs_portable(float* s, int64_t lds, int M, int N, const float* lse, f
       std::memset(row, 0, sizeof(float) * N);
       continue;
     }
+    if (c != c) {  // a NaN row (kernels.h): NaN where kept, exactly 0 where -inf
+      for (int n = 0; n < N; ++n) row[n] = scale * row[n] == kNegInf ? 0.0f : c;
+      continue;
+    }
     for (int n = 0; n < N; ++n) row[n] = std::exp(scale * row[n] - c);
   }
 }
@@ -135,8 +140,8 @@ void bwd_dscores_portable(float* p, int64_t ldp, const float* dp, int64_t lddp, 
     float* pr = p + m * ldp;
     const float* dpr = dp + m * lddp;
     const float dm = delta[m];
-    if (g == nullptr) {
-      for (int n = 0; n < N; ++n) pr[n] = pr[n] * (dpr[n] - dm) * scale;
+    if (g == nullptr) {  // selected where p == 0, never 0 * NaN (kernels.h)
+      for (int n = 0; n < N; ++n) pr[n] = pr[n] != 0.0f ? pr[n] * (dpr[n] - dm) * scale : 0.0f;
     } else {
       const float* gr = g + m * ldg;
       for (int n = 0; n < N; ++n)
@@ -147,6 +152,13 @@ void bwd_dscores_portable(float* p, int64_t ldp, const float* dp, int64_t lddp, 
 
 void bwd_add_portable(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+bool rows_finite_portable(const float* x, int64_t ld, int rows, int cols) {
+  bool ok = true;
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) ok &= std::isfinite(x[r * ld + c]);
+  return ok;
 }
 
 double fma_peak_portable(int64_t iters, float* sink) {
@@ -176,6 +188,7 @@ const KernelTable& portable_table() {
                              bwd_probs_portable,
                              bwd_dscores_portable,
                              bwd_add_portable,
+                             rows_finite_portable,
                              fma_peak_portable};
   return t;
 }

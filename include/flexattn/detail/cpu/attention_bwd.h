@@ -1,10 +1,21 @@
 // CPU backward pass: FlashAttention-2's backward, recomputing the probabilities from lse.
 //
-// For every kept (q-tile, kv-tile) pair, with s = scale * Q K^T and s' = score_mod(s):
+// For every kept (q-tile, kv-tile) pair, with s = (scale * Q) K^T and s' = score_mod(s):
 //   P   = exp(s' - lse)                   (rows with lse = -inf: P = 0, so they add nothing)
 //   dV += P^T dO        dP = dO V^T       dS = scale * P * (dP - delta) * d(score_mod)/ds
 //   dQ += dS K          dK += dS^T Q      where delta = rowsum(dO * O), computed once per row.
 // The derivative of score_mod comes from calling it with flexattn::Dual{s, 1}; NoopScore skips it.
+// s is formed exactly as the forward forms it (Q scaled first, then the same gemm, whose per-element
+// arithmetic is a fixed-order FMA chain over D), and the forward's lse is max + log(sum) in natural
+// units: so s - lse is exact near a row's max at any magnitude (|s| ~ 1e30 included), where a
+// differently rounded s or a log2-domain lse would be off by ulp(s) and make P 0 or inf.
+//
+// Non-finite values (README): a row with lse NaN gets P NaN where it keeps a key and exactly 0
+// where it does not (bwd_probs); dS is 0 by selection where P is 0 (bwd_dscores), so a NaN in a
+// masked key's V (through dP) adds nothing. A NaN / inf in a masked key's K would still reach
+// dQ += dS K as 0 * NaN: a kv piece whose K is not finite (checked once per piece, O(N * D)) takes
+// that product on K with those rows zeroed and adds the bad keys' terms only where P != 0 (fix_k in
+// run_tile). Net rule: a (q, kv) pair with P exactly 0 contributes nothing.
 //
 // Work decomposition (determinism without atomics). A work item is (b, kv head, subset of the
 // query heads of its GQA group, contiguous chunk of kv blocks). The item loops kv tile -> query head
@@ -89,18 +100,24 @@ struct AlignedFloats {
 // Per-thread tiles, allocated once per call.
 struct Scratch {
   AlignedFloats mem;
-  float *q, *dout, *k, *v, *s, *dp, *g, *dk, *dv;
+  float *q, *qs, *dout, *k, *kfix, *v, *s, *dp, *g, *dk, *dv;
   uint8_t partial_row[kTileQ];
-  Scratch(int64_t D, int64_t Dv, bool need_g) {
+  // Keys of the current kv piece whose K row is not finite (kfix holds K with them zeroed), and
+  // for each such key the tile rows with P != 0 ([bad][row]).
+  int bad[kTileKV];
+  int nbad = 0;
+  std::vector<uint8_t> keeps;
+  Scratch(int64_t D, int64_t Dv, bool need_g) : keeps(size_t(kTileQ) * kTileKV) {
     const int64_t st = int64_t(kTileQ) * kLdS;
-    const int64_t sizes[] = {kTileQ * D, kTileQ * Dv, kTileKV * D, kTileKV * Dv, st, st,
+    const int64_t sizes[] = {kTileQ * D,  kTileQ * D, kTileQ * Dv,     kTileKV * D,
+                             kTileKV * D, kTileKV * Dv, st,            st,
                              need_g ? st : 0, kTileKV * D, kTileKV * Dv};
     int64_t total = 0;
     for (int64_t n : sizes) total += (n + 15) / 16 * 16;
     mem = AlignedFloats(size_t(total));
     float* cur = mem.get();
-    float** slots[] = {&q, &dout, &k, &v, &s, &dp, &g, &dk, &dv};
-    for (int i = 0; i < 9; ++i) {
+    float** slots[] = {&q, &qs, &dout, &k, &kfix, &v, &s, &dp, &g, &dk, &dv};
+    for (int i = 0; i < 11; ++i) {
       *slots[i] = sizes[i] ? cur : nullptr;
       cur += (sizes[i] + 15) / 16 * 16;
     }
@@ -271,6 +288,19 @@ void backward(const BwdArgs& a, const ScoreMod& score_mod, const MaskMod& mask_m
         int64_t ldk, ldv;
         const float* K = f32_rows(a.k, b, hk, n0, N, int(D), ws.k, ldk);    // (N, D)
         const float* V = f32_rows(a.v, b, hk, n0, N, int(Dv), ws.v, ldv);   // (N, Dv)
+        ws.nbad = 0;
+        if (!rows_finite(K, ldk, N, int(D))) {  // rare: see the header comment
+          for (int r = 0; r < N; ++r) {
+            const float* kr = K + int64_t(r) * ldk;
+            float* fr = ws.kfix + int64_t(r) * D;
+            if (rows_finite(kr, ldk, 1, int(D))) {
+              std::memcpy(fr, kr, sizeof(float) * size_t(D));
+            } else {
+              std::memset(fr, 0, sizeof(float) * size_t(D));
+              ws.bad[ws.nbad++] = r;
+            }
+          }
+        }
         std::memset(ws.dk, 0, sizeof(float) * size_t(N * D));              // (N, D)
         std::memset(ws.dv, 0, sizeof(float) * size_t(N * Dv));             // (N, Dv)
 
@@ -290,23 +320,25 @@ void backward(const BwdArgs& a, const ScoreMod& score_mod, const MaskMod& mask_m
             int64_t ldq, lddo;
             const float* Q = f32_rows(a.q, b, h, m0, M, int(D), ws.q, ldq);          // (M, D)
             const float* dO = f32_rows(a.dout, b, h, m0, M, int(Dv), ws.dout, lddo);  // (M, Dv)
+            // (M, D) scale * Q, rounded as the forward rounds its Qt: s is the forward's s.
+            if (ldq == D) {
+              std::memcpy(ws.qs, Q, sizeof(float) * size_t(M * D));
+            } else {
+              for (int r = 0; r < M; ++r)
+                std::memcpy(ws.qs + int64_t(r) * D, Q + int64_t(r) * ldq, sizeof(float) * size_t(D));
+            }
+            cpu::scale(ws.qs, M * D, scale);  // SIMD: this runs once per (kv piece, q tile)
             float* Sm = ws.s;  // (M, N): scores, then P, then dS
-            gemm(Trans::N, Trans::T, M, N, int(D), Q, ldq, K, ldk, Sm, kLdS, false);
-            float prob_scale = scale;
+            gemm(Trans::N, Trans::T, M, N, int(D), ws.qs, D, K, ldk, Sm, kLdS, false);
             const float* Gm = nullptr;
             if constexpr (kNoopScore) {
               if (tile.any_partial) {
-                // Scale here so the masked -inf never meets the scale (a negative scale would
-                // flip it to +inf).
                 for (int r = 0; r < M; ++r) {
+                  if (!ws.partial_row[r]) continue;
                   float* row = Sm + int64_t(r) * kLdS;
-                  const bool part = ws.partial_row[r];
                   for (int col = 0; col < N; ++col)
-                    row[col] = (!part || mask_mod(int(b), int(h), m0 + r, n0 + col))
-                                   ? row[col] * scale
-                                   : kNegInf;
+                    if (!mask_mod(int(b), int(h), m0 + r, n0 + col)) row[col] = kNegInf;
                 }
-                prob_scale = 1.0f;
               }
             } else {
               // One dual call gives s' and ds'/ds. Masked scores never reach score_mod.
@@ -319,21 +351,39 @@ void backward(const BwdArgs& a, const ScoreMod& score_mod, const MaskMod& mask_m
                     row[col] = kNegInf;
                     grow[col] = 0.0f;
                   } else {
-                    const Dual sd = score_mod(Dual{row[col] * scale, 1.0f}, int(b), int(h), m0 + r, n0 + col);
+                    const Dual sd = score_mod(Dual{row[col], 1.0f}, int(b), int(h), m0 + r, n0 + col);
                     row[col] = sd.v;
                     grow[col] = sd.d;
                   }
                 }
               }
-              prob_scale = 1.0f;
               Gm = ws.g;
             }
-            bwd_probs(Sm, kLdS, M, N, lse_head + m0, prob_scale);                     // P (M, N)
+            bwd_probs(Sm, kLdS, M, N, lse_head + m0, 1.0f);                           // P (M, N)
+            // Keys with a non-finite K: remember which rows keep them (P != 0). Full tiles too: a
+            // -inf score (score_mod, or -inf in K) has P = 0 there as well.
+            const bool fix_k = ws.nbad > 0;
+            if (fix_k) {
+              for (int j = 0; j < ws.nbad; ++j)
+                for (int r = 0; r < M; ++r)
+                  ws.keeps[size_t(j) * kTileQ + size_t(r)] = Sm[int64_t(r) * kLdS + ws.bad[j]] != 0.0f;
+            }
             gemm(Trans::T, Trans::N, N, int(Dv), M, Sm, kLdS, dO, lddo, ws.dv, Dv, true);  // dV += P^T dO
             gemm(Trans::N, Trans::T, M, N, int(Dv), dO, lddo, V, ldv, ws.dp, kLdS, false);  // dP (M, N)
             bwd_dscores(Sm, kLdS, ws.dp, kLdS, Gm, kLdS, M, N, delta_head + m0, scale);  // dS (M, N)
-            gemm(Trans::N, Trans::N, M, int(D), N, Sm, kLdS, K, ldk, dq_head + m0 * lddq, lddq,
-                 true);                                                                  // dQ += dS K
+            float* dq_rows = dq_head + m0 * lddq;
+            gemm(Trans::N, Trans::N, M, int(D), N, Sm, kLdS, fix_k ? ws.kfix : K, fix_k ? D : ldk,
+                 dq_rows, lddq, true);                                                   // dQ += dS K
+            if (fix_k) {  // the bad keys' terms, IEEE, only for the rows that keep them
+              for (int j = 0; j < ws.nbad; ++j) {
+                const float* kr = K + int64_t(ws.bad[j]) * ldk;
+                for (int r = 0; r < M; ++r) {
+                  if (!ws.keeps[size_t(j) * kTileQ + size_t(r)]) continue;
+                  const float ds = Sm[int64_t(r) * kLdS + ws.bad[j]];
+                  for (int64_t e = 0; e < D; ++e) dq_rows[r * lddq + e] += ds * kr[e];
+                }
+              }
+            }
             gemm(Trans::T, Trans::N, N, int(D), M, Sm, kLdS, Q, ldq, ws.dk, D, true);   // dK += dS^T Q
           };
 

@@ -7,19 +7,25 @@
 // kMaxChunkKV keys:
 //
 //   St = K_chunk . Qt            (N, M)  scores stored TRANSPOSED: key n, query m at St[n * ld + m]
-//   St = mods(St) * log2(e)      partial tiles: mask_mod per element; score_mod per element
-//   online softmax over n        running max / sum per query, P = exp2(St - max) in place
+//   St = mods(St)                partial tiles: mask_mod per element; score_mod per element
+//   online softmax over n        running max / sum per query, P = exp2((St - max) log2 e) in place
 //   O  = alpha * O + P^T . V     (M, Dv)
 //
 // Keeping the scores transposed lets every product run without packing: Qt is transposed once per
 // item, K and V are read in place (f32) or converted per chunk (f16/bf16), and the softmax
-// reductions over keys run down columns, one query per SIMD lane. For NoopScore the factor
-// scale * log2(e) is folded into Qt, so a full tile goes from the product straight to exp2.
+// reductions over keys run down columns, one query per SIMD lane. The scale is folded into Qt, so
+// a full NoopScore tile goes from the product straight to the softmax. The scores, max and lse are
+// in natural units and s = K . (scale * Q) is formed exactly as the backward forms it
+// (attention_bwd.h), so the backward's exp(s - lse) is the forward's p at any score magnitude.
 //
 // Hazards: a query with every key masked (or no kept tile) keeps max = -inf; online_softmax_t
 // then gives P = 0 and alpha = 1 instead of exp2(-inf - -inf) = NaN, and the epilogue writes
-// out = 0, lse = -inf. Tiles are clipped to [0, Lq) x [0, Lkv), so no lane past the end of a
-// sequence ever reaches a user functor.
+// out = 0, lse = -inf. A kept NaN / +inf score leaves row_sum NaN: the epilogue writes out = NaN,
+// lse = NaN, never the fully masked answer. A key whose p is exactly 0 (masked, -inf score,
+// underflow) must add nothing even when its V holds NaN / inf (0 * NaN = NaN in P^T . V): every
+// chunk checks V first and a non-finite one takes pv_nonfinite.
+// Tiles are clipped to [0, Lq) x [0, Lkv), so no lane past the end of a sequence ever reaches a
+// user functor.
 #pragma once
 
 #include <algorithm>
@@ -40,8 +46,6 @@ namespace fwd {
 
 inline constexpr int kMaxTileQ = 128;    // query rows per work item
 inline constexpr int kMaxChunkKV = 128;  // keys per product / softmax step
-inline constexpr float kLog2e = 1.4426950408889634f;
-inline constexpr float kLn2 = 0.6931471805599453f;
 
 inline int64_t round_up16(int64_t n) { return (n + 15) & ~int64_t{15}; }
 
@@ -55,7 +59,8 @@ inline char* at(const TensorView& v, int64_t i0, int64_t i1, int64_t i2) {
 // each region 64-byte aligned.
 struct Scratch {
   int64_t ld_q = 0;  // leading dim of qt and st: tile rows padded
-  int64_t qt = 0, st = 0, o = 0, rmax = 0, rsum = 0, alpha = 0, kbuf = 0, vbuf = 0, total = 0;
+  int64_t qt = 0, st = 0, o = 0, rmax = 0, rsum = 0, alpha = 0, kbuf = 0, vbuf = 0, vfix = 0;
+  int64_t total = 0;
 
   Scratch(int tile_q, int chunk_kv, int64_t D, int64_t Dv, bool convert_kv) {
     // An odd multiple of 16 floats: a row stride of 512 bytes (128 floats) would map the rows of
@@ -77,6 +82,7 @@ struct Scratch {
     alpha = take(tile_q);
     kbuf = convert_kv ? take(chunk_kv * D) : 0;   // (N, D)  K chunk in f32
     vbuf = convert_kv ? take(chunk_kv * Dv) : 0;  // (N, Dv) V chunk in f32
+    vfix = take(chunk_kv * Dv);                   // (N, Dv) V chunk, non-finite rows zeroed
     total = off;
   }
 };
@@ -94,8 +100,8 @@ struct ForwardJob {
 
   static constexpr bool kNoopScore = std::is_same_v<ScoreMod, NoopScore>;
 
-  // Scores of one chunk (keys [c0, c0 + nc), queries [q0, q0 + m)) through the user's functors,
-  // into the log2 domain. Full tiles of NoopScore never come here. Partial is a template argument
+  // Scores of one chunk (keys [c0, c0 + nc), queries [q0, q0 + m)) through the user's functors.
+  // Full tiles of NoopScore never come here. Partial is a template argument
   // so the full-tile loop carries no mask test at all.
   template <bool Partial>
   void apply_mods(float* st, int64_t ld, int b, int h, int q0, int m, int c0, int nc) const {
@@ -108,8 +114,37 @@ struct ForwardJob {
         if (Partial && !static_cast<bool>(mask_mod(b, h, q, kv))) {
           row[i] = kNegInf;
         } else if constexpr (!kNoopScore) {
-          row[i] = static_cast<float>(score_mod(row[i], b, h, q, kv)) * kLog2e;
+          row[i] = static_cast<float>(score_mod(row[i], b, h, q, kv));
         }
+      }
+    }
+  }
+
+  // O = alpha * O + P^T . V for a chunk whose V holds inf / NaN (rare: a garbage row of a cache,
+  // a user's NaN). The product runs on V with those rows zeroed, then each bad key is added only
+  // to the queries whose p is not 0, with IEEE arithmetic: a query that keeps the key gets its
+  // NaN / inf, a query that masks it gets exactly nothing.
+  static void pv_nonfinite(const float* st, int64_t ld, int nc, int m, const float* vp,
+                           int64_t ldv, float* vfix, float* o, int64_t Dv, const float* alpha) {
+    int bad[kMaxChunkKV];
+    int nbad = 0;
+    for (int n = 0; n < nc; ++n) {
+      const float* vr = vp + n * ldv;
+      float* fr = vfix + n * Dv;  // (Dv,)
+      if (rows_finite(vr, ldv, 1, static_cast<int>(Dv))) {
+        std::copy(vr, vr + Dv, fr);
+      } else {
+        std::fill(fr, fr + Dv, 0.0f);
+        bad[nbad++] = n;
+      }
+    }
+    gemm_rescale(Trans::T, Trans::N, m, static_cast<int>(Dv), nc, st, ld, vfix, Dv, o, Dv, alpha);
+    for (int j = 0; j < nbad; ++j) {
+      const float* vr = vp + bad[j] * ldv;
+      const float* prow = st + bad[j] * ld;  // (M,) p of this key for every query
+      for (int i = 0; i < m; ++i) {
+        if (prow[i] == 0.0f) continue;
+        for (int64_t e = 0; e < Dv; ++e) o[i * Dv + e] += prow[i] * vr[e];
       }
     }
   }
@@ -138,8 +173,8 @@ struct ForwardJob {
     float* rsum = base + layout.rsum;  // (M,)
     float* alpha = base + layout.alpha;
 
-    // Q tile, scaled and transposed. NoopScore folds log2(e) in as well.
-    const float qscale = kNoopScore ? d.scale * kLog2e : d.scale;
+    // Q tile, scaled and transposed (the backward scales Q the same way before its product).
+    const float qscale = d.scale;
     float* qrow = o;  // o is free until the first chunk: borrow D floats of it
     for (int i = 0; i < m; ++i) {
       load_row(at(a.q, b, h, q0 + i), a.q.dtype, qrow, D);
@@ -194,22 +229,32 @@ struct ForwardJob {
           apply_mods<false>(st, ld, b, h, static_cast<int>(q0), m, static_cast<int>(c0), nc);
         }
         online_softmax_t(st, ld, nc, m, rmax, rsum, alpha);
-        // (M, Dv) = alpha * (M, Dv) + (N, M)^T . (N, Dv)
-        gemm_rescale(Trans::T, Trans::N, m, static_cast<int>(Dv), nc, st, ld, vp, ldv, o, Dv,
-                     alpha);
+        // (M, Dv) = alpha * (M, Dv) + (N, M)^T . (N, Dv). A p of exactly 0 (masked, a -inf
+        // score, underflow) must not meet a NaN / inf of V: the check is O(N * Dv), the product
+        // O(M * N * Dv), and the V chunk is about to be read anyway.
+        if (!rows_finite(vp, ldv, nc, static_cast<int>(Dv))) {
+          pv_nonfinite(st, ld, nc, m, vp, ldv, base + layout.vfix, o, Dv, alpha);
+        } else {
+          gemm_rescale(Trans::T, Trans::N, m, static_cast<int>(Dv), nc, st, ld, vp, ldv, o, Dv,
+                       alpha);
+        }
       }
     }
 
-    // Epilogue: normalise, convert, store; lse back to natural log.
+    // Epilogue: normalise, convert, store. rsum > 0: some finite score kept; rsum == 0: every
+    // key masked (or -inf); rsum NaN: a NaN / +inf score was kept (online_softmax_t).
     for (int i = 0; i < m; ++i) {
       float* orow = o + i * Dv;
       float* lse = reinterpret_cast<float*>(at(a.lse, b, h, q0 + i));
       if (rsum[i] > 0.0f) {
         scale(orow, Dv, 1.0f / rsum[i]);
-        *lse = (rmax[i] + std::log2(rsum[i])) * kLn2;
-      } else {  // every key masked
+        *lse = rmax[i] + std::log(rsum[i]);
+      } else if (rsum[i] == 0.0f) {  // every key masked
         std::fill(orow, orow + Dv, 0.0f);
         *lse = -std::numeric_limits<float>::infinity();
+      } else {  // a non-finite score: the whole row is NaN, as in exact IEEE softmax
+        std::fill(orow, orow + Dv, std::numeric_limits<float>::quiet_NaN());
+        *lse = std::numeric_limits<float>::quiet_NaN();
       }
       store_row(orow, at(a.out, b, h, q0 + i), a.out.dtype, Dv);
     }

@@ -53,26 +53,40 @@ void scale(float* y, int64_t n, float a);
 
 // ---- attention forward step ---------------------------------------------------------------------
 // One online-softmax step on a score tile stored TRANSPOSED: st[n * ldst + m] for kv row n < N and
-// query m < M, in the log2 domain (scores times log2(e)); -inf marks a dropped score. For each m:
-//   m_new = max(row_max[m], max_n st[n, m]);  alpha[m] = exp2(row_max[m] - m_new);
-//   st[n, m] = exp2(st[n, m] - m_new);        row_sum[m] = row_sum[m] * alpha[m] + sum_n st[n, m];
-//   row_max[m] = m_new.
+// query m < M, in natural units (the scores themselves); -inf marks a dropped score. For each m:
+//   m_new = max(row_max[m], max_n st[n, m]);  alpha[m] = exp2((row_max[m] - m_new) * log2(e));
+//   st[n, m] = exp2((st[n, m] - m_new) * log2(e));
+//   row_sum[m] = row_sum[m] * alpha[m] + sum_n st[n, m];  row_max[m] = m_new.
+// The max stays in natural units and the difference is taken before the multiply: near the max
+// s - m_new is exact at any magnitude, and the backward's exp(s - lse), lse = max + log(sum), sees
+// the same s - max. (A log2-domain max, s * log2(e) rounded, is off by ulp(s * log2(e)): at
+// |s| ~ 1e30 that is ~1e23, and the backward's p became 0 or inf.)
 // A query with nothing kept so far (m_new = -inf) gets st = 0 and alpha = 1: never the NaN of
-// exp2(-inf - -inf). Start with row_max = -inf and row_sum = 0.
+// exp2(-inf - -inf). A NaN or +inf score makes row_sum NaN from then on (exp2(NaN) and
+// exp2(inf - inf) are NaN, and NaN stays NaN through the rescale), whatever the max does with it:
+// the caller reads row_sum NaN as "a non-finite score was kept". Start with row_max = -inf and
+// row_sum = 0.
 void online_softmax_t(float* st, int64_t ldst, int N, int M, float* row_max, float* row_sum,
                       float* alpha);
+// True when the rows x cols floats x[r * ld + c] are all finite (no inf, no NaN). O(rows * cols):
+// the partial-tile paths use it to find keys whose K or V would leak 0 * NaN into rows that mask
+// them, before an O(M * N * D) product.
+bool rows_finite(const float* x, int64_t ld, int rows, int cols);
 
 // ---- attention backward step --------------------------------------------------------------------
 // Probabilities of an M x N score tile, in place: s[m][n] = exp(scale * s[m][n] - lse[m]).
 // A row with lse[m] = -inf (every key masked) becomes all zeros: the -inf - -inf NaN trap is
 // handled here, not by the caller. s = -inf (a masked score, with scale > 0) gives exactly 0.
+// A row with lse[m] NaN (the forward kept a NaN / +inf score) gets NaN where scale * s > -inf and
+// exactly 0 where it is -inf, so its NaN reaches the keys it keeps and no other.
 void bwd_probs(float* s, int64_t lds, int M, int N, const float* lse, float scale);
 // Score gradients of an M x N tile, in place over the probabilities:
 //   p[m][n] = scale * p[m][n] * (dp[m][n] - delta[m])          (g == nullptr)
 //   p[m][n] = scale * p[m][n] * (dp[m][n] - delta[m]) * g[m][n] where p != 0, else 0
-// g is d(score_mod)/d(score); it is ignored where p == 0 so an inf/NaN derivative at a masked or
-// underflowed score cannot leak into the gradients. dp - delta is formed first, so where it is
-// exactly 0 (a row with a single key, see attention_bwd.h) the gradient is exactly 0.
+// g is d(score_mod)/d(score). Where p == 0 (masked, or underflowed) the result is exactly 0 by
+// selection, so a non-finite dp (a NaN in a masked key's V), delta (a NaN row) or g cannot leak
+// into the gradients as 0 * NaN. dp - delta is formed first, so where it is exactly 0 (a row with
+// a single key, see attention_bwd.h) the gradient is exactly 0.
 void bwd_dscores(float* p, int64_t ldp, const float* dp, int64_t lddp, const float* g, int64_t ldg,
                  int M, int N, const float* delta, float scale);
 // y[i] += x[i] for i < n

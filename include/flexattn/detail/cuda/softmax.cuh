@@ -8,6 +8,11 @@
 // exp2(s - max) would be exp2(-inf + inf) = NaN. The exponent is taken against 0 instead while the
 // max is -inf: every p is exp2(-inf) = 0, and the rescale factor exp2(old_max - 0) is 0 or 1 on
 // zero accumulators. A row masked to the end finishes with sum 0: out 0, lse -inf.
+//
+// Non-finite scores: fmaxf drops NaN from the max, but the exponent still sees it (exp2(NaN) is
+// NaN, against 0 when the max is -inf), and a +inf score gives exp2(inf - inf) = NaN: a row that
+// keeps a NaN / +inf score ends with sum NaN (NaN survives every rescale). finalize() tells the
+// three cases apart: sum > 0 normal, sum == 0 fully masked, NaN -> out NaN, lse NaN.
 #pragma once
 
 #include "utils.cuh"
@@ -70,7 +75,8 @@ struct OnlineSoftmax {
   }
 
   // Normalises o by the row sums (rows with sum 0 -> 0) and returns each row's lse in natural log
-  // (-inf for a row with no kept score). Call once, after the last tile.
+  // (-inf for a row with no kept score, NaN for a row that kept a NaN / +inf score: 1 / NaN and
+  // log2f(NaN) carry it). Call once, after the last tile.
   template <int NTO>
   FLEXATTN_DEV void finalize(float (&o)[MT][NTO][4], float (&lse)[kRows]) {
 #pragma unroll
@@ -79,9 +85,9 @@ struct OnlineSoftmax {
       for (int half = 0; half < 2; ++half) {
         const int rr = 2 * mi + half;
         const float sum = warp::quad_sum(row_sum[rr]);
-        const bool any = sum > 0.0f;
-        const float inv = any ? 1.0f / sum : 0.0f;
-        lse[rr] = any ? (row_max[rr] + log2f(sum)) * kLn2 : thread::neg_inf();
+        const bool empty = sum == 0.0f;  // not !(sum > 0): a NaN sum must not pass as masked
+        const float inv = empty ? 0.0f : 1.0f / sum;
+        lse[rr] = empty ? thread::neg_inf() : (row_max[rr] + log2f(sum)) * kLn2;
 #pragma unroll
         for (int nd = 0; nd < NTO; ++nd) {
           o[mi][nd][2 * half] *= inv;
