@@ -30,6 +30,8 @@ void cuda_stream_wait(void*, void*) { no_cuda("waiting for a CUDA event"); }
 namespace flexattn {
 // Without CUDA there is no GPU memory to route; the allocator is still checked, so a program
 // behaves the same in both builds.
+void release_cached_memory() {}
+
 void set_cuda_allocator(const CudaAllocator& a) {
   if ((a.allocate == nullptr) != (a.deallocate == nullptr)) {
     throw Error("flexattn::set_cuda_allocator: CudaAllocator.allocate and .deallocate must be set "

@@ -69,6 +69,8 @@ void visit_variant(const std::string& name, const VariantParams& p, F&& f) {
   if (needs_doc_ids(name) && p.doc_ids == nullptr) {
     throw std::invalid_argument("variant " + name + " needs doc_ids");
   }
+  // Callers that never evaluate the host mask (the benchmark, run_case) give no host ids.
+  const int32_t* host_ids = p.doc_ids_host != nullptr ? p.doc_ids_host : p.doc_ids;
   if (name == "noop") {
     f(NoopScore{}, noop_mask(), noop_mask());
   } else if (name == "causal") {
@@ -78,10 +80,10 @@ void visit_variant(const std::string& name, const VariantParams& p, F&& f) {
   } else if (name == "prefix_lm") {
     f(NoopScore{}, prefix_lm(p.prefix), prefix_lm(p.prefix));
   } else if (name == "document") {
-    f(NoopScore{}, document(p.doc_ids), document(p.doc_ids_host));
+    f(NoopScore{}, document(p.doc_ids), document(host_ids));
   } else if (name == "causal_document") {
     f(NoopScore{}, and_masks(causal(), document(p.doc_ids)),
-      and_masks(causal(), document(p.doc_ids_host)));
+      and_masks(causal(), document(host_ids)));
   } else if (name == "alibi_causal") {
     f(alibi(p.num_heads), causal(), causal());
   } else if (name == "softcap") {

@@ -34,10 +34,12 @@ void synchronize();
 
 // ---- GPU memory ----------------------------------------------------------------------------------
 // Every Device::cuda allocation the library makes (tensors, block masks, the backward's workspaces)
-// is stream-ordered: it is made on a CUDA stream and handed back on that same stream when its last
-// user lets go, so no call allocates or frees with a device-wide synchronisation. By default the
-// memory comes from a pool the library keeps per device (cudaMallocFromPoolAsync); the pool keeps
-// what it has mapped for the life of the process, as a caching allocator does.
+// is stream-ordered: it is made on a CUDA stream and, when its last user lets go, kept for later
+// allocations on that same stream (whose work is ordered after every earlier use there), so no
+// call allocates or frees with a synchronisation, and a tensor may outlive its stream. By default
+// the memory comes from a pool the library keeps per device (cudaMallocFromPoolAsync) and stays
+// mapped for the life of the process, as with a caching allocator; release_cached_memory()
+// waits for every device with cached blocks (cudaDeviceSynchronize) and hands them back.
 //
 // A host framework can route these allocations to its own allocator (PyTorch's caching allocator,
 // RMM, ...). `allocate` must return memory usable on `stream` in stream order (or throw / return
@@ -52,15 +54,18 @@ struct CudaAllocator {
   void* ctx = nullptr;
 };
 void set_cuda_allocator(const CudaAllocator& allocator);
+// Hands the library pool's cached blocks back to the device (synchronising each device that has
+// some); a no-op without CUDA. Memory still held by live tensors is not affected.
+void release_cached_memory();
 
 // Owning byte storage on one device. Copies share the storage (like a shared_ptr).
 //
 // On Device::cuda a buffer belongs to the CUDA stream it was allocated on (`stream`, a
-// cudaStream_t; nullptr is the legacy default stream): its memory is handed back on that stream
-// when the last copy is destroyed, and its host copies are ordered after the work already queued
-// on it. HAZARD - as with PyTorch's record_stream: work on ANOTHER stream that uses the buffer must
-// be ordered before the buffer is destroyed (an event, or a synchronisation), and the stream must
-// outlive the buffer.
+// cudaStream_t; nullptr is the legacy default stream): its memory goes back to that stream's
+// cache when the last copy is destroyed (no CUDA call: the stream may already be destroyed), and
+// its host copies are ordered after the work already queued on it (so those need the stream
+// alive). HAZARD - as with PyTorch's record_stream: work on ANOTHER stream that uses the buffer
+// must be ordered before the buffer is destroyed (an event, or a synchronisation).
 class Buffer {
  public:
   Buffer() = default;

@@ -4,11 +4,13 @@
 // stream.
 #include <cuda_runtime.h>
 
+#include <compare>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "../device_memory.h"
 #include "flexattn/detail/cuda/launch_record.h"
@@ -51,6 +53,39 @@ cudaMemPool_t library_pool(int dev) {
 std::mutex allocator_mutex;
 CudaAllocator user_allocator;  // both functions null: the library's pool
 
+// Blocks of the library's pool that their last user let go of, kept per (device, stream, size
+// class) and handed out again only to allocations on the same stream: whatever that stream still
+// has queued on the old block runs before anything queued after the new allocation, so a free
+// needs no CUDA call at all. That is what lets a tensor outlive the stream it was made on (a freed
+// cudaStream_t must not be passed to cudaFreeAsync: seen as a crash on an H200); the blocks of a
+// destroyed stream are then only given back by release_cached_memory(). HAZARD: as with
+// PyTorch's caching allocator, another stream's work on a block must be ordered before its
+// tensor is destroyed (record_stream's rule).
+struct BlockKey {
+  int device;
+  void* stream;
+  size_t bytes;  // the size class
+  auto operator<=>(const BlockKey&) const = default;
+};
+struct BlockCache {
+  std::mutex mutex;
+  std::map<BlockKey, std::vector<void*>> free_blocks;
+};
+BlockCache& block_cache() {
+  static auto* cache = new BlockCache();  // never destroyed: tensors may die at process exit
+  return *cache;
+}
+
+// Powers of two up to 1 MiB (at least 512 bytes), then multiples of 2 MiB: reuse across calls of
+// the same shapes, at most 2x (small) or 2 MiB (large) unused per block.
+size_t size_class(size_t bytes) {
+  constexpr size_t kSmall = size_t{1} << 20, kLargeStep = size_t{2} << 20;
+  if (bytes > kSmall) return (bytes + kLargeStep - 1) / kLargeStep * kLargeStep;
+  size_t c = 512;
+  while (c < bytes) c *= 2;
+  return c;
+}
+
 }  // namespace
 
 bool cuda_device_present() {
@@ -73,13 +108,26 @@ std::shared_ptr<void> cuda_allocate(size_t bytes, void* stream) {
     const std::lock_guard<std::mutex> lock(allocator_mutex);
     a = user_allocator;
   }
-  const auto s = static_cast<cudaStream_t>(stream);
   if (a.allocate == nullptr) {
+    const BlockKey key{dev, stream, size_class(bytes)};
+    const auto give_back = [key](void* q) {
+      BlockCache& c = block_cache();
+      const std::lock_guard<std::mutex> lock(c.mutex);
+      c.free_blocks[key].push_back(q);
+    };
+    BlockCache& c = block_cache();
+    {
+      const std::lock_guard<std::mutex> lock(c.mutex);
+      if (auto it = c.free_blocks.find(key); it != c.free_blocks.end() && !it->second.empty()) {
+        void* p = it->second.back();
+        it->second.pop_back();
+        return std::shared_ptr<void>(p, give_back);
+      }
+    }
     void* p = nullptr;
-    check(cudaMallocFromPoolAsync(&p, bytes, library_pool(dev), s), "cudaMallocFromPoolAsync");
-    // Handed back in stream order: no synchronisation. Errors are ignored (the context may be
-    // gone at process exit).
-    return std::shared_ptr<void>(p, [s](void* q) { cudaFreeAsync(q, s); });
+    check(cudaMallocFromPoolAsync(&p, key.bytes, library_pool(dev), static_cast<cudaStream_t>(stream)),
+          "cudaMallocFromPoolAsync");
+    return std::shared_ptr<void>(p, give_back);
   }
   void* p = a.allocate(bytes, dev, stream, a.ctx);
   if (p == nullptr) {
@@ -128,6 +176,30 @@ void cuda_stream_wait(void* stream, void* event) {
 }  // namespace flexattn::detail
 
 namespace flexattn {
+
+void release_cached_memory() {
+  if (!detail::cuda_device_present()) return;
+  detail::BlockCache& c = detail::block_cache();
+  const std::lock_guard<std::mutex> lock(c.mutex);
+  int current = 0;
+  detail::check(cudaGetDevice(&current), "cudaGetDevice");
+  std::map<int, bool> devices;
+  for (const auto& [key, blocks] : c.free_blocks) devices[key.device] |= !blocks.empty();
+  for (const auto& [dev, any] : devices) {
+    if (!any) continue;
+    // Every stream's work on the cached blocks must be done before they leave the cache.
+    detail::check(cudaSetDevice(dev), "cudaSetDevice");
+    detail::check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+    for (auto& [key, blocks] : c.free_blocks) {
+      if (key.device != dev) continue;
+      for (void* p : blocks) detail::check(cudaFreeAsync(p, nullptr), "cudaFreeAsync");
+      blocks.clear();
+    }
+    detail::check(cudaStreamSynchronize(nullptr), "cudaStreamSynchronize");
+    detail::check(cudaMemPoolTrimTo(detail::library_pool(dev), 0), "cudaMemPoolTrimTo");
+  }
+  detail::check(cudaSetDevice(current), "cudaSetDevice");
+}
 
 void set_cuda_allocator(const CudaAllocator& a) {
   if ((a.allocate == nullptr) != (a.deallocate == nullptr)) {

@@ -155,5 +155,28 @@ TEST_F(GpuMemory, HostAllocatorServesEveryAllocation) {
   ASSERT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);
 }
 
+// Outputs made on a stream may outlive it: their blocks go back to that stream's cache without a
+// CUDA call (cudaFreeAsync on a destroyed stream crashed here), and release_cached_memory hands
+// every cached block back.
+TEST_F(GpuMemory, TensorsOutliveTheirStream) {
+  cudaStream_t s = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+  std::vector<float> expected;
+  {
+    AttentionOutput o = flex_attention(q_.t, k_.t, v_.t, AttentionOptions{.stream = s});
+    AttentionGrads g =
+        flex_attention_backward(q_.t, k_.t, v_.t, o.out, o.lse, dout_.t, AttentionOptions{.stream = s});
+    expected = bits(g.dq);
+    ASSERT_EQ(cudaStreamDestroy(s), cudaSuccess);
+  }  // o and g die after their stream
+  const AttentionOutput o = flex_attention(q_.t, k_.t, v_.t, AttentionOptions{.stream = stream_});
+  const AttentionGrads g = flex_attention_backward(q_.t, k_.t, v_.t, o.out, o.lse, dout_.t,
+                                                   AttentionOptions{.stream = stream_});
+  expect_same_bits(bits(g.dq), expected, "dq after the first stream was destroyed");
+  release_cached_memory();
+  const AttentionOutput again = flex_attention(q_.t, k_.t, v_.t, AttentionOptions{.stream = stream_});
+  expect_same_bits(bits(again.out), bits(o.out), "out after release_cached_memory");
+}
+
 }  // namespace
 }  // namespace flexattn::gpu_test

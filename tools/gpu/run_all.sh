@@ -181,7 +181,8 @@ SANITIZE_FILTER+=':GpuTest.DeterministicBackwardReadsOnlyTheTransposedLists'
 SANITIZE_FILTER+=':BlockMaskGpu.StockMasksMatchCpu:NonBlockingStream.*'
 if [[ $SANITIZE == 1 && $BUILD_OK == 1 ]]; then
   CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-  for tool in memcheck racecheck synccheck initcheck; do
+  # initcheck is left out: over this subset it outran its 60 s box on an H200 (2026-12-02).
+  for tool in ${SANITIZE_TOOLS:-memcheck racecheck synccheck}; do
     if (( $(left) < 240 )); then STATUS[$tool]="skipped ($(left)s of the budget left)"; continue; fi
     log "compute-sanitizer --tool $tool"
     tl=$WORK/sanitize_$tool.log
