@@ -259,8 +259,9 @@ struct DenseEntry {
 constexpr size_t kDenseCacheBytes = size_t{256} << 20;
 
 size_t list_bytes(const BlockMaskData& d) {
-  return d.kv_num.bytes() + d.kv_idx.bytes() + d.full_kv_num.bytes() + d.full_kv_idx.bytes() +
-         d.q_num.bytes() + d.q_idx.bytes() + d.full_q_num.bytes() + d.full_q_idx.bytes();
+  size_t n = 0;
+  for (const Buffer* b : lists_of(d)) n += b->bytes();
+  return n;
 }
 
 BlockMask<NoopMask> cached_dense_mask_cuda(int64_t lq, int64_t lkv, void* stream) {
