@@ -106,9 +106,10 @@ struct Operand {
   Tensor storage;
   TensorView view;
 
-  // values: logical row-major contents, or nullptr for all-NaN (poisoned outputs).
+  // values: logical row-major contents, or nullptr for all-NaN (poisoned outputs); the storage
+  // lives on `device`.
   static Operand make(const std::vector<int64_t>& shape, DType dt, bool strided,
-                      const std::vector<float>* values) {
+                      const std::vector<float>* values, Device device = Device::cpu) {
     const int rank = int(shape.size());
     std::vector<int64_t> storage_shape = shape;
     if (strided && rank == 4) storage_shape = {shape[0], shape[2], shape[1], shape[3] + 3};
@@ -118,7 +119,7 @@ struct Operand {
 
     Operand o;
     o.view.dtype = dt;
-    o.view.device = Device::cpu;
+    o.view.device = device;
     o.view.rank = rank;
     for (int i = 0; i < rank; ++i) o.view.shape[i] = shape[size_t(i)];
     if (strided && rank == 4) {
@@ -140,7 +141,7 @@ struct Operand {
         host[size_t(off)] = (*values)[size_t(logical)];
       });
     }
-    o.storage = Tensor::from_host(host.data(), storage_shape, dt);
+    o.storage = Tensor::from_host(host.data(), storage_shape, dt, device);
     o.view.data = o.storage.data();
     return o;
   }

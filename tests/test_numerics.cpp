@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "attn_check.h"
+#include "numerics_check.h"
 #include "test_functors.h"
 
 namespace flexattn::testing {
@@ -69,136 +70,6 @@ struct SqrtRelu {
     return flexattn::pow(flexattn::max(s, 0.0f), 0.5f) - s;
   }
 };
-
-// ---- running the library ------------------------------------------------------------------------
-struct Inputs {
-  std::vector<float> q, k, v, dout;
-};
-
-Inputs random_inputs(const Shape& sh, DType dt, std::mt19937_64& rng, float qk_scale = 1.0f) {
-  Inputs in{random_input(sh.q_numel(), DType::f32, rng), random_input(sh.k_numel(), DType::f32, rng),
-            random_input(sh.v_numel(), dt, rng), random_input(sh.out_numel(), dt, rng)};
-  for (float& x : in.q) x = reference::round_to(dt, x * qk_scale);
-  for (float& x : in.k) x = reference::round_to(dt, x * qk_scale);
-  return in;
-}
-
-struct Got {
-  std::vector<float> out, lse, dq, dk, dv;
-};
-
-template <class S, class M>
-Got run_library(const Problem& p, const Inputs& in, const S& score_mod, const M& mask_mod,
-                bool backward) {
-  const Shape& sh = p.shape;
-  const auto mask = create_block_mask(mask_mod, sh.B, sh.Hq, sh.Lq, sh.Lkv,
-                                      {.block_q = p.block_q, .block_kv = p.block_kv});
-  const Operand qo = Operand::make({sh.B, sh.Hq, sh.Lq, sh.D}, p.dtype, p.strided, &in.q);
-  const Operand ko = Operand::make({sh.B, sh.Hkv, sh.Lkv, sh.D}, p.dtype, p.strided, &in.k);
-  const Operand vo = Operand::make({sh.B, sh.Hkv, sh.Lkv, sh.Dv}, p.dtype, p.strided, &in.v);
-  const Operand doo = Operand::make({sh.B, sh.Hq, sh.Lq, sh.Dv}, p.dtype, p.strided, &in.dout);
-  const Operand out = Operand::make({sh.B, sh.Hq, sh.Lq, sh.Dv}, p.dtype, p.strided, nullptr);
-  const Operand lse = Operand::make({sh.B, sh.Hq, sh.Lq}, DType::f32, p.strided, nullptr);
-  AttentionOptions opts;
-  opts.scale = p.scale;
-  opts.enable_gqa = sh.Hq != sh.Hkv;
-  flex_attention_into(qo.view, ko.view, vo.view, out.view, lse.view, score_mod, mask, opts);
-  Got g{out.read(), lse.read(), {}, {}, {}};
-  EXPECT_EQ(out.clobbered_padding() + lse.clobbered_padding(), 0) << "wrote outside the views";
-  if (!backward) return g;
-  const Operand dq = Operand::make({sh.B, sh.Hq, sh.Lq, sh.D}, p.dtype, p.strided, nullptr);
-  const Operand dk = Operand::make({sh.B, sh.Hkv, sh.Lkv, sh.D}, p.dtype, p.strided, nullptr);
-  const Operand dv = Operand::make({sh.B, sh.Hkv, sh.Lkv, sh.Dv}, p.dtype, p.strided, nullptr);
-  flex_attention_backward_into(qo.view, ko.view, vo.view, out.view, lse.view, doo.view, dq.view,
-                               dk.view, dv.view, score_mod, mask, opts);
-  g.dq = dq.read();
-  g.dk = dk.read();
-  g.dv = dv.read();
-  EXPECT_EQ(dq.clobbered_padding() + dk.clobbered_padding() + dv.clobbered_padding(), 0);
-  return g;
-}
-
-// ---- comparing with NaN / inf in the answer -----------------------------------------------------
-// Where the reference is NaN the library must be NaN, where it is +-inf the same infinity, where
-// it is finite finite and within kFactor * (naive error on clean inputs) + atol.
-void expect_matches(const std::string& name, const std::vector<float>& got,
-                    const std::vector<double>& ref, const std::vector<float>& naive_clean,
-                    const std::vector<double>& ref_clean, DType dt) {
-  ASSERT_EQ(got.size(), ref.size()) << name;
-  int64_t wrong_class = 0;
-  size_t first = got.size(), worst_at = 0;
-  double err = 0.0, naive_err = 0.0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double r = ref[i], g = got[i];
-    const bool ok = std::isnan(r) ? std::isnan(g) : std::isinf(r) ? g == r : std::isfinite(g);
-    if (!ok) {
-      ++wrong_class;
-      if (first == got.size()) first = i;
-      continue;
-    }
-    if (std::isfinite(r) && std::fabs(g - r) > err) {
-      err = std::fabs(g - r);
-      worst_at = i;
-    }
-    if (std::isfinite(r) && std::isfinite(ref_clean[i]) && std::isfinite(naive_clean[i]))
-      naive_err = std::max(naive_err, std::fabs(double(naive_clean[i]) - ref_clean[i]));
-  }
-  std::ostringstream o;
-  if (first < got.size()) o << "first at " << first << ": got " << got[first] << ", expected " << ref[first];
-  EXPECT_EQ(wrong_class, 0) << name << ": elements whose NaN / inf / finite class differs; " << o.str();
-  const double atol = atol_for(dt, ref);
-  EXPECT_LE(err, kFactor * naive_err + atol)
-      << name << ": max error " << err << " at " << worst_at << " vs naive " << naive_err
-      << " (atol " << atol << ")";
-}
-
-struct Counts {
-  int64_t nan_rows = 0, masked_rows = 0, finite_rows = 0;
-};
-
-// Runs `bad` through the library and the reference and checks everything; `clean` (bad with the
-// garbage replaced by finite values, or bad itself) feeds the naive error of the tolerance.
-template <class S, class M>
-Counts check(const Problem& p, const Inputs& bad, const Inputs& clean, const S& score_mod,
-             const M& mask_mod, bool backward) {
-  SCOPED_TRACE(describe(p));
-  const Shape& sh = p.shape;
-  const float scale = p.scale != 0.0f ? p.scale : 1.0f / std::sqrt(float(sh.D));
-  const Got got = run_library(p, bad, score_mod, mask_mod, backward);
-  using reference::to_double;
-  const auto ref = reference::forward(sh, to_double(bad.q), to_double(bad.k), to_double(bad.v),
-                                      double(scale), score_mod, mask_mod);
-  const auto ref_c = reference::forward(sh, to_double(clean.q), to_double(clean.k),
-                                        to_double(clean.v), double(scale), score_mod, mask_mod);
-  const LowpForward naive =
-      naive_forward_lowp(sh, p.dtype, scale, clean.q, clean.k, clean.v, score_mod, mask_mod);
-  expect_matches("out", got.out, ref.out, naive.out, ref_c.out, p.dtype);
-  expect_matches("lse", got.lse, ref.lse, naive.lse, ref_c.lse, DType::f32);
-  expect_masked_rows_exact(sh, got.out, got.lse, ref.lse);
-  Counts c;
-  for (double l : ref.lse) {
-    c.nan_rows += std::isnan(l);
-    c.masked_rows += l == -kInf;
-    c.finite_rows += std::isfinite(l);
-  }
-  if (!backward) return c;
-  const auto g = reference::backward(sh, to_double(bad.q), to_double(bad.k), to_double(bad.v),
-                                     to_double(bad.dout), double(scale), score_mod, mask_mod);
-  const auto g_c = reference::backward(sh, to_double(clean.q), to_double(clean.k),
-                                       to_double(clean.v), to_double(clean.dout), double(scale),
-                                       score_mod, mask_mod);
-  const LowpGrads naive_g = naive_backward_lowp(sh, p.dtype, scale, clean.q, clean.k, clean.v,
-                                                clean.dout, naive, score_mod, mask_mod);
-  expect_matches("dq", got.dq, g.dq, naive_g.dq, g_c.dq, p.dtype);
-  expect_matches("dk", got.dk, g.dk, naive_g.dk, g_c.dk, p.dtype);
-  expect_matches("dv", got.dv, g.dv, naive_g.dv, g_c.dv, p.dtype);
-  int64_t nonzero = 0;  // fully masked rows: dq exactly 0
-  for (int64_t r = 0; r < sh.lse_numel(); ++r)
-    if (ref.lse[size_t(r)] == -kInf)
-      for (int64_t e = 0; e < sh.D; ++e) nonzero += got.dq[size_t(r * sh.D + e)] != 0.0f;
-  EXPECT_EQ(nonzero, 0) << "dq of fully masked rows must be exactly 0";
-  return c;
-}
 
 class Numerics : public DtypeSuite {};
 
@@ -268,19 +139,6 @@ TEST_P(Numerics, OverflowingScale) {
 }
 
 // ---- item 8: garbage in masked keys ---------------------------------------------------------------
-// k / v copies with one key's row replaced by `value` (NaN or +-inf), in kv head `hk`.
-Inputs with_bad_key(const Inputs& in, const Shape& sh, int hk, int key, float value, bool in_k,
-                    bool in_v) {
-  Inputs bad = in;
-  for (int64_t b = 0; b < sh.B; ++b) {
-    const int64_t row = (b * sh.Hkv + hk) * sh.Lkv + key;
-    if (in_k) bad.k[size_t(row * sh.D + 1)] = value;
-    if (in_v)
-      for (int64_t e = 0; e < sh.Dv; e += 3) bad.v[size_t(row * sh.Dv + e)] = value;
-  }
-  return bad;
-}
-
 TEST_P(Numerics, TesterReproCausal16) {
   FLEXATTN_SEEDED_RNG(rng);
   // Causal L = 16 with NaN in k[10] (then v[10]): rows 0..9 never see key 10.

@@ -9,6 +9,7 @@
 #include <iostream>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "gpu_check.h"
@@ -77,14 +78,30 @@ TEST_F(GpuTest, DeterministicBackwardReadsOnlyTheTransposedLists) {
     opts.enable_gqa = true;
     const auto o = fa::flex_attention(q.t, k.t, v.t, causal, opts);
     {
-      // A copy shares the lists' storage: write the dense forward lists into `tampered`'s.
+      // A copy shares the lists' storage: write the dense forward lists into `tampered`'s - the
+      // counts, and of each row's indices the ones its count lists (the rest were never written:
+      // copying them would read uninitialised memory, which compute-sanitizer's initcheck flags).
       fa::BlockMaskData t = tampered.data();
       const fa::BlockMaskData& d = dense.data();
-      for (auto [dst, src] : {std::pair{&t.kv_num, &d.kv_num}, {&t.kv_idx, &d.kv_idx},
-                              {&t.full_kv_num, &d.full_kv_num}, {&t.full_kv_idx, &d.full_kv_idx}}) {
-        ASSERT_EQ(dst->bytes(), src->bytes());
-        ASSERT_EQ(cudaMemcpy(dst->data(), src->data(), src->bytes(), cudaMemcpyDeviceToDevice),
+      for (auto [dn, sn, di, si] : {std::tuple{&t.kv_num, &d.kv_num, &t.kv_idx, &d.kv_idx},
+                                    {&t.full_kv_num, &d.full_kv_num, &t.full_kv_idx,
+                                     &d.full_kv_idx}}) {
+        ASSERT_EQ(dn->bytes(), sn->bytes());
+        ASSERT_EQ(di->bytes(), si->bytes());
+        ASSERT_EQ(cudaMemcpy(dn->data(), sn->data(), sn->bytes(), cudaMemcpyDeviceToDevice),
                   cudaSuccess);
+        const size_t rows = sn->bytes() / sizeof(int32_t);
+        const size_t width = si->bytes() / sizeof(int32_t) / rows;
+        std::vector<int32_t> counts(rows);
+        ASSERT_EQ(cudaMemcpy(counts.data(), sn->data(), sn->bytes(), cudaMemcpyDeviceToHost),
+                  cudaSuccess);
+        for (size_t r = 0; r < rows; ++r) {
+          if (counts[r] == 0) continue;
+          ASSERT_EQ(cudaMemcpy(static_cast<int32_t*>(di->data()) + r * width,
+                               static_cast<const int32_t*>(si->data()) + r * width,
+                               size_t(counts[r]) * sizeof(int32_t), cudaMemcpyDeviceToDevice),
+                    cudaSuccess);
+        }
       }
     }
     const auto g = fa::flex_attention_backward(q.t, k.t, v.t, o.out, o.lse, dout.t, causal, opts);

@@ -14,6 +14,7 @@
 #include "../../math.h"
 #include "launch_record.h"
 #include "mask.cuh"
+#include "softmax.cuh"
 #include "utils.cuh"
 
 namespace flexattn::detail::cuda {
@@ -125,20 +126,32 @@ FLEXATTN_DEV void zero(float (&acc)[MI][NI][4]) {
 // P * ds'/ds in x (s' = score_mod(scale * x) through flexattn::Dual{s, 1}; no functor call for
 // NoopScore). kCheck: evaluate mask_mod (when `partial`) and the bounds q < Lq, kv < Lkv, with
 // indices clamped into range before any functor sees them; dropped scores give P = 0 and x = 0.
-template <bool kCheck, class ScoreMod, class MaskMod>
+// kExact (ExactRows says when): P = exp2((s' - lse) log2e) from the natural lse `lse_n`, which is
+// exact near the row max at any magnitude, where the folded FFMA's exponent error grows with |lse2|
+// (softmax.cuh, the forward's same two forms). s' is bit for bit the forward's: fl(scale * x), or
+// the score_mod's value of it, and the forward's lse is fl(natural * max) + log(sum).
+template <bool kCheck, bool kExact, class ScoreMod, class MaskMod>
 FLEXATTN_DEV float prob_and_grad(float& x, const ScoreMod& score_mod, const MaskMod& mask_mod,
                                  bool partial, int b, int hq, int q, int kv, int Lq, int Lkv,
-                                 float scale, float scale_log2, float lse2) {
+                                 float scale, float scale_log2, float lse2, float lse_n) {
   const bool q_in = q < Lq, kv_in = kv < Lkv;
   const int qc = (!kCheck || q_in) ? q : Lq - 1;
   const int kc = (!kCheck || kv_in) ? kv : Lkv - 1;
+  // Empty rows and padding have lse2 = +inf (bwd_preprocess.cuh): P = 0 in both forms.
+  auto exponent = [&](float s_nat, float folded) {
+    if constexpr (kExact) {
+      return lse2 == __int_as_float(0x7f800000) ? thread::neg_inf() : (s_nat - lse_n) * kLog2e;
+    } else {
+      return folded;
+    }
+  };
   float p, pg;
   if constexpr (is_noop_score<ScoreMod>) {
-    p = thread::exp2_approx(fmaf(x, scale_log2, -lse2));
+    p = thread::exp2_approx(exponent(kExact ? x * scale : 0.0f, fmaf(x, scale_log2, -lse2)));
     pg = p;
   } else {
     const Dual r = score_mod(Dual(x * scale, 1.0f), b, hq, qc, kc);
-    p = thread::exp2_approx(fmaf(r.v, kLog2e, -lse2));
+    p = thread::exp2_approx(exponent(r.v, fmaf(r.v, kLog2e, -lse2)));
     // A 0 probability carries no gradient, even where g is inf.
     pg = p > 0.0f ? p * r.d : 0.0f;
   }
@@ -150,6 +163,32 @@ FLEXATTN_DEV float prob_and_grad(float& x, const ScoreMod& score_mod, const Mask
   }
   x = pg;
   return p;
+}
+
+// Whether one of these rows' lse2 is finite and past the folded exponent's limit (softmax.cuh):
+// the warp then forms P exactly (prob_and_grad<kCheck, true>). Warp-uniform.
+template <int N>
+FLEXATTN_DEV bool exact_rows(const float (&lse2)[N]) {
+  bool big = false;
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    const float a = fabsf(lse2[i]);
+    big = big || (a >= kFastExponentLimit && a < __int_as_float(0x7f800000));
+  }
+  return __any_sync(0xffffffffu, big);
+}
+
+// The natural lse of row q (the forward's, not lse2's rounded round trip); -inf past Lq, where
+// lse2 = +inf gives P = 0 first.
+FLEXATTN_DEV float natural_lse(const float* lse, int64_t l_sb, int64_t l_sh, int64_t l_sr, int b,
+                               int hq, int q, int Lq) {
+  return q < Lq ? __ldg(lse + b * l_sb + hq * l_sh + q * l_sr) : thread::neg_inf();
+}
+
+// dS = P g (dP - delta) for one element, given pg = P g: exactly 0 where pg is 0, so that a masked
+// key's garbage V (dP = dO V^T is NaN there) or a NaN delta adds nothing (issue 8, item 8).
+FLEXATTN_DEV float dscore(float pg, float dp, float delta) {
+  return pg == 0.0f ? 0.0f : pg * (dp - delta);
 }
 
 // Adds (x, y) to two adjacent f32 in global memory. sm90 has a vector atomic that halves the

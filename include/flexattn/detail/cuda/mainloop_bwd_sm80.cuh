@@ -7,9 +7,11 @@
 //   s' = score_mod(scale * S) with its derivative g = ds'/ds from flexattn::Dual{s, 1}
 //        (no functor call and g = 1 for NoopScore); mask_mod only on partial tiles
 //   P  = exp2(s' log2e - lse2)     the forward's probabilities, exactly, from its lse
-//   dP = dO V^T ;  dS = P * g * (dP - delta)
+//   dP = dO V^T ;  dS = P * g * (dP - delta), exactly 0 where P g is 0 (bwd::dscore)
 //   dV += P^T dO ;  dK += dS^T Q   (dK scaled once at the end)
-//   dQ partial = dS K              added into the f32 dq_accum workspace (scaled in postprocess)
+//   dQ partial = dS K              added into the f32 dq_accum workspace (scaled in postprocess);
+//                                  redone exactly where a masked key's K is NaN / inf
+//                                  (masked_products.cuh)
 //
 // dQ reduction: several CTAs (one per kv tile) add into the same q tile of dq_accum.
 //   deterministic (the default, AttentionOptions::deterministic = true): the adds into one q tile
@@ -37,12 +39,14 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "../../math.h"
 #include "../../mods.h"
 #include "bwd_primitives.cuh"
 #include "kernel_traits_bwd.cuh"
 #include "mask.cuh"
+#include "masked_products.cuh"
 #include "utils.cuh"
 
 namespace flexattn::detail::cuda {
@@ -180,9 +184,11 @@ FLEXATTN_DEV void bwd_load_rows(T* s, const T* g, int64_t stride_r, int row0, in
 
 // S fragments -> P (stored to shared memory as T) and P * ds'/ds (returned in place).
 // kCheck: the tile is partial (mask_mod per element) or crosses Lq / Lkv (bounds per element).
-template <bool kCheck, class Cfg, class T, class ScoreMod, class MaskMod>
+// kExact: P from the natural lse (prob_and_grad), read here only in that form.
+template <bool kCheck, bool kExact, class Cfg, class T, class ScoreMod, class MaskMod>
 FLEXATTN_DEV void bwd_probs(float (&s)[Cfg::kSdpMI][Cfg::kSdpNI][4], T* sP,
-                            const float (&lse2)[Cfg::kSdpMI][2], const ScoreMod& score_mod,
+                            const float (&lse2)[Cfg::kSdpMI][2], const BwdParams& p,
+                            const ScoreMod& score_mod,
                             const MaskMod& mask_mod, bool partial, int b, int hq, int q0, int k0,
                             int row_l0, int col_l0, int Lq, int Lkv, float scale,
                             float scale_log2) {
@@ -192,15 +198,17 @@ FLEXATTN_DEV void bwd_probs(float (&s)[Cfg::kSdpMI][Cfg::kSdpNI][4], T* sP,
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int rl = mi * 16 + g + 8 * half;
+      const float lse_n =
+          kExact ? bwd::natural_lse(p.lse, p.l_sb, p.l_sh, p.l_sr, b, hq, q0 + rl, Lq) : 0.0f;
 #pragma unroll
       for (int ni = 0; ni < Cfg::kSdpNI; ++ni) {
         float pv[2];
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
           float& x = s[mi][ni][2 * half + c];
-          pv[c] = bwd::prob_and_grad<kCheck>(x, score_mod, mask_mod, partial, b, hq, q0 + rl,
-                                             k0 + ni * 8 + 2 * t + c, Lq, Lkv, scale, scale_log2,
-                                             lse2[mi][half]);
+          pv[c] = bwd::prob_and_grad<kCheck, kExact>(x, score_mod, mask_mod, partial, b, hq,
+                                                     q0 + rl, k0 + ni * 8 + 2 * t + c, Lq, Lkv,
+                                                     scale, scale_log2, lse2[mi][half], lse_n);
         }
         const int cl = col_l0 + ni * 8 + 2 * t;
         *reinterpret_cast<uint32_t*>(sP + (row_l0 + rl) * Cfg::kPitchS + cl) =
@@ -332,13 +340,18 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
       bwd::warp_gemm<T, Cfg::kSdpMI, Cfg::kSdpNI, kD / 16>(
           acc_s, bwd::FragA<kPitch>(sQc, sdp_m0), fb_k);
       const bool check = cur.partial || n_edge || m0 + kBM > p.Lq;
-      if (check) {
-        bwd_probs<true, Cfg>(acc_s, sP, lse2, score_mod, mask_mod, cur.partial, b, hq,
-                             m0 + sdp_m0, n0 + sdp_n0, sdp_m0, sdp_n0, p.Lq, p.Lkv, p.scale,
-                             p.scale_log2);
+      const bool exact = bwd::exact_rows(reinterpret_cast<const float(&)[2 * Cfg::kSdpMI]>(lse2));
+      auto probs = [&](auto check_c, auto exact_c) {
+        bwd_probs<decltype(check_c)::value, decltype(exact_c)::value, Cfg>(
+            acc_s, sP, lse2, p, score_mod, mask_mod, check_c ? cur.partial : false, b, hq,
+            m0 + sdp_m0, n0 + sdp_n0, sdp_m0, sdp_n0, p.Lq, p.Lkv, p.scale, p.scale_log2);
+      };
+      using Yes = std::true_type;
+      using No = std::false_type;
+      if (exact) {
+        check ? probs(Yes{}, Yes{}) : probs(No{}, Yes{});
       } else {
-        bwd_probs<false, Cfg>(acc_s, sP, lse2, score_mod, mask_mod, false, b, hq, m0 + sdp_m0,
-                              n0 + sdp_n0, sdp_m0, sdp_n0, p.Lq, p.Lkv, p.scale, p.scale_log2);
+        check ? probs(Yes{}, No{}) : probs(No{}, No{});
       }
       float acc_dp[Cfg::kSdpMI][Cfg::kSdpNI][4];  // (BLOCK_M, BLOCK_N)
       bwd::zero(acc_dp);
@@ -351,9 +364,10 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
           const int rl = sdp_m0 + mi * 16 + g + 8 * half;
 #pragma unroll
           for (int ni = 0; ni < Cfg::kSdpNI; ++ni) {
-            const float d0 = acc_s[mi][ni][2 * half] * (acc_dp[mi][ni][2 * half] - delta[mi][half]);
-            const float d1 =
-                acc_s[mi][ni][2 * half + 1] * (acc_dp[mi][ni][2 * half + 1] - delta[mi][half]);
+            const float d0 =
+                bwd::dscore(acc_s[mi][ni][2 * half], acc_dp[mi][ni][2 * half], delta[mi][half]);
+            const float d1 = bwd::dscore(acc_s[mi][ni][2 * half + 1],
+                                         acc_dp[mi][ni][2 * half + 1], delta[mi][half]);
             *reinterpret_cast<uint32_t*>(sDs + rl * kPitchS + sdp_n0 + ni * 8 + 2 * t) =
                 thread::pack2<T>(d0, d1);
           }
@@ -377,6 +391,14 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
         float acc_dq[Cfg::kDqMI][Cfg::kDqNI][4];  // (BLOCK_M, D)
         bwd::zero(acc_dq);
         bwd::warp_gemm<T, Cfg::kDqMI, Cfg::kDqNI, kBN / 16>(acc_dq, fa_ds, fb_kt);
+        // A masked key's garbage K (NaN / inf) meets dS = 0 in that product: redo such a tile
+        // exactly, skipping the zeros of dS (masked_products.cuh). Only tiles with masked pairs.
+        if (check && any_nonfinite(acc_dq)) {
+          exact_product(
+              acc_dq, kBN,
+              [&](int r, int j) { return static_cast<float>(sDs[(dq_m0 + r) * kPitchS + j]); },
+              [&](int j, int c) { return static_cast<float>(sK[j * kPitch + dq_d0 + c]); });
+        }
         if (p.deterministic) {
           if (tid == 0) bwd::wait_dq_turn(seen, rank, sem, p.dq_stall);
           __syncthreads();

@@ -21,17 +21,22 @@
 // kernel). Deterministic mode: thread 0 waits for the tile's turn before that reduction and
 // announces it once complete, while the next tile's first products run.
 // Two CTA barriers per q tile: dS^T stored (the dQ product reads both warpgroups' rows), and
-// the dQ tile stored (which also frees this stage, dS^T and the staging tile for the next one).
+// the dQ tile stored (which also frees this stage, dS^T and the staging tile for the next one);
+// D = 64 takes a third between the warpgroups' two partial dQ tiles (see the traits).
+// Masked pairs add nothing whatever K and V hold there: dS is selected to 0 (bwd::dscore), and a
+// partial tile whose dQ comes out non-finite is redone exactly (masked_products.cuh).
 // HAZARD - proxies: ordinary stores write shared memory through the generic proxy, wgmma and the
 // bulk reduction read it through the async proxy; every writer fences (fence.proxy.async) before
 // the barrier that publishes the tile.
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "bwd_primitives.cuh"
 #include "epilogue_fwd.cuh"
 #include "kernel_traits_bwd.cuh"
+#include "masked_products.cuh"
 #include "mainloop_bwd_sm80.cuh"
 #include "tma.cuh"
 #include "utils.cuh"
@@ -175,22 +180,30 @@ FLEXATTN_DEV void to_a_fragments(const float (&x)[8][4], uint32_t (&a)[4][4]) {
 // S^T accumulators -> P^T as the k16 A fragments of dV's product (pa) and P^T * g (left in s).
 // Accumulator (ni, r) of this lane is kv row `kv_row` + 8 (r / 2) and q column 8 ni + 2 t + r % 2
 // of the tile at m0. Each pair is packed as soon as it is computed: P^T never exists in f32.
-template <class T, bool kCheck, class ScoreMod, class MaskMod>
+// kExact: P from the natural lse (prob_and_grad), read from global memory only in that form.
+template <class T, bool kCheck, bool kExact, class ScoreMod, class MaskMod>
 FLEXATTN_DEV void probs_t(float (&s)[8][4], uint32_t (&pa)[4][4], const float* s_lse2,
                           const ScoreMod& score_mod, const MaskMod& mask_mod, bool partial, int b,
                           int hq, int m0, int kv_row, const BwdParams& p) {
   const int t = threadIdx.x % 4;
 #pragma unroll
   for (int ni = 0; ni < 8; ++ni) {
+    float lse_n[2];
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      lse_n[c] = kExact ? bwd::natural_lse(p.lse, p.l_sb, p.l_sh, p.l_sr, b, hq,
+                                           m0 + ni * 8 + 2 * t + c, p.Lq)
+                        : 0.0f;
+    }
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       float pr[2];
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
         const int qc = ni * 8 + 2 * t + c;
-        pr[c] = bwd::prob_and_grad<kCheck>(s[ni][2 * half + c], score_mod, mask_mod, partial, b,
-                                           hq, m0 + qc, kv_row + 8 * half, p.Lq, p.Lkv, p.scale,
-                                           p.scale_log2, s_lse2[qc]);
+        pr[c] = bwd::prob_and_grad<kCheck, kExact>(
+            s[ni][2 * half + c], score_mod, mask_mod, partial, b, hq, m0 + qc, kv_row + 8 * half,
+            p.Lq, p.Lkv, p.scale, p.scale_log2, s_lse2[qc], lse_n[c]);
       }
       pa[ni / 2][2 * (ni % 2) + half] = thread::pack2<T>(pr[0], pr[1]);
     }
@@ -308,10 +321,20 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
       const bool check = partial || n_edge || m0 + kBM > p.Lq;
       const int kv_row = n0 + kv_w + ww * 16 + g;
       uint32_t pa[4][4], dsa[4][4];
-      if (check) {
-        bwd90::probs_t<T, true>(s, pa, s_lse2, score_mod, mask_mod, partial, b, hq, m0, kv_row, p);
+      float my_lse2[16];  // the 16 q columns of this lane's fragments
+#pragma unroll
+      for (int i = 0; i < 16; ++i) my_lse2[i] = s_lse2[(i / 2) * 8 + 2 * t + i % 2];
+      const bool exact = bwd::exact_rows(my_lse2);
+      auto probs = [&](auto check_c, auto exact_c) {
+        bwd90::probs_t<T, decltype(check_c)::value, decltype(exact_c)::value>(
+            s, pa, s_lse2, score_mod, mask_mod, check_c ? partial : false, b, hq, m0, kv_row, p);
+      };
+      using Yes = std::true_type;
+      using No = std::false_type;
+      if (exact) {
+        check ? probs(Yes{}, Yes{}) : probs(No{}, Yes{});
       } else {
-        bwd90::probs_t<T, false>(s, pa, s_lse2, score_mod, mask_mod, false, b, hq, m0, kv_row, p);
+        check ? probs(Yes{}, No{}) : probs(No{}, No{});
       }
 
       warpgroup::wait<0>();
@@ -320,7 +343,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
 #pragma unroll
       for (int ni = 0; ni < 8; ++ni) {
 #pragma unroll
-        for (int r = 0; r < 4; ++r) s[ni][r] *= dp[ni][r] - s_delta[ni * 8 + 2 * t + r % 2];
+        for (int r = 0; r < 4; ++r) s[ni][r] = bwd::dscore(s[ni][r], dp[ni][r], s_delta[ni * 8 + 2 * t + r % 2]);
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const int row = kv_w + ww * 16 + g + 8 * half;
@@ -372,6 +395,21 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
       warpgroup::fence_operand(dq);
       warpgroup::fence_operand(dv);
       warpgroup::fence_operand(dk);
+      // A masked key's garbage K (NaN / inf) meets dS = 0 in that product: redo such a tile
+      // exactly, skipping the zeros of dS (masked_products.cuh). Only tiles with masked pairs.
+      if (check && any_nonfinite(reinterpret_cast<float(&)[1][8][4]>(dq))) {
+        const T* ds_t = reinterpret_cast<const T*>(sDs);
+        const T* k_elems = reinterpret_cast<const T*>(sK);
+        const int kv0 = kD == 128 ? 0 : kv_w, col0 = kD == 128 ? wg * 64 : 0;
+        exact_product(
+            reinterpret_cast<float(&)[1][8][4]>(dq), kDqSteps * 16,
+            [&](int r, int j) {
+              return static_cast<float>(ds_t[Swizzled128<kBN>::offset(kv0 + j, ww * 16 + r)]);
+            },
+            [&](int j, int c) {
+              return static_cast<float>(k_elems[Swizzled128<kBN>::offset(kv0 + j, col0 + c)]);
+            });
+      }
 
       // ---- dQ tile to shared memory (DqTileSm90 order), one bulk reduction into dq_accum ------
       if constexpr (kD == 128) {
@@ -381,17 +419,19 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
               make_float4(dq[ni][0], dq[ni][1], dq[ni][2], dq[ni][3]);
         }
       } else {
-        // Warpgroup 0 stores its partial tile; warpgroup 1 (named barrier 1: 0 arrives, 1 waits)
-        // adds its own onto it, element by element in the same positions.
+        // Warpgroup 0 stores its partial tile; after a CTA barrier warpgroup 1 adds its own onto
+        // it, element by element in the same positions. (A named barrier that warpgroup 0 only
+        // arrives at would let it run on, but to the end-of-tile barrier just below: no gain,
+        // and compute-sanitizer's racecheck does not take arrive -> sync as an ordering.)
         float4* mine = reinterpret_cast<float4*>(sDq) + (tid % 128);
         if (wg == 0) {
 #pragma unroll
           for (int ni = 0; ni < 8; ++ni) {
             mine[ni * 128] = make_float4(dq[ni][0], dq[ni][1], dq[ni][2], dq[ni][3]);
           }
-          cta::named_arrive(1, Cfg::kNThreads);
-        } else {
-          cta::named_sync(1, Cfg::kNThreads);
+        }
+        __syncthreads();
+        if (wg == 1) {
 #pragma unroll
           for (int ni = 0; ni < 8; ++ni) {
             const float4 o = mine[ni * 128];

@@ -7,6 +7,7 @@
 #include "epilogue_fwd.cuh"
 #include "kernel_traits_fwd.cuh"
 #include "mask.cuh"
+#include "masked_products.cuh"
 #include "softmax.cuh"
 #include "tile_scheduler.cuh"
 #include "utils.cuh"
@@ -34,6 +35,21 @@ struct MainloopFwdSm80 {
       const bool ok = r < valid;
       cta::cp_async_16(smem_u32(smem + r * kPitch + c * 8), gmem + (ok ? r * sr : 0) + c * 8, ok);
     }
+  }
+
+  // Whether the chunks this thread copied with load_tile<kRows> hold a NaN / inf (read back after
+  // its cp.async group completed; rows past the end were zero-filled).
+  template <int kRows>
+  FLEXATTN_DEV static bool own_chunks_nonfinite(const T* smem) {
+    constexpr int kChunks = Traits::kChunksPerRow;
+    bool bad = false;
+#pragma unroll
+    for (int it = 0; it < kRows * kChunks / Traits::kNThreads; ++it) {
+      const int idx = it * Traits::kNThreads + static_cast<int>(threadIdx.x);
+      const int r = idx / kChunks, c = idx % kChunks;
+      bad = bad || has_nonfinite<T>(*reinterpret_cast<const uint4*>(smem + r * kPitch + c * 8));
+    }
+    return bad;
   }
 
   // The fragment loads below are software-pipelined by hand, one step ahead of the mma that uses
@@ -170,7 +186,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
   const uint32_t k_base = smem_u32(sK), v_base = smem_u32(sV);
   // Rows past Lq only occur in the last q tile; kv lanes past Lkv only in the last kv tile.
   const bool q_ragged = m0 + Traits::kBlockM > p.Lq;
-  const ScoreUnits<kNoopScore> units(p.scale_log2);
+  const ScoreUnits<kNoopScore> units(p.scale, p.scale_log2);
 
   while (cur.n0 >= 0) {
     const auto nxt = iter.next(cur);  // list read now, used after the QK^T product
@@ -188,14 +204,21 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
                                     p.scale);
 
     cta::cp_async_wait<0>();
-    __syncthreads();  // V[cur] visible to all; every warp is done with K[cur]
+    // V[cur] visible to all; every warp is done with K[cur]. A partial tile also learns whether
+    // V holds NaN / inf, which its masked pairs must not pick up (masked_products.cuh).
+    const bool v_bad = __syncthreads_or(cur.partial &&
+                                        ML::template own_chunks_nonfinite<Traits::kBlockN>(sV)) != 0;
     if (nxt.n0 >= 0) {
       ML::template load_tile<Traits::kBlockN>(sK, k + nxt.n0 * p.k_sr, p.k_sr, p.Lkv - nxt.n0);
     }
     cta::cp_async_commit();
 
     softmax.update(s, o, units.mult);
-    ML::gemm_pv(o, s, v_base);
+    if (v_bad) {
+      add_pv_exact(o, s, [&](int kv, int col) { return static_cast<float>(sV[kv * kPitch + col]); });
+    } else {
+      ML::gemm_pv(o, s, v_base);
+    }
     cur = nxt;
   }
   // With no kv tile at all the Q copy may still be in flight into rows the epilogue reuses.
@@ -203,7 +226,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
   __syncthreads();
 
   float lse[2 * kMT];
-  softmax.finalize(o, lse);
+  softmax.finalize(o, lse, units.natural);
   T* out = static_cast<T*>(p.out) + b * p.o_sb + h * p.o_sh + (m0 + wrow) * p.o_sr;
   float* lse_rows = p.lse + b * p.l_sb + h * p.l_sh + (m0 + wrow) * p.l_sr;
   store_out_lse<T, Traits::kRowsPerWarp, Traits::kHeadDim, PaddedRows<kPitch>>(

@@ -7,12 +7,14 @@
 //   wait k_full[st] -> S = Q K^T (D / 16 wgmmas, both operands in shared memory) -> release K
 //   -> mask / score_mod / online softmax in registers -> P to 16 bits in registers
 //   -> wait v_full[st] -> O += P V (BLOCK_N / 16 wgmmas, A = P from registers) -> release V
+//   (a partial tile whose V holds NaN / inf: O += P V in exact scalar form, masked_products.cuh)
 // The loader refills a stage as soon as all 8 math warps have released it.
 #pragma once
 
 #include "epilogue_fwd.cuh"
 #include "kernel_traits_fwd_sm90.cuh"
 #include "mask.cuh"
+#include "masked_products.cuh"
 #include "softmax.cuh"
 #include "tile_scheduler.cuh"
 #include "tma.cuh"
@@ -160,7 +162,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   auto& o1 = reinterpret_cast<float(&)[1][D / 8][4]>(o);
 
   const bool q_ragged = m0 + Traits::kBlockM > p.Lq;
-  const ScoreUnits<kNoopScore> units(p.scale_log2);
+  const ScoreUnits<kNoopScore> units(p.scale, p.scale_log2);
   thread::mbar_wait(bar.q_full(), 0);
 
   KvTileIter<kBlockN> iter(p, b, h, m0);
@@ -181,23 +183,35 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
                                     cur.partial, q_ragged || cur.n0 + kBlockN > p.Lkv, p.Lq,
                                     p.Lkv, p.scale);
     softmax.update(s1, o1, units.mult);
-    uint32_t pa[kBlockN / 16][4];
-#pragma unroll
-    for (int kc = 0; kc < kBlockN / 16; ++kc) {
-      pa[kc][0] = thread::pack2<T>(s[2 * kc][0], s[2 * kc][1]);
-      pa[kc][1] = thread::pack2<T>(s[2 * kc][2], s[2 * kc][3]);
-      pa[kc][2] = thread::pack2<T>(s[2 * kc + 1][0], s[2 * kc + 1][1]);
-      pa[kc][3] = thread::pack2<T>(s[2 * kc + 1][2], s[2 * kc + 1][3]);
-    }
 
     thread::mbar_wait(bar.v_full(st), parity);
-    ML::gemm_pv(o, pa, v_tile);
+    // A partial tile's masked pairs must not pick up NaN / inf from V (masked_products.cuh): the
+    // warpgroup checks the tile, each thread 1/128 of it, combined in a named barrier of its own.
+    const unsigned char* v_stage = smem + Traits::kOffV + st * Traits::kKvBytes;
+    if (cur.partial &&
+        warpgroup::any(tile_has_nonfinite<T>(v_stage, Traits::kKvBytes, threadIdx.x % 128, 128),
+                       warpgroup_id)) {
+      const T* v_elems = reinterpret_cast<const T*>(v_stage);
+      add_pv_exact(o1, s1, [&](int kv, int col) {
+        return static_cast<float>(v_elems[Swizzled128<kBlockN>::offset(kv, col)]);
+      });
+    } else {
+      uint32_t pa[kBlockN / 16][4];
+#pragma unroll
+      for (int kc = 0; kc < kBlockN / 16; ++kc) {
+        pa[kc][0] = thread::pack2<T>(s[2 * kc][0], s[2 * kc][1]);
+        pa[kc][1] = thread::pack2<T>(s[2 * kc][2], s[2 * kc][3]);
+        pa[kc][2] = thread::pack2<T>(s[2 * kc + 1][0], s[2 * kc + 1][1]);
+        pa[kc][3] = thread::pack2<T>(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+      }
+      ML::gemm_pv(o, pa, v_tile);
+    }
     if (lane == 0) thread::mbar_arrive(bar.v_empty(st));
     cur = nxt;
   }
 
   float lse[2];
-  softmax.finalize(o1, lse);
+  softmax.finalize(o1, lse, units.natural);
   // Staged through this warp's own rows of Q: every wgmma that read them has completed.
   T* out = static_cast<T*>(p.out) + b * p.o_sb + h * p.o_sh + (m0 + warp_row) * p.o_sr;
   float* lse_rows = p.lse + b * p.l_sb + h * p.l_sh + (m0 + warp_row) * p.l_sr;

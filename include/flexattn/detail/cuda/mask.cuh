@@ -27,14 +27,18 @@ inline constexpr bool is_noop_score<NoopScore> = true;
 // The units the raw S = Q K^T leaves the mask in, and the factor the softmax's exp2 FFMA applies.
 // Without a score_mod the scale rides in that FFMA (the row max is then taken on raw q.k, which
 // needs scale > 0; a scale <= 0 is applied up front instead); with one, the score_mod sees natural
-// units and log2(e) rides.
+// units and log2(e) rides. `natural` turns a score in these units into the natural score the
+// backward recomputes (lse = natural * max + log(sum), OnlineSoftmax::finalize): bit for bit the
+// backward's fl(scale * q.k) for a raw max, so that exp(s - lse) is exact near the max at any size.
 template <bool kNoopScore>
 struct ScoreUnits {
   bool prescale;  // multiply S by scale * log2(e) before the mask
   float mult;     // softmax factor to log2 units
-  FLEXATTN_DEV explicit ScoreUnits(float scale_log2)
+  float natural;  // factor to natural units
+  FLEXATTN_DEV ScoreUnits(float scale, float scale_log2)
       : prescale(kNoopScore && !(scale_log2 > 0.0f)),
-        mult(kNoopScore ? (scale_log2 > 0.0f ? scale_log2 : 1.0f) : kLog2e) {}
+        mult(kNoopScore ? (scale_log2 > 0.0f ? scale_log2 : 1.0f) : kLog2e),
+        natural(kNoopScore ? (scale_log2 > 0.0f ? scale : 0.6931471805599453f) : 1.0f) {}
 };
 
 // Multiplies every score by `f` (used only when the softmax cannot fold the scale, scale < 0).

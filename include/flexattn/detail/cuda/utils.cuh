@@ -158,16 +158,6 @@ FLEXATTN_DEV void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
-// Named barrier `id` (1..15; 0 is __syncthreads) over `threads` threads of the CTA: arrive()
-// signals without waiting, sync() waits for the barrier's count. Producer / consumer hand-offs
-// between warpgroups without stopping the producer.
-FLEXATTN_DEV void named_arrive(int id, int threads) {
-  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
-}
-FLEXATTN_DEV void named_sync(int id, int threads) {
-  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
-}
-
 }  // namespace cta
 
 }  // namespace flexattn::detail::cuda
