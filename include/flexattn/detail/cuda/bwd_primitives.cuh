@@ -145,15 +145,18 @@ FLEXATTN_DEV float prob_and_grad(float& x, const ScoreMod& score_mod, const Mask
       return folded;
     }
   };
+  // __fmul_rn: the scaled score is rounded, never fused into what follows - the forward forms
+  // the same product the same way (mask.cuh, OnlineSoftmax::finalize).
   float p, pg;
   if constexpr (is_noop_score<ScoreMod>) {
-    p = thread::exp2_approx(exponent(kExact ? x * scale : 0.0f, fmaf(x, scale_log2, -lse2)));
+    p = thread::exp2_approx(
+        exponent(kExact ? __fmul_rn(x, scale) : 0.0f, fmaf(x, scale_log2, -lse2)));
     pg = p;
   } else {
-    const Dual r = score_mod(Dual(x * scale, 1.0f), b, hq, qc, kc);
+    const Dual r = score_mod(Dual(__fmul_rn(x, scale), 1.0f), b, hq, qc, kc);
     p = thread::exp2_approx(exponent(r.v, fmaf(r.v, kLog2e, -lse2)));
-    // A 0 probability carries no gradient, even where g is inf.
-    pg = p > 0.0f ? p * r.d : 0.0f;
+    // A 0 probability carries no gradient, even where g is inf; a NaN one (a NaN row) carries NaN.
+    pg = p == 0.0f ? 0.0f : p * r.d;
   }
   if constexpr (kCheck) {
     bool keep = q_in && kv_in;
@@ -165,17 +168,11 @@ FLEXATTN_DEV float prob_and_grad(float& x, const ScoreMod& score_mod, const Mask
   return p;
 }
 
-// Whether one of these rows' lse2 is finite and past the folded exponent's limit (softmax.cuh):
-// the warp then forms P exactly (prob_and_grad<kCheck, true>). Warp-uniform.
-template <int N>
-FLEXATTN_DEV bool exact_rows(const float (&lse2)[N]) {
-  bool big = false;
-#pragma unroll
-  for (int i = 0; i < N; ++i) {
-    const float a = fabsf(lse2[i]);
-    big = big || (a >= kFastExponentLimit && a < __int_as_float(0x7f800000));
-  }
-  return __any_sync(0xffffffffu, big);
+// Whether a row's lse2 is finite and past the folded exponent's limit (softmax.cuh): a warp with
+// such a row forms P exactly (prob_and_grad<kCheck, true>).
+FLEXATTN_DEV bool past_fast_limit(float lse2) {
+  const float a = fabsf(lse2);
+  return a >= kFastExponentLimit && a < __int_as_float(0x7f800000);
 }
 
 // The natural lse of row q (the forward's, not lse2's rounded round trip); -inf past Lq, where

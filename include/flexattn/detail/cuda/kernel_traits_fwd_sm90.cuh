@@ -1,15 +1,16 @@
 // Tile shapes of the Hopper (sm_90a) forward kernel and the tensor maps it is launched with.
 //
 // Roles (FlashAttention-3's warp specialisation): warpgroup 0 loads - one thread issues the
-// tensor-memory-access copies of Q and of each K / V tile into a ring of shared-memory stages;
+// tensor-memory-access copies of Q and of each K / V tile into a ring of shared-memory stages,
+// and warps 1-3 check the V tiles of partial kv tiles for NaN / inf (masked_products.cuh);
 // warpgroups 1 and 2 compute, each owning 64 query rows (the M of one wgmma) for the whole kernel.
 // Loader and math warpgroups meet only at mbarriers: `full` (the copy landed) and `empty` (every
 // math warp is done reading the stage), so the two math warpgroups drift apart freely and one's
 // softmax overlaps the other's matrix products.
 //
 // Registers: S (64 x BLOCK_N) is BLOCK_N / 2 floats per thread, O (64 x D) D / 2, P in 16 bits
-// BLOCK_N / 4; the loader keeps 24 registers and hands the rest to the math warpgroups
-// (24 x 128 + 240 x 256 = 64512 of the SM's 65536). ptxas fits D = 128 with BLOCK_N = 128 in
+// BLOCK_N / 4; the loader warpgroup keeps 32 registers and hands the rest to the math warpgroups
+// (32 x 128 + 240 x 256 = 65536, the SM's register file). ptxas fits D = 128 with BLOCK_N = 128 in
 // the 168 of the entry cap already, without spills, for every stock variant. One CTA per SM.
 //
 // Shared memory: Q (128 x D) + stages x (K + V) (BLOCK_N x D each), 128-byte swizzled
@@ -35,7 +36,7 @@ struct FwdTraitsSm90 {
   static constexpr int kMathWarpgroups = 2;
   static constexpr int kMathWarps = 4 * kMathWarpgroups;
   static constexpr int kNThreads = 128 * (1 + kMathWarpgroups);
-  static constexpr int kLoaderRegs = 24;
+  static constexpr int kLoaderRegs = 32;  // the V checker's loop as well as the copies
   static constexpr int kMathRegs = 240;
   static constexpr int kRowsPerWarpgroup = 64;
   static constexpr int kQBytes = kBlockM * kHeadDim * 2;
@@ -43,13 +44,15 @@ struct FwdTraitsSm90 {
   static constexpr int kOffK = kQBytes;
   static constexpr int kOffV = kOffK + kStages * kKvBytes;
   static constexpr int kOffBars = kOffV + kStages * kKvBytes;
-  static constexpr int kNumBars = 1 + 4 * kStages;  // q_full, k_full / k_empty / v_full / v_empty
-  static constexpr int kSmemBytes = 1024 + kOffBars + 8 * kNumBars;
+  // q_full, k_full / k_empty / v_full / v_empty / v_checked per stage
+  static constexpr int kNumBars = 1 + 5 * kStages;
+  static constexpr int kOffVBad = kOffBars + 8 * kNumBars;  // per stage: the V checker's answer
+  static constexpr int kSmemBytes = 1024 + kOffVBad + 4 * kStages;
 
   static_assert(kHeadDim % 64 == 0, "head dim in 64-element column blocks");
   static_assert(kBlockN == 64 || kBlockN == 128, "wgmma N of S = Q K^T");
   static_assert(kHeadDim == 64 || kHeadDim == 128, "wgmma N of O = P V");
-  static_assert(24 * 128 + kMathRegs * 128 * kMathWarpgroups <= 65536, "register file");
+  static_assert(kLoaderRegs * 128 + kMathRegs * 128 * kMathWarpgroups <= 65536, "register file");
 };
 
 template <int D>

@@ -340,7 +340,11 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
       bwd::warp_gemm<T, Cfg::kSdpMI, Cfg::kSdpNI, kD / 16>(
           acc_s, bwd::FragA<kPitch>(sQc, sdp_m0), fb_k);
       const bool check = cur.partial || n_edge || m0 + kBM > p.Lq;
-      const bool exact = bwd::exact_rows(reinterpret_cast<const float(&)[2 * Cfg::kSdpMI]>(lse2));
+      bool big = false;
+#pragma unroll
+      for (int mi = 0; mi < Cfg::kSdpMI; ++mi)
+        big = big || bwd::past_fast_limit(lse2[mi][0]) || bwd::past_fast_limit(lse2[mi][1]);
+      const bool exact = __any_sync(0xffffffffu, big);
       auto probs = [&](auto check_c, auto exact_c) {
         bwd_probs<decltype(check_c)::value, decltype(exact_c)::value, Cfg>(
             acc_s, sP, lse2, p, score_mod, mask_mod, check_c ? cur.partial : false, b, hq,
@@ -393,11 +397,18 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
         bwd::warp_gemm<T, Cfg::kDqMI, Cfg::kDqNI, kBN / 16>(acc_dq, fa_ds, fb_kt);
         // A masked key's garbage K (NaN / inf) meets dS = 0 in that product: redo such a tile
         // exactly, skipping the zeros of dS (masked_products.cuh). Only tiles with masked pairs.
-        if (check && any_nonfinite(acc_dq)) {
-          exact_product(
-              acc_dq, kBN,
-              [&](int r, int j) { return static_cast<float>(sDs[(dq_m0 + r) * kPitchS + j]); },
-              [&](int j, int c) { return static_cast<float>(sK[j * kPitch + dq_d0 + c]); });
+        if (__builtin_expect(check && any_nonfinite(acc_dq), 0)) {
+#pragma unroll
+          for (int mi = 0; mi < Cfg::kDqMI; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < Cfg::kDqNI; ++ni)
+#pragma unroll
+              for (int r = 0; r < 4; ++r) {
+                const int q = dq_m0 + mi * 16 + g + 8 * (r / 2), col = dq_d0 + ni * 8 + 2 * t + r % 2;
+                acc_dq[mi][ni][r] = exact_dot(
+                    kBN, [&](int j) { return static_cast<float>(sDs[q * kPitchS + j]); },
+                    [&](int j) { return static_cast<float>(sK[j * kPitch + col]); });
+              }
         }
         if (p.deterministic) {
           if (tid == 0) bwd::wait_dq_turn(seen, rank, sem, p.dq_stall);

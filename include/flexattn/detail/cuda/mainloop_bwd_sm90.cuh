@@ -321,10 +321,12 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
       const bool check = partial || n_edge || m0 + kBM > p.Lq;
       const int kv_row = n0 + kv_w + ww * 16 + g;
       uint32_t pa[4][4], dsa[4][4];
-      float my_lse2[16];  // the 16 q columns of this lane's fragments
+      // Over the 16 q columns of this lane's fragments, folded as they are read (an array of them
+      // would be 16 more registers live across the products: measured as spills).
+      bool big = false;
 #pragma unroll
-      for (int i = 0; i < 16; ++i) my_lse2[i] = s_lse2[(i / 2) * 8 + 2 * t + i % 2];
-      const bool exact = bwd::exact_rows(my_lse2);
+      for (int i = 0; i < 16; ++i) big = big || bwd::past_fast_limit(s_lse2[(i / 2) * 8 + 2 * t + i % 2]);
+      const bool exact = __any_sync(0xffffffffu, big);
       auto probs = [&](auto check_c, auto exact_c) {
         bwd90::probs_t<T, decltype(check_c)::value, decltype(exact_c)::value>(
             s, pa, s_lse2, score_mod, mask_mod, check_c ? partial : false, b, hq, m0, kv_row, p);
@@ -395,21 +397,22 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
       warpgroup::fence_operand(dq);
       warpgroup::fence_operand(dv);
       warpgroup::fence_operand(dk);
-      // A masked key's garbage K (NaN / inf) meets dS = 0 in that product: redo such a tile
-      // exactly, skipping the zeros of dS (masked_products.cuh). Only tiles with masked pairs.
-      if (check && any_nonfinite(reinterpret_cast<float(&)[1][8][4]>(dq))) {
+      // A masked key's garbage K (NaN / inf) meets dS = 0 in that product: such a warp's tile is
+      // recomputed element by element, skipping the zeros of dS (masked_products.cuh), straight
+      // into the staging tile - no registers held beside dK and dV. Only tiles with masked pairs.
+      const bool dq_exact = check && any_nonfinite(reinterpret_cast<float(&)[1][8][4]>(dq));
+      auto exact_dq = [&](int ni, int r) {
         const T* ds_t = reinterpret_cast<const T*>(sDs);
         const T* k_elems = reinterpret_cast<const T*>(sK);
-        const int kv0 = kD == 128 ? 0 : kv_w, col0 = kD == 128 ? wg * 64 : 0;
-        exact_product(
-            reinterpret_cast<float(&)[1][8][4]>(dq), kDqSteps * 16,
-            [&](int r, int j) {
-              return static_cast<float>(ds_t[Swizzled128<kBN>::offset(kv0 + j, ww * 16 + r)]);
-            },
-            [&](int j, int c) {
-              return static_cast<float>(k_elems[Swizzled128<kBN>::offset(kv0 + j, col0 + c)]);
+        const int kv0 = kD == 128 ? 0 : kv_w;
+        const int q = ww * 16 + g + 8 * (r / 2), col = (kD == 128 ? wg * 64 : 0) + ni * 8 + 2 * t + r % 2;
+        return exact_dot(
+            kDqSteps * 16,
+            [&](int j) { return static_cast<float>(ds_t[Swizzled128<kBN>::offset(kv0 + j, q)]); },
+            [&](int j) {
+              return static_cast<float>(k_elems[Swizzled128<kBN>::offset(kv0 + j, col)]);
             });
-      }
+      };
 
       // ---- dQ tile to shared memory (DqTileSm90 order), one bulk reduction into dq_accum ------
       if constexpr (kD == 128) {
@@ -418,25 +421,39 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
           *reinterpret_cast<float4*>(sDq + (ni * Cfg::kNThreads + tid) * 4) =
               make_float4(dq[ni][0], dq[ni][1], dq[ni][2], dq[ni][3]);
         }
+        if (__builtin_expect(dq_exact, 0)) {
+#pragma unroll 1
+          for (int e = 0; e < 32; ++e) sDq[((e / 4) * Cfg::kNThreads + tid) * 4 + e % 4] = exact_dq(e / 4, e % 4);
+        }
       } else {
         // Warpgroup 0 stores its partial tile; after a CTA barrier warpgroup 1 adds its own onto
         // it, element by element in the same positions. (A named barrier that warpgroup 0 only
         // arrives at would let it run on, but to the end-of-tile barrier just below: no gain,
         // and compute-sanitizer's racecheck does not take arrive -> sync as an ordering.)
         float4* mine = reinterpret_cast<float4*>(sDq) + (tid % 128);
+        float* mine_f = reinterpret_cast<float*>(mine);
         if (wg == 0) {
 #pragma unroll
           for (int ni = 0; ni < 8; ++ni) {
             mine[ni * 128] = make_float4(dq[ni][0], dq[ni][1], dq[ni][2], dq[ni][3]);
           }
+          if (__builtin_expect(dq_exact, 0)) {
+#pragma unroll 1
+            for (int e = 0; e < 32; ++e) mine_f[(e / 4) * 512 + e % 4] = exact_dq(e / 4, e % 4);
+          }
         }
         __syncthreads();
         if (wg == 1) {
+          if (__builtin_expect(dq_exact, 0)) {
+#pragma unroll 1
+            for (int e = 0; e < 32; ++e) mine_f[(e / 4) * 512 + e % 4] += exact_dq(e / 4, e % 4);
+          } else {
 #pragma unroll
-          for (int ni = 0; ni < 8; ++ni) {
-            const float4 o = mine[ni * 128];
-            mine[ni * 128] =
-                make_float4(o.x + dq[ni][0], o.y + dq[ni][1], o.z + dq[ni][2], o.w + dq[ni][3]);
+            for (int ni = 0; ni < 8; ++ni) {
+              const float4 o = mine[ni * 128];
+              mine[ni * 128] = make_float4(o.x + dq[ni][0], o.y + dq[ni][1], o.z + dq[ni][2],
+                                           o.w + dq[ni][3]);
+            }
           }
         }
       }

@@ -7,7 +7,8 @@
 //   wait k_full[st] -> S = Q K^T (D / 16 wgmmas, both operands in shared memory) -> release K
 //   -> mask / score_mod / online softmax in registers -> P to 16 bits in registers
 //   -> wait v_full[st] -> O += P V (BLOCK_N / 16 wgmmas, A = P from registers) -> release V
-//   (a partial tile whose V holds NaN / inf: O += P V in exact scalar form, masked_products.cuh)
+//   (a partial tile waits for the loader warpgroup's check of its V, v_checked[st]; one whose V
+//   holds NaN / inf takes O += P V in exact scalar form, masked_products.cuh)
 // The loader refills a stage as soon as all 8 math warps have released it.
 #pragma once
 
@@ -33,7 +34,44 @@ struct FwdBarriersSm90 {
   FLEXATTN_DEV uint64_t* k_empty(int st) const { return base + 1 + Traits::kStages + st; }
   FLEXATTN_DEV uint64_t* v_full(int st) const { return base + 1 + 2 * Traits::kStages + st; }
   FLEXATTN_DEV uint64_t* v_empty(int st) const { return base + 1 + 3 * Traits::kStages + st; }
+  FLEXATTN_DEV uint64_t* v_checked(int st) const { return base + 1 + 4 * Traits::kStages + st; }
 };
+
+// The phases of the v_checked barriers: they complete once per PARTIAL tile of their stage, so
+// the checker and the math warps count those uses per stage (bit st: the parity to wait for).
+struct CheckedPhases {
+  uint32_t bits = 0;
+  FLEXATTN_DEV uint32_t parity(int st) const { return (bits >> st) & 1u; }
+  FLEXATTN_DEV void advance(int st) { bits ^= 1u << st; }
+};
+
+// Warps 1-3 of warpgroup 0 (96 threads): for each partial kv tile, once its V has landed, whether
+// it holds a NaN / inf, which the tile's masked pairs must not pick up (masked_products.cuh):
+// written to vbad[st], published by v_checked[st]. Off the math warps' path; a full tile keeps
+// all its pairs and is not checked. The stage cannot be refilled meanwhile: its v_empty needs the
+// math warps, which wait for v_checked first.
+template <class Traits, class T>
+FLEXATTN_DEV void fwd_check_v_sm90(const FwdParams& p, const FwdBarriersSm90<Traits>& bar,
+                                   const unsigned char* smem, int* vbad, int b, int h, int m0) {
+  constexpr int kStages = Traits::kStages, kThreads = 96;
+  const int part = static_cast<int>(threadIdx.x) - 32;
+  KvTileIter<Traits::kBlockN> iter(p, b, h, m0);
+  CheckedPhases phases;
+  int j = 0;
+  for (auto cur = iter.first(); cur.n0 >= 0; cur = iter.next(cur), ++j) {
+    if (!cur.partial) continue;
+    const int st = j % kStages;
+    thread::mbar_wait(bar.v_full(st), (j / kStages) & 1);
+    const bool bad = cta::any(tile_has_nonfinite<T>(smem + Traits::kOffV + st * Traits::kKvBytes,
+                                                    Traits::kKvBytes, part, kThreads),
+                              1, kThreads);
+    if (part == 0) {
+      vbad[st] = bad ? 1 : 0;
+      thread::mbar_arrive(bar.v_checked(st));
+    }
+    phases.advance(st);
+  }
+}
 
 // Warpgroup 0, one thread: Q once, then K and V of every kv tile the block mask lists.
 template <class Traits>
@@ -115,6 +153,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem = cta::swizzle_aligned(smem_raw);
   const FwdBarriersSm90<Traits> bar{reinterpret_cast<uint64_t*>(smem + Traits::kOffBars)};
+  int* const vbad = reinterpret_cast<int*>(smem + Traits::kOffVBad);
 
   const auto tile = FwdTileScheduler::get();
   const int b = tile.b, h = tile.h;
@@ -128,6 +167,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       thread::mbar_init(bar.v_full(st), 1);
       thread::mbar_init(bar.k_empty(st), Traits::kMathWarps);
       thread::mbar_init(bar.v_empty(st), Traits::kMathWarps);
+      thread::mbar_init(bar.v_checked(st), 1);
     }
     ::cuda::ptx::fence_mbarrier_init(::cuda::ptx::sem_release, ::cuda::ptx::scope_cluster);
   }
@@ -136,6 +176,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   if (warpgroup_id == 0) {
     warpgroup::release_registers<Traits::kLoaderRegs>();
     if (threadIdx.x == 0) fwd_load_sm90<Traits>(p, maps, bar, smem, b, h, m0);
+    if (threadIdx.x >= 32) fwd_check_v_sm90<Traits, T>(p, bar, smem, vbad, b, h, m0);
     return;
   }
   warpgroup::claim_registers<Traits::kMathRegs>();
@@ -166,6 +207,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   thread::mbar_wait(bar.q_full(), 0);
 
   KvTileIter<kBlockN> iter(p, b, h, m0);
+  CheckedPhases phases;
   int j = 0;
   for (auto cur = iter.first(); cur.n0 >= 0; ++j) {
     const auto nxt = iter.next(cur);
@@ -185,13 +227,16 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     softmax.update(s1, o1, units.mult);
 
     thread::mbar_wait(bar.v_full(st), parity);
-    // A partial tile's masked pairs must not pick up NaN / inf from V (masked_products.cuh): the
-    // warpgroup checks the tile, each thread 1/128 of it, combined in a named barrier of its own.
-    const unsigned char* v_stage = smem + Traits::kOffV + st * Traits::kKvBytes;
-    if (cur.partial &&
-        warpgroup::any(tile_has_nonfinite<T>(v_stage, Traits::kKvBytes, threadIdx.x % 128, 128),
-                       warpgroup_id)) {
-      const T* v_elems = reinterpret_cast<const T*>(v_stage);
+    // A partial tile's masked pairs must not pick up NaN / inf from V: the checker's answer
+    // (fwd_check_v_sm90); a V with any takes the exact product (masked_products.cuh).
+    bool v_bad = false;
+    if (cur.partial) {
+      thread::mbar_wait(bar.v_checked(st), phases.parity(st));
+      phases.advance(st);
+      v_bad = vbad[st] != 0;
+    }
+    if (__builtin_expect(v_bad, 0)) {
+      const T* v_elems = reinterpret_cast<const T*>(smem + Traits::kOffV + st * Traits::kKvBytes);
       add_pv_exact(o1, s1, [&](int kv, int col) {
         return static_cast<float>(v_elems[Swizzled128<kBlockN>::offset(kv, col)]);
       });

@@ -93,38 +93,17 @@ FLEXATTN_DEV void add_pv_exact(float (&o)[MT][NTO][4], const float (&p)[MT][NT][
   }
 }
 
-// acc = A B over n columns of A, skipping a == 0: a_at(row, j) and b_at(j, col) elements of the
-// warp's tiles in shared memory as floats (row, col in the warp's tile, C layout above).
-template <int MI, int NI, class AAt, class BAt>
-FLEXATTN_DEV void exact_product(float (&acc)[MI][NI][4], int n, const AAt& a_at, const BAt& b_at) {
-  const int lane = static_cast<int>(threadIdx.x % 32), g = lane / 4, t = lane % 4;
-#pragma unroll
-  for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < NI; ++ni)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.0f;
+// sum over j < n of a_at(j) * b_at(j), skipping j where a == 0 (one element of dQ = dS K: a row
+// of dS, a column of K, from shared memory as floats). Scalar, rolled: few registers, slow.
+template <class AAt, class BAt>
+FLEXATTN_DEV float exact_dot(int n, const AAt& a_at, const BAt& b_at) {
+  float acc = 0.0f;
 #pragma unroll 1
   for (int j = 0; j < n; ++j) {
-    float bv[NI][2];
-#pragma unroll
-    for (int ni = 0; ni < NI; ++ni)
-#pragma unroll
-      for (int c = 0; c < 2; ++c) bv[ni][c] = b_at(j, ni * 8 + 2 * t + c);
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const float a = a_at(mi * 16 + g + 8 * half, j);
-        if (a == 0.0f) continue;
-#pragma unroll
-        for (int ni = 0; ni < NI; ++ni)
-#pragma unroll
-          for (int c = 0; c < 2; ++c)
-            acc[mi][ni][2 * half + c] = fmaf(a, bv[ni][c], acc[mi][ni][2 * half + c]);
-      }
-    }
+    const float a = a_at(j);
+    if (a != 0.0f) acc = fmaf(a, b_at(j), acc);
   }
+  return acc;
 }
 
 }  // namespace flexattn::detail::cuda

@@ -98,7 +98,7 @@ struct OnlineSoftmax {
         const float sum = warp::quad_sum(row_sum[rr]);
         const bool empty = sum == 0.0f;  // not !(sum > 0): a NaN sum must not pass as masked
         const float inv = empty ? 0.0f : 1.0f / sum;
-        lse[rr] = empty ? thread::neg_inf() : fmaf(log2f(sum), kLn2, row_max[rr] * natural);
+        lse[rr] = empty ? thread::neg_inf() : fmaf(log2f(sum), kLn2, __fmul_rn(row_max[rr], natural));
 #pragma unroll
         for (int nd = 0; nd < NTO; ++nd) {
           o[mi][nd][2 * half] *= inv;

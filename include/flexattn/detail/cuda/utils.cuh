@@ -158,6 +158,21 @@ FLEXATTN_DEV void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
+// OR of `x` over `threads` threads (a multiple of 32) through named barrier `id` (1..15; 0 is
+// __syncthreads): each of them calls it with the same id and count, and no other threads use that
+// id meanwhile. A barrier, so it also orders their shared-memory accesses before it against
+// those after it.
+FLEXATTN_DEV bool any(bool x, int id, int threads) {
+  uint32_t r;
+  asm volatile(
+      "{\n .reg .pred p, q;\n setp.ne.u32 p, %1, 0;\n bar.red.or.pred q, %2, %3, p;\n"
+      " selp.u32 %0, 1, 0, q;\n}"
+      : "=r"(r)
+      : "r"(static_cast<uint32_t>(x)), "r"(id), "r"(threads)
+      : "memory");
+  return r != 0;
+}
+
 }  // namespace cta
 
 }  // namespace flexattn::detail::cuda

@@ -168,20 +168,5 @@ FLEXATTN_DEV void claim_registers() {
 #endif
 }
 
-// OR of `x` over the 128 threads of a warpgroup, through named barrier `id` (1..15; 0 is
-// __syncthreads): every thread of the warpgroup must call it with the same id, and no other
-// warpgroup may use that id meanwhile. A barrier, so it also orders the warpgroup's shared-memory
-// accesses before it against those after it.
-FLEXATTN_DEV bool any(bool x, int id) {
-  uint32_t r;
-  asm volatile(
-      "{\n .reg .pred p, q;\n setp.ne.u32 p, %1, 0;\n bar.red.or.pred q, %2, 128, p;\n"
-      " selp.u32 %0, 1, 0, q;\n}"
-      : "=r"(r)
-      : "r"(static_cast<uint32_t>(x)), "r"(id)
-      : "memory");
-  return r != 0;
-}
-
 }  // namespace warpgroup
 }  // namespace flexattn::detail::cuda
