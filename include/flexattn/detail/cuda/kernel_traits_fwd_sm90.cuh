@@ -9,8 +9,8 @@
 // softmax overlaps the other's matrix products.
 //
 // Registers: S (64 x BLOCK_N) is BLOCK_N / 2 floats per thread, O (64 x D) D / 2, P in 16 bits
-// BLOCK_N / 4; the loader warpgroup keeps 32 registers and hands the rest to the math warpgroups
-// (32 x 128 + 240 x 256 = 65536, the SM's register file). ptxas fits D = 128 with BLOCK_N = 128 in
+// BLOCK_N / 4; the loader warpgroup (the copies and the V checker) keeps 24 registers and hands
+// the rest to the math warpgroups (24 x 128 + 240 x 256 = 64512 of the SM's 65536). ptxas fits D = 128 with BLOCK_N = 128 in
 // the 168 of the entry cap already, without spills, for every stock variant. One CTA per SM.
 //
 // Shared memory: Q (128 x D) + stages x (K + V) (BLOCK_N x D each), 128-byte swizzled
@@ -36,7 +36,10 @@ struct FwdTraitsSm90 {
   static constexpr int kMathWarpgroups = 2;
   static constexpr int kMathWarps = 4 * kMathWarpgroups;
   static constexpr int kNThreads = 128 * (1 + kMathWarpgroups);
-  static constexpr int kLoaderRegs = 32;  // the V checker's loop as well as the copies
+  // HAZARD: the launch gives every thread 168 registers (65536 / 384, rounded down to 8): the
+  // math warpgroups can claim only what the loader warpgroup gives back, 128 x (168 - 24) =
+  // 256 x (240 - 168). A larger loader share leaves the math warps waiting in setmaxnreg forever.
+  static constexpr int kLoaderRegs = 24;
   static constexpr int kMathRegs = 240;
   static constexpr int kRowsPerWarpgroup = 64;
   static constexpr int kQBytes = kBlockM * kHeadDim * 2;
