@@ -186,13 +186,16 @@ INITCHECK_FILTER='Gpu/StockVariant.MatchesFloat64Reference/causal_bf16'
 INITCHECK_FILTER+=':GpuTest.DeterministicBackwardReadsOnlyTheTransposedLists'
 if [[ $SANITIZE == 1 && $BUILD_OK == 1 ]]; then
   CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-  for tool in ${SANITIZE_TOOLS:-memcheck racecheck synccheck initcheck}; do
-    if (( $(left) < 240 )); then STATUS[$tool]="skipped ($(left)s of the budget left)"; continue; fi
+  # The quick tools first; racecheck, the slowest, gets the longest box.
+  for tool in ${SANITIZE_TOOLS:-memcheck synccheck racecheck initcheck}; do
+    if (( $(left) < 180 )); then STATUS[$tool]="skipped ($(left)s of the budget left)"; continue; fi
     log "compute-sanitizer --tool $tool"
     tl=$WORK/sanitize_$tool.log
     filter=$SANITIZE_FILTER
     [[ $tool == initcheck ]] && filter=$INITCHECK_FILTER
-    timeout "$(slot 60 230)" "$CS" --tool "$tool" --error-exitcode 99 --print-limit 20 \
+    box=60
+    [[ $tool == racecheck ]] && box=120
+    timeout "$(slot $box 170)" "$CS" --tool "$tool" --error-exitcode 99 --print-limit 20 \
       "$BIN/flexattn_gpu_tests" --gtest_filter="$filter" --gtest_color=no > "$tl" 2>&1
     rc=$?
     summary=$(grep -E '^========= .*SUMMARY' "$tl" | tail -1 | sed 's/^========= //')

@@ -352,8 +352,9 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
       };
       using Yes = std::true_type;
       using No = std::false_type;
+      // The exact form is rare: one copy of it, with the checks (harmless on a full tile).
       if (exact) {
-        check ? probs(Yes{}, Yes{}) : probs(No{}, Yes{});
+        probs(Yes{}, Yes{});
       } else {
         check ? probs(Yes{}, No{}) : probs(No{}, No{});
       }
@@ -361,22 +362,29 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
       bwd::zero(acc_dp);
       bwd::warp_gemm<T, Cfg::kSdpMI, Cfg::kSdpNI, kD / 16>(
           acc_dp, bwd::FragA<kPitch>(sDoc, sdp_m0), fb_v);
+      // Only a tile with masked pairs can meet garbage V in dP: it selects (bwd::dscore).
+      auto form_ds = [&](auto select) {
 #pragma unroll
-      for (int mi = 0; mi < Cfg::kSdpMI; ++mi) {
+        for (int mi = 0; mi < Cfg::kSdpMI; ++mi) {
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int rl = sdp_m0 + mi * 16 + g + 8 * half;
+          for (int half = 0; half < 2; ++half) {
+            const int rl = sdp_m0 + mi * 16 + g + 8 * half;
 #pragma unroll
-          for (int ni = 0; ni < Cfg::kSdpNI; ++ni) {
-            const float d0 =
-                bwd::dscore(acc_s[mi][ni][2 * half], acc_dp[mi][ni][2 * half], delta[mi][half]);
-            const float d1 = bwd::dscore(acc_s[mi][ni][2 * half + 1],
-                                         acc_dp[mi][ni][2 * half + 1], delta[mi][half]);
-            *reinterpret_cast<uint32_t*>(sDs + rl * kPitchS + sdp_n0 + ni * 8 + 2 * t) =
-                thread::pack2<T>(d0, d1);
+            for (int ni = 0; ni < Cfg::kSdpNI; ++ni) {
+              float d[2];
+#pragma unroll
+              for (int c = 0; c < 2; ++c) {
+                const float pg = acc_s[mi][ni][2 * half + c], dp = acc_dp[mi][ni][2 * half + c];
+                d[c] = decltype(select)::value ? bwd::dscore(pg, dp, delta[mi][half])
+                                               : pg * (dp - delta[mi][half]);
+              }
+              *reinterpret_cast<uint32_t*>(sDs + rl * kPitchS + sdp_n0 + ni * 8 + 2 * t) =
+                  thread::pack2<T>(d[0], d[1]);
+            }
           }
         }
-      }
+      };
+      check ? form_ds(Yes{}) : form_ds(No{});
       __syncthreads();  // P and dS complete
 
       // ---- dV += P^T dO ---------------------------------------------------------------------

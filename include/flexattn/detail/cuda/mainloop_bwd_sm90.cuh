@@ -333,8 +333,9 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
       };
       using Yes = std::true_type;
       using No = std::false_type;
+      // The exact form is rare: one copy of it, with the checks (harmless on a full tile).
       if (exact) {
-        check ? probs(Yes{}, Yes{}) : probs(No{}, Yes{});
+        probs(Yes{}, Yes{});
       } else {
         check ? probs(Yes{}, No{}) : probs(No{}, No{});
       }
@@ -342,17 +343,25 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
       warpgroup::wait<0>();
       warpgroup::fence_operand(dp);
       // ---- dS^T = P^T g (dP^T - delta): A fragments, and stored for the dQ product -----------
+      // Only a tile with masked pairs can meet garbage V there: it selects (bwd::dscore).
+      auto form_ds = [&](auto select) {
 #pragma unroll
-      for (int ni = 0; ni < 8; ++ni) {
+        for (int ni = 0; ni < 8; ++ni) {
 #pragma unroll
-        for (int r = 0; r < 4; ++r) s[ni][r] = bwd::dscore(s[ni][r], dp[ni][r], s_delta[ni * 8 + 2 * t + r % 2]);
+          for (int r = 0; r < 4; ++r) {
+            const float delta = s_delta[ni * 8 + 2 * t + r % 2];
+            s[ni][r] = decltype(select)::value ? bwd::dscore(s[ni][r], dp[ni][r], delta)
+                                               : s[ni][r] * (dp[ni][r] - delta);
+          }
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int row = kv_w + ww * 16 + g + 8 * half;
-          *reinterpret_cast<uint32_t*>(sDs + Swizzled128<kBN>::offset(row, ni * 8 + 2 * t) * 2) =
-              thread::pack2<T>(s[ni][2 * half], s[ni][2 * half + 1]);
+          for (int half = 0; half < 2; ++half) {
+            const int row = kv_w + ww * 16 + g + 8 * half;
+            *reinterpret_cast<uint32_t*>(sDs + Swizzled128<kBN>::offset(row, ni * 8 + 2 * t) * 2) =
+                thread::pack2<T>(s[ni][2 * half], s[ni][2 * half + 1]);
+          }
         }
-      }
+      };
+      check ? form_ds(Yes{}) : form_ds(No{});
       bwd90::to_a_fragments<T>(s, dsa);
 
       // ---- dV_w += P^T dO, dK_w += dS^T Q (in flight across the barrier and the dQ product) --

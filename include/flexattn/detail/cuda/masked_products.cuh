@@ -58,7 +58,8 @@ FLEXATTN_DEV bool any_nonfinite(const float (&acc)[MI][NI][4]) {
 
 // o += P V over the kv tile, skipping p == 0: P the warp's probabilities (MT x NT fragments, the
 // scores' layout), v_at(kv, col) one element of the V tile as a float. Warp-uniform call: P moves
-// between the lanes of a quad by shuffles, one kv column at a time.
+// between the lanes of a quad by shuffles, one kv column at a time; each V element is read once
+// per m16 tile and used at once (few registers beside O and P).
 template <int MT, int NT, int NTO, class VAt>
 FLEXATTN_DEV void add_pv_exact(float (&o)[MT][NTO][4], const float (&p)[MT][NT][4],
                                const VAt& v_at) {
@@ -70,22 +71,19 @@ FLEXATTN_DEV void add_pv_exact(float (&o)[MT][NTO][4], const float (&p)[MT][NT][
 #pragma unroll 1
       for (int src = 0; src < 4; ++src) {  // the quad lane that holds column kv
         const int kv = ni * 8 + 2 * src + c;
-        float v[NTO][2];
-#pragma unroll
-        for (int nd = 0; nd < NTO; ++nd)
-#pragma unroll
-          for (int cc = 0; cc < 2; ++cc) v[nd][cc] = v_at(kv, nd * 8 + 2 * t + cc);
 #pragma unroll
         for (int mi = 0; mi < MT; ++mi) {
+          const float p0 = __shfl_sync(0xffffffffu, p[mi][ni][c], quad | src);
+          const float p1 = __shfl_sync(0xffffffffu, p[mi][ni][2 + c], quad | src);
+          if (p0 == 0.0f && p1 == 0.0f) continue;
 #pragma unroll
-          for (int half = 0; half < 2; ++half) {
-            const float pr = __shfl_sync(0xffffffffu, p[mi][ni][2 * half + c], quad | src);
-            if (pr == 0.0f) continue;
+          for (int nd = 0; nd < NTO; ++nd) {
 #pragma unroll
-            for (int nd = 0; nd < NTO; ++nd)
-#pragma unroll
-              for (int cc = 0; cc < 2; ++cc)
-                o[mi][nd][2 * half + cc] = fmaf(pr, v[nd][cc], o[mi][nd][2 * half + cc]);
+            for (int cc = 0; cc < 2; ++cc) {
+              const float x = v_at(kv, nd * 8 + 2 * t + cc);
+              if (p0 != 0.0f) o[mi][nd][cc] = fmaf(p0, x, o[mi][nd][cc]);
+              if (p1 != 0.0f) o[mi][nd][2 + cc] = fmaf(p1, x, o[mi][nd][2 + cc]);
+            }
           }
         }
       }
