@@ -228,8 +228,9 @@ void check_attention(const CaseOptions& c, ScoreMod score, MaskMod mask, RefScor
                                                               v.host, ref_score, ref_mask);
   auto naive_bwd = std::async(std::launch::async, [&] {
     if (!c.backward) return testing::LowpGrads{};
-    return testing::naive_backward_lowp(s, c.dtype, scale, q.host, k.host, v.host, dout.host, nv,
-                                        ref_score, ref_mask);
+    // Given the out / lse the tested backward was given (tests/attn_check.h says why).
+    return testing::naive_backward_lowp(s, c.dtype, scale, q.host, k.host, v.host, dout.host,
+                                        testing::LowpForward{out_h, lse_h}, ref_score, ref_mask);
   });
   const reference::ForwardResult ex = exact_fwd.get();
   const reference::Grads exg = exact_bwd.get();

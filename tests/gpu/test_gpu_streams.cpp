@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <string>
 #include <utility>
@@ -71,12 +72,14 @@ class NonBlockingStream : public fa::gpu_test::GpuTest {
   cudaStream_t s_ = nullptr;
 };
 
-// The float64 oracle and the naive low-precision one for one variant, forward and backward.
+// The float64 oracle and the naive low-precision one for one variant, forward and backward. The
+// naive backward is run on the out / lse the tested backward was given (tests/attn_check.h says
+// why): naive_grads(out, lse).
 struct Expected {
   fa::reference::ForwardResult fwd;
   fa::reference::Grads grads;
   fa::testing::LowpForward naive_fwd;
-  fa::testing::LowpGrads naive_grads;
+  std::function<fa::testing::LowpGrads(const fa::testing::LowpForward&)> naive_grads;
 };
 template <class ScoreMod, class MaskMod>
 Expected expected(const fa::reference::Shape& sh, float scale, const fa::gpu_test::Input& q,
@@ -89,8 +92,10 @@ Expected expected(const fa::reference::Shape& sh, float scale, const fa::gpu_tes
   e.fwd = ref::forward(sh, q64, k64, v64, double(scale), score, mask);
   e.grads = ref::backward(sh, q64, k64, v64, ref::to_double(dout.host), double(scale), score, mask);
   e.naive_fwd = fa::testing::naive_forward_lowp(sh, kDt, scale, q.host, k.host, v.host, score, mask);
-  e.naive_grads = fa::testing::naive_backward_lowp(sh, kDt, scale, q.host, k.host, v.host,
-                                                   dout.host, e.naive_fwd, score, mask);
+  e.naive_grads = [sh, scale, &q, &k, &v, &dout, score, mask](const fa::testing::LowpForward& f) {
+    return fa::testing::naive_backward_lowp(sh, kDt, scale, q.host, k.host, v.host, dout.host, f,
+                                            score, mask);
+  };
   return e;
 }
 
@@ -102,13 +107,16 @@ void expect_forward(const char* what, const fa::Tensor& out, const fa::Tensor& l
   fa::gpu_test::expect_close("lse", lse.to_host(), e.fwd.lse, e.naive_fwd.lse, 2.0, 1e-5, what);
 }
 
+// out, lse: what the tested backward was given.
 void expect_grads(const char* what, const fa::Tensor& dq, const fa::Tensor& dk,
-                  const fa::Tensor& dv, const Expected& e) {
+                  const fa::Tensor& dv, const fa::Tensor& out, const fa::Tensor& lse,
+                  const Expected& e) {
   SCOPED_TRACE(what);
   const double eps = fa::gpu_test::dtype_eps(kDt);
-  fa::gpu_test::expect_close("dq", dq.to_host(), e.grads.dq, e.naive_grads.dq, 3.0, eps, what);
-  fa::gpu_test::expect_close("dk", dk.to_host(), e.grads.dk, e.naive_grads.dk, 3.0, eps, what);
-  fa::gpu_test::expect_close("dv", dv.to_host(), e.grads.dv, e.naive_grads.dv, 3.0, eps, what);
+  const fa::testing::LowpGrads naive = e.naive_grads({out.to_host(), lse.to_host()});
+  fa::gpu_test::expect_close("dq", dq.to_host(), e.grads.dq, naive.dq, 3.0, eps, what);
+  fa::gpu_test::expect_close("dk", dk.to_host(), e.grads.dk, naive.dk, 3.0, eps, what);
+  fa::gpu_test::expect_close("dv", dv.to_host(), e.grads.dv, naive.dv, 3.0, eps, what);
 }
 
 // Documents of 37, 93, 1, 119 and 50 positions.
@@ -244,12 +252,15 @@ TEST_F(NonBlockingStream, EveryEntryPointIsOrderedOnTheStream) {
   expect_forward("flex_attention(score_mod)", o_cap.out, o_cap.lse, e_cap);
   expect_forward("flex_attention()", o_noop.out, o_noop.lse, e_noop);
   expect_grads("flex_attention_backward(score_mod, block_mask)", g_alibi.dq, g_alibi.dk,
-               g_alibi.dv, e_alibi);
-  expect_grads("flex_attention_backward(block_mask)", g_doc.dq, g_doc.dk, g_doc.dv, e_doc);
-  expect_grads("flex_attention_backward(score_mod)", g_cap.dq, g_cap.dk, g_cap.dv, e_cap);
-  expect_grads("flex_attention_backward()", g_noop.dq, g_noop.dk, g_noop.dv, e_noop);
+               g_alibi.dv, o_alibi.out, o_alibi.lse, e_alibi);
+  expect_grads("flex_attention_backward(block_mask)", g_doc.dq, g_doc.dk, g_doc.dv, o_doc.out,
+               o_doc.lse, e_doc);
+  expect_grads("flex_attention_backward(score_mod)", g_cap.dq, g_cap.dk, g_cap.dv, o_cap.out,
+               o_cap.lse, e_cap);
+  expect_grads("flex_attention_backward()", g_noop.dq, g_noop.dk, g_noop.dv, o_noop.out,
+               o_noop.lse, e_noop);
   expect_forward("flex_attention_into", out, lse, e_doc);
-  expect_grads("flex_attention_backward_into", dq, dk, dv, e_doc);
+  expect_grads("flex_attention_backward_into", dq, dk, dv, out, lse, e_doc);
 }
 
 // Tensor and Buffer copies of memory that belongs to the stream.
