@@ -39,7 +39,7 @@ struct AttentionGrads {
 };
 
 // ---- lower layer: caller-owned strided views ----------------------------------------------------
-template <class ScoreMod, class MaskMod>
+template <class ScoreMod, class MaskMod, class Unit = detail::CompilerUnit>
 void flex_attention_into(const TensorView& q, const TensorView& k, const TensorView& v,
                          const TensorView& out, const TensorView& lse, ScoreMod score_mod,
                          const BlockMask<MaskMod>& block_mask, AttentionOptions opts = {}) {
@@ -54,7 +54,7 @@ void flex_attention_into(const TensorView& q, const TensorView& k, const TensorV
   }
 }
 
-template <class ScoreMod, class MaskMod>
+template <class ScoreMod, class MaskMod, class Unit = detail::CompilerUnit>
 void flex_attention_backward_into(const TensorView& q, const TensorView& k, const TensorView& v,
                                   const TensorView& out, const TensorView& lse,
                                   const TensorView& dout, const TensorView& dq,
@@ -73,7 +73,7 @@ void flex_attention_backward_into(const TensorView& q, const TensorView& k, cons
 }
 
 // ---- front door: owning tensors -------------------------------------------------------------------
-template <class ScoreMod, class MaskMod>
+template <class ScoreMod, class MaskMod, class Unit = detail::CompilerUnit>
 AttentionOutput flex_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                ScoreMod score_mod, const BlockMask<MaskMod>& block_mask,
                                AttentionOptions opts = {}) {
@@ -94,12 +94,12 @@ namespace detail {
 BlockMask<NoopMask> dense_block_mask(const Tensor& q, const Tensor& k, void* stream);
 }  // namespace detail
 
-template <class MaskMod>
+template <class MaskMod, class Unit = detail::CompilerUnit>
 AttentionOutput flex_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                const BlockMask<MaskMod>& block_mask, AttentionOptions opts = {}) {
   return flex_attention(q, k, v, NoopScore{}, block_mask, opts);
 }
-template <class ScoreMod>
+template <class ScoreMod, class Unit = detail::CompilerUnit>
   requires(!std::same_as<ScoreMod, AttentionOptions>)
 AttentionOutput flex_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                ScoreMod score_mod, AttentionOptions opts = {}) {
@@ -107,15 +107,16 @@ AttentionOutput flex_attention(const Tensor& q, const Tensor& k, const Tensor& v
   return flex_attention(q, k, v, score_mod, detail::dense_block_mask(q, k, opts.stream), opts);
 }
 // Templates (never called with explicit arguments) rather than inline functions so that a .cu
-// file including this header does not compile the dense kernels unless it calls them.
-template <int = 0>
+// file including this header does not compile the dense kernels unless it calls them. Every
+// public template here ends in `Unit` (detail::CompilerUnit): leave it defaulted.
+template <class Unit = detail::CompilerUnit>
 AttentionOutput flex_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                AttentionOptions opts = {}) {
   detail::check_front_door_inputs("flex_attention", q.view(), k.view(), v.view(), opts);
   return flex_attention(q, k, v, NoopScore{}, detail::dense_block_mask(q, k, opts.stream), opts);
 }
 
-template <class ScoreMod, class MaskMod>
+template <class ScoreMod, class MaskMod, class Unit = detail::CompilerUnit>
 AttentionGrads flex_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                        const Tensor& out, const Tensor& lse, const Tensor& dout,
                                        ScoreMod score_mod, const BlockMask<MaskMod>& block_mask,
@@ -130,14 +131,14 @@ AttentionGrads flex_attention_backward(const Tensor& q, const Tensor& k, const T
                                g.dq.view(), g.dk.view(), g.dv.view(), score_mod, block_mask, opts);
   return g;
 }
-template <class MaskMod>
+template <class MaskMod, class Unit = detail::CompilerUnit>
 AttentionGrads flex_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                        const Tensor& out, const Tensor& lse, const Tensor& dout,
                                        const BlockMask<MaskMod>& block_mask,
                                        AttentionOptions opts = {}) {
   return flex_attention_backward(q, k, v, out, lse, dout, NoopScore{}, block_mask, opts);
 }
-template <class ScoreMod>
+template <class ScoreMod, class Unit = detail::CompilerUnit>
   requires(!std::same_as<ScoreMod, AttentionOptions>)
 AttentionGrads flex_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                        const Tensor& out, const Tensor& lse, const Tensor& dout,
@@ -147,7 +148,7 @@ AttentionGrads flex_attention_backward(const Tensor& q, const Tensor& k, const T
   return flex_attention_backward(q, k, v, out, lse, dout, score_mod,
                                  detail::dense_block_mask(q, k, opts.stream), opts);
 }
-template <int = 0>
+template <class Unit = detail::CompilerUnit>
 AttentionGrads flex_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                        const Tensor& out, const Tensor& lse, const Tensor& dout,
                                        AttentionOptions opts = {}) {

@@ -29,7 +29,8 @@ struct BlockMaskOptions {
 
 template <class MaskMod>
 class BlockMask;
-template <class MaskMod>
+// Unit: detail::CompilerUnit (config.h), left defaulted.
+template <class MaskMod, class Unit = detail::CompilerUnit>
 BlockMask<MaskMod> create_block_mask(MaskMod mask_mod, int64_t B, int64_t H, int64_t q_len,
                                      int64_t kv_len, BlockMaskOptions opts = {});
 
@@ -67,7 +68,7 @@ struct BlockMaskData {
   void check_sealed(const char* fn) const;
 
  private:
-  template <class M>
+  template <class M, class U>
   friend BlockMask<M> create_block_mask(M, int64_t, int64_t, int64_t, int64_t, BlockMaskOptions);
 
   struct Seal {
@@ -123,7 +124,7 @@ void check_block_mask_args(int64_t B, int64_t H, int64_t q_len, int64_t kv_len,
 
 namespace flexattn {
 
-template <class MaskMod>
+template <class MaskMod, class Unit>
 BlockMask<MaskMod> create_block_mask(MaskMod mask_mod, int64_t B, int64_t H, int64_t q_len,
                                      int64_t kv_len, BlockMaskOptions opts) {
   detail::check_mask_mod<MaskMod>();

@@ -19,3 +19,19 @@
 #else
 #define FLEXATTN_FORCEINLINE inline __attribute__((always_inline))
 #endif
+
+namespace flexattn::detail {
+// Which kind of compiler built the including translation unit. The public templates that can
+// reach the CUDA backend take it as a defaulted last template parameter (and the dispatch seam,
+// detail/cuda/dispatch.h, sits in a namespace of the same kind): a .cpp file's instantiation
+// (stock variants through the library's kernels, other functors throw) and a .cu file's (kernels
+// compiled right there) are then different functions that the linker never merges, even for the
+// same functors. Never name it.
+#if defined(__CUDACC__)
+struct NvccUnit {};
+using CompilerUnit = NvccUnit;
+#else
+struct HostUnit {};
+using CompilerUnit = HostUnit;
+#endif
+}  // namespace flexattn::detail

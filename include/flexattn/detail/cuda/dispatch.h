@@ -33,6 +33,14 @@ void backward_prebuilt(const BwdArgs& args, const ScoreMod& score_mod, const Mas
 
 [[noreturn]] void throw_needs_nvcc(const char* what);
 
+// One definition per kind of compiler (detail::CompilerUnit says why): the inline namespace puts
+// the kind into these templates' symbols.
+#if defined(__CUDACC__)
+inline namespace nvcc_unit {
+#else
+inline namespace host_unit {
+#endif
+
 template <class MaskMod>
 void build_block_mask(const MaskMod& mask_mod, BlockMaskData& data, void* stream) {
 #if defined(__CUDACC__)
@@ -71,5 +79,7 @@ void backward(const BwdArgs& args, const ScoreMod& score_mod, const MaskMod& mas
   }
 #endif
 }
+
+}  // inline namespace nvcc_unit / host_unit
 
 }  // namespace flexattn::detail::cuda
