@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "../../math.h"
 #include "launch_record.h"
@@ -166,6 +167,20 @@ FLEXATTN_DEV float prob_and_grad(float& x, const ScoreMod& score_mod, const Mask
   }
   x = pg;
   return p;
+}
+
+// Calls f(check, exact) with the flags as std::bool_constant: the three forms of a tile's
+// probabilities. The exact form is rare, so it has one copy, with the checks (harmless on a
+// full tile: its partial flag is false and every index is in range).
+template <class F>
+FLEXATTN_DEV void with_prob_form(bool check, bool exact, const F& f) {
+  if (exact) {
+    f(std::true_type{}, std::true_type{});
+  } else if (check) {
+    f(std::true_type{}, std::false_type{});
+  } else {
+    f(std::false_type{}, std::false_type{});
+  }
 }
 
 // Whether a row's lse2 is finite and past the folded exponent's limit (softmax.cuh): a warp with

@@ -350,14 +350,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
             acc_s, sP, lse2, p, score_mod, mask_mod, check_c ? cur.partial : false, b, hq,
             m0 + sdp_m0, n0 + sdp_n0, sdp_m0, sdp_n0, p.Lq, p.Lkv, p.scale, p.scale_log2);
       };
-      using Yes = std::true_type;
-      using No = std::false_type;
-      // The exact form is rare: one copy of it, with the checks (harmless on a full tile).
-      if (exact) {
-        probs(Yes{}, Yes{});
-      } else {
-        check ? probs(Yes{}, No{}) : probs(No{}, No{});
-      }
+      bwd::with_prob_form(check, exact, probs);
       float acc_dp[Cfg::kSdpMI][Cfg::kSdpNI][4];  // (BLOCK_M, BLOCK_N)
       bwd::zero(acc_dp);
       bwd::warp_gemm<T, Cfg::kSdpMI, Cfg::kSdpNI, kD / 16>(
@@ -384,7 +377,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
           }
         }
       };
-      check ? form_ds(Yes{}) : form_ds(No{});
+      check ? form_ds(std::true_type{}) : form_ds(std::false_type{});
       __syncthreads();  // P and dS complete
 
       // ---- dV += P^T dO ---------------------------------------------------------------------

@@ -331,14 +331,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
         bwd90::probs_t<T, decltype(check_c)::value, decltype(exact_c)::value>(
             s, pa, s_lse2, score_mod, mask_mod, check_c ? partial : false, b, hq, m0, kv_row, p);
       };
-      using Yes = std::true_type;
-      using No = std::false_type;
-      // The exact form is rare: one copy of it, with the checks (harmless on a full tile).
-      if (exact) {
-        probs(Yes{}, Yes{});
-      } else {
-        check ? probs(Yes{}, No{}) : probs(No{}, No{});
-      }
+      bwd::with_prob_form(check, exact, probs);
 
       warpgroup::wait<0>();
       warpgroup::fence_operand(dp);
@@ -361,7 +354,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
           }
         }
       };
-      check ? form_ds(Yes{}) : form_ds(No{});
+      check ? form_ds(std::true_type{}) : form_ds(std::false_type{});
       bwd90::to_a_fragments<T>(s, dsa);
 
       // ---- dV_w += P^T dO, dK_w += dS^T Q (in flight across the barrier and the dQ product) --
