@@ -338,6 +338,58 @@ inline int64_t expect_masked_rows_exact(const Shape& sh, const std::vector<float
   return rows;
 }
 
+// ---- one case's operands -------------------------------------------------------------------------
+// Every operand of a case as the Problem lays it out, on `device`: q, k, v (and dout) from the given
+// logical values, out and lse poisoned with NaN, and with a dout also dq, dk, dv poisoned.
+struct CaseOperands {
+  Operand q, k, v, dout, out, lse, dq, dk, dv;
+
+  static CaseOperands make(const Problem& p, const std::vector<float>& q,
+                           const std::vector<float>& k, const std::vector<float>& v,
+                           const std::vector<float>* dout, Device device = Device::cpu) {
+    const Shape& sh = p.shape;
+    auto op = [&](const std::vector<int64_t>& shape, DType dt, const std::vector<float>* x) {
+      return Operand::make(shape, dt, p.strided, x, device);
+    };
+    CaseOperands c;
+    c.q = op({sh.B, sh.Hq, sh.Lq, sh.D}, p.dtype, &q);
+    c.k = op({sh.B, sh.Hkv, sh.Lkv, sh.D}, p.dtype, &k);
+    c.v = op({sh.B, sh.Hkv, sh.Lkv, sh.Dv}, p.dtype, &v);
+    c.out = op({sh.B, sh.Hq, sh.Lq, sh.Dv}, p.dtype, nullptr);
+    c.lse = op({sh.B, sh.Hq, sh.Lq}, DType::f32, nullptr);
+    if (dout != nullptr) {
+      c.dout = op({sh.B, sh.Hq, sh.Lq, sh.Dv}, p.dtype, dout);
+      c.dq = op({sh.B, sh.Hq, sh.Lq, sh.D}, p.dtype, nullptr);
+      c.dk = op({sh.B, sh.Hkv, sh.Lkv, sh.D}, p.dtype, nullptr);
+      c.dv = op({sh.B, sh.Hkv, sh.Lkv, sh.Dv}, p.dtype, nullptr);
+    }
+    return c;
+  }
+  void forward(const auto& score_mod, const auto& mask, const AttentionOptions& opts) const {
+    flex_attention_into(q.view, k.view, v.view, out.view, lse.view, score_mod, mask, opts);
+  }
+  void backward(const auto& score_mod, const auto& mask, const AttentionOptions& opts) const {
+    flex_attention_backward_into(q.view, k.view, v.view, out.view, lse.view, dout.view, dq.view,
+                                 dk.view, dv.view, score_mod, mask, opts);
+  }
+};
+
+// The case's block mask (mask_B / mask_H of the Problem; 0: the call's) and options.
+template <class MaskMod>
+BlockMask<MaskMod> case_block_mask(const Problem& p, const MaskMod& mask_mod,
+                                   Device device = Device::cpu) {
+  const Shape& sh = p.shape;
+  return create_block_mask(mask_mod, p.mask_B ? p.mask_B : sh.B, p.mask_H ? p.mask_H : sh.Hq,
+                           sh.Lq, sh.Lkv,
+                           {.block_q = p.block_q, .block_kv = p.block_kv, .device = device});
+}
+inline AttentionOptions case_options(const Problem& p) {
+  AttentionOptions opts;
+  opts.scale = p.scale;
+  opts.enable_gqa = p.shape.Hq != p.shape.Hkv;
+  return opts;
+}
+
 // ---- one forward check
 // ----------------------------------------------------------------------------
 struct ForwardReport {
@@ -354,18 +406,9 @@ ForwardReport check_forward(const Problem& p, const ScoreMod& score_mod, const M
   const std::vector<float> k = random_input(sh.k_numel(), p.dtype, rng);
   const std::vector<float> v = random_input(sh.v_numel(), p.dtype, rng);
 
-  const auto mask =
-      create_block_mask(mask_mod, p.mask_B ? p.mask_B : sh.B, p.mask_H ? p.mask_H : sh.Hq, sh.Lq,
-                        sh.Lkv, {.block_q = p.block_q, .block_kv = p.block_kv});
-  const Operand qo = Operand::make({sh.B, sh.Hq, sh.Lq, sh.D}, p.dtype, p.strided, &q);
-  const Operand ko = Operand::make({sh.B, sh.Hkv, sh.Lkv, sh.D}, p.dtype, p.strided, &k);
-  const Operand vo = Operand::make({sh.B, sh.Hkv, sh.Lkv, sh.Dv}, p.dtype, p.strided, &v);
-  const Operand out = Operand::make({sh.B, sh.Hq, sh.Lq, sh.Dv}, p.dtype, p.strided, nullptr);
-  const Operand lse = Operand::make({sh.B, sh.Hq, sh.Lq}, DType::f32, p.strided, nullptr);
-  AttentionOptions opts;
-  opts.scale = p.scale;
-  opts.enable_gqa = sh.Hq != sh.Hkv;
-  flex_attention_into(qo.view, ko.view, vo.view, out.view, lse.view, score_mod, mask, opts);
+  const CaseOperands c = CaseOperands::make(p, q, k, v, nullptr);
+  c.forward(score_mod, case_block_mask(p, mask_mod), case_options(p));
+  const Operand &out = c.out, &lse = c.lse;
 
   const float scale = p.scale != 0.0f ? p.scale : 1.0f / std::sqrt(float(sh.D));
   const reference::ForwardResult ref =
@@ -394,24 +437,11 @@ ForwardReport check_backward(const Problem& p, const ScoreMod& score_mod, const 
   const std::vector<float> v = random_input(sh.v_numel(), p.dtype, rng);
   const std::vector<float> dout = random_input(sh.out_numel(), p.dtype, rng);
 
-  const auto mask =
-      create_block_mask(mask_mod, p.mask_B ? p.mask_B : sh.B, p.mask_H ? p.mask_H : sh.Hq, sh.Lq,
-                        sh.Lkv, {.block_q = p.block_q, .block_kv = p.block_kv});
-  const Operand qo = Operand::make({sh.B, sh.Hq, sh.Lq, sh.D}, p.dtype, p.strided, &q);
-  const Operand ko = Operand::make({sh.B, sh.Hkv, sh.Lkv, sh.D}, p.dtype, p.strided, &k);
-  const Operand vo = Operand::make({sh.B, sh.Hkv, sh.Lkv, sh.Dv}, p.dtype, p.strided, &v);
-  const Operand doo = Operand::make({sh.B, sh.Hq, sh.Lq, sh.Dv}, p.dtype, p.strided, &dout);
-  const Operand out = Operand::make({sh.B, sh.Hq, sh.Lq, sh.Dv}, p.dtype, p.strided, nullptr);
-  const Operand lse = Operand::make({sh.B, sh.Hq, sh.Lq}, DType::f32, p.strided, nullptr);
-  const Operand dq = Operand::make({sh.B, sh.Hq, sh.Lq, sh.D}, p.dtype, p.strided, nullptr);
-  const Operand dk = Operand::make({sh.B, sh.Hkv, sh.Lkv, sh.D}, p.dtype, p.strided, nullptr);
-  const Operand dv = Operand::make({sh.B, sh.Hkv, sh.Lkv, sh.Dv}, p.dtype, p.strided, nullptr);
-  AttentionOptions opts;
-  opts.scale = p.scale;
-  opts.enable_gqa = sh.Hq != sh.Hkv;
-  flex_attention_into(qo.view, ko.view, vo.view, out.view, lse.view, score_mod, mask, opts);
-  flex_attention_backward_into(qo.view, ko.view, vo.view, out.view, lse.view, doo.view, dq.view,
-                               dk.view, dv.view, score_mod, mask, opts);
+  const CaseOperands c = CaseOperands::make(p, q, k, v, &dout);
+  const auto mask = case_block_mask(p, mask_mod);
+  c.forward(score_mod, mask, case_options(p));
+  c.backward(score_mod, mask, case_options(p));
+  const Operand &out = c.out, &lse = c.lse, &dq = c.dq, &dk = c.dk, &dv = c.dv;
 
   const float scale = p.scale != 0.0f ? p.scale : 1.0f / std::sqrt(float(sh.D));
   const std::vector<double> q64 = reference::to_double(q), k64 = reference::to_double(k),

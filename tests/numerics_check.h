@@ -39,32 +39,18 @@ struct Got {
 template <class S, class M>
 Got run_library(const Problem& p, const Inputs& in, const S& score_mod, const M& mask_mod,
                 bool backward, Device device) {
-  const Shape& sh = p.shape;
-  const auto mask = create_block_mask(
-      mask_mod, sh.B, sh.Hq, sh.Lq, sh.Lkv,
-      {.block_q = p.block_q, .block_kv = p.block_kv, .device = device});
-  const Operand qo = Operand::make({sh.B, sh.Hq, sh.Lq, sh.D}, p.dtype, p.strided, &in.q, device);
-  const Operand ko = Operand::make({sh.B, sh.Hkv, sh.Lkv, sh.D}, p.dtype, p.strided, &in.k, device);
-  const Operand vo = Operand::make({sh.B, sh.Hkv, sh.Lkv, sh.Dv}, p.dtype, p.strided, &in.v, device);
-  const Operand doo = Operand::make({sh.B, sh.Hq, sh.Lq, sh.Dv}, p.dtype, p.strided, &in.dout, device);
-  const Operand out = Operand::make({sh.B, sh.Hq, sh.Lq, sh.Dv}, p.dtype, p.strided, nullptr, device);
-  const Operand lse = Operand::make({sh.B, sh.Hq, sh.Lq}, DType::f32, p.strided, nullptr, device);
-  AttentionOptions opts;
-  opts.scale = p.scale;
-  opts.enable_gqa = sh.Hq != sh.Hkv;
-  flex_attention_into(qo.view, ko.view, vo.view, out.view, lse.view, score_mod, mask, opts);
-  Got g{out.read(), lse.read(), {}, {}, {}};
-  EXPECT_EQ(out.clobbered_padding() + lse.clobbered_padding(), 0) << "wrote outside the views";
+  const CaseOperands c =
+      CaseOperands::make(p, in.q, in.k, in.v, backward ? &in.dout : nullptr, device);
+  const auto mask = case_block_mask(p, mask_mod, device);
+  c.forward(score_mod, mask, case_options(p));
+  Got g{c.out.read(), c.lse.read(), {}, {}, {}};
+  EXPECT_EQ(c.out.clobbered_padding() + c.lse.clobbered_padding(), 0) << "wrote outside the views";
   if (!backward) return g;
-  const Operand dq = Operand::make({sh.B, sh.Hq, sh.Lq, sh.D}, p.dtype, p.strided, nullptr, device);
-  const Operand dk = Operand::make({sh.B, sh.Hkv, sh.Lkv, sh.D}, p.dtype, p.strided, nullptr, device);
-  const Operand dv = Operand::make({sh.B, sh.Hkv, sh.Lkv, sh.Dv}, p.dtype, p.strided, nullptr, device);
-  flex_attention_backward_into(qo.view, ko.view, vo.view, out.view, lse.view, doo.view, dq.view,
-                               dk.view, dv.view, score_mod, mask, opts);
-  g.dq = dq.read();
-  g.dk = dk.read();
-  g.dv = dv.read();
-  EXPECT_EQ(dq.clobbered_padding() + dk.clobbered_padding() + dv.clobbered_padding(), 0);
+  c.backward(score_mod, mask, case_options(p));
+  g.dq = c.dq.read();
+  g.dk = c.dk.read();
+  g.dv = c.dv.read();
+  EXPECT_EQ(c.dq.clobbered_padding() + c.dk.clobbered_padding() + c.dv.clobbered_padding(), 0);
   return g;
 }
 
