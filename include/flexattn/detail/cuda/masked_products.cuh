@@ -6,11 +6,12 @@
 //
 // The fast paths stay as they are. Only tiles that can hold a masked pair (partial or ragged) are
 // checked, cheaply: the forward tests the V tile it is about to multiply for non-finite elements
-// (tile_has_nonfinite, one pass over shared memory shared out among the threads, combined in the
-// barrier the kernel takes anyway or in a warpgroup reduction); the backward tests its fresh dQ
-// accumulator (any_nonfinite). A hit sends that tile through the exact form here, scalar FMAs that
-// skip every zero of P / dS. It is slow (about a hundred times the tensor-core product) and runs
-// only where garbage sits: finite garbage (stale rows, zeros) never gets here.
+// (tile_has_nonfinite, one pass over shared memory shared out among threads: sm80 combines it in
+// the barrier the kernel takes anyway, sm90 has idle loader warps do it ahead of the math warps);
+// the backward tests its fresh dQ accumulator (any_nonfinite). A hit sends that tile through the
+// exact form here, scalar FMAs that skip every zero of P / dS. It is slow (about a hundred times
+// the tensor-core product) and runs only where garbage sits: finite garbage (stale rows, zeros)
+// never gets here.
 //
 // Fragments use the C layout of utils.cuh: register (mi, ni, r) of lane (g = lane / 4, t = lane % 4)
 // is row 16 mi + g + 8 (r / 2), column 8 ni + 2 t + r % 2 of the warp's tile.
