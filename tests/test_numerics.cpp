@@ -171,6 +171,50 @@ TEST_P(Numerics, NonFiniteMaskedKeysAddNothing) {
   }
 }
 
+// q / dout copies with garbage in query row `row` of head `h`: element 1 of q, or every third
+// element of dout (as with_bad_key does for k and v).
+Inputs with_bad_query(const Inputs& in, const Shape& sh, int h, int row, float value, bool in_q) {
+  Inputs bad = in;
+  for (int64_t b = 0; b < sh.B; ++b) {
+    const int64_t r = (b * sh.Hq + h) * sh.Lq + row;
+    if (in_q) {
+      bad.q[size_t(r * sh.D + 1)] = value;
+    } else {
+      for (int64_t e = 0; e < sh.Dv; e += 3) bad.dout[size_t(r * sh.Dv + e)] = value;
+    }
+  }
+  return bad;
+}
+
+TEST_P(Numerics, NonFiniteQueryRowsAddNothingToMaskedKeys) {
+  FLEXATTN_SEEDED_RNG(rng);
+  // A bad q or dout row reaches dk / dv only of the keys it keeps: dK += dS^T Q and dV += P^T dO
+  // would take 0 * NaN at the keys it masks. Head 3 row 20 masks keys 21..31 of its partial
+  // diagonal tile; head 2 row 45 (document 1) masks the document 0 keys of tiles it shares with
+  // rows 32..39; head 1 row 47 keeps nothing (fully masked: zero gradients, whatever it holds).
+  Problem p = problem({.B = 1, .Hq = 4, .Hkv = 2, .Lq = 77, .Lkv = 77, .D = 24, .Dv = 40});
+  p.block_q = p.block_kv = 16;
+  const Inputs in = random_inputs(p.shape, p.dtype, rng);
+  for (float value : {kNaN, kInf, -kInf}) {
+    for (bool in_q : {true, false}) {
+      SCOPED_TRACE("value " + std::to_string(value) + " in " + (in_q ? "q" : "dout"));
+      Inputs bad = with_bad_query(in, p.shape, 3, 20, value, in_q);
+      bad = with_bad_query(bad, p.shape, 2, 45, value, in_q);
+      bad = with_bad_query(bad, p.shape, 1, 47, value, in_q);
+      const Counts c = check(p, bad, in, noop_score(), CausalDocsKillRows{}, true);
+      if (value != value) EXPECT_EQ(c.nan_rows, in_q ? 2 : 0);
+      check(p, bad, in, CustomScore{0.25f}, CausalDocsKillRows{}, true);
+    }
+  }
+  // Default 128 x 128 blocks: 128-row q tiles against 128-key pieces, a bad q row and a bad dout
+  // row in one call.
+  Problem big = problem({.B = 1, .Hq = 2, .Hkv = 1, .Lq = 150, .Lkv = 150, .D = 32, .Dv = 32});
+  const Inputs in_big = random_inputs(big.shape, big.dtype, rng);
+  Inputs bad = with_bad_query(in_big, big.shape, 0, 100, kNaN, true);
+  bad = with_bad_query(bad, big.shape, 1, 30, kInf, false);
+  check(big, bad, in_big, noop_score(), causal(), true);
+}
+
 TEST_P(Numerics, MaskedKeysInLargeTiles) {
   FLEXATTN_SEEDED_RNG(rng);
   // Default 128 x 128 blocks, ragged: the bad keys sit in a partial tile's 128-key chunk, and the

@@ -154,11 +154,20 @@ void bwd_add_portable(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }
 
+// x * 0 is +-0 for finite x and NaN for inf / NaN, as in the SIMD tables: eight partial sums that
+// the compiler keeps in vector lanes (a per-element isfinite stayed a scalar loop, ~7x slower).
 bool rows_finite_portable(const float* x, int64_t ld, int rows, int cols) {
-  bool ok = true;
-  for (int r = 0; r < rows; ++r)
-    for (int c = 0; c < cols; ++c) ok &= std::isfinite(x[r * ld + c]);
-  return ok;
+  float acc[8] = {};
+  for (int r = 0; r < rows; ++r) {
+    const float* p = x + r * ld;
+    int c = 0;
+    for (; c + 8 <= cols; c += 8)
+      for (int j = 0; j < 8; ++j) acc[j] += p[c + j] * 0.0f;
+    for (; c < cols; ++c) acc[0] += p[c] * 0.0f;
+  }
+  float s = 0.0f;
+  for (float a : acc) s += a;
+  return s == 0.0f;
 }
 
 double fma_peak_portable(int64_t iters, float* sink) {

@@ -15,7 +15,11 @@
 // masked key's V (through dP) adds nothing. A NaN / inf in a masked key's K would still reach
 // dQ += dS K as 0 * NaN: a kv piece whose K is not finite (checked once per piece, O(N * D)) takes
 // that product on K with those rows zeroed and adds the bad keys' terms only where P != 0 (fix_k in
-// run_tile). Net rule: a (q, kv) pair with P exactly 0 contributes nothing.
+// run_tile). The same holds for a NaN / inf in a query row's q or dout, which would reach the dK /
+// dV of the keys the row masks through dK += dS^T Q and dV += P^T dO: each q tile checks Q and dO
+// (O(M * (D + Dv))), and a tile that fails runs those two products on copies with the bad rows
+// zeroed, then adds the bad rows' terms only where P != 0. Net rule: a (q, kv) pair with P exactly
+// 0 contributes nothing; a kept pair follows IEEE arithmetic.
 //
 // Work decomposition (determinism without atomics). A work item is (b, kv head, subset of the
 // query heads of its GQA group, contiguous chunk of kv blocks). The item loops kv tile -> query head
@@ -86,6 +90,25 @@ inline int piece_len(int len, int most) {
   return r16 <= most ? r16 : p;
 }
 
+// Copies x (rows x cols, stride ld) into fix (stride cols) with its non-finite rows zeroed, their
+// indices into bad; returns how many. The whole block is checked first (one FMA per vector), so a
+// finite x costs that check alone and leaves fix untouched (and returns 0).
+inline int zero_bad_rows(const float* x, int64_t ld, int rows, int cols, float* fix, int* bad) {
+  if (rows_finite(x, ld, rows, cols)) return 0;
+  int nbad = 0;
+  for (int r = 0; r < rows; ++r) {
+    const float* xr = x + int64_t(r) * ld;
+    float* fr = fix + int64_t(r) * cols;
+    if (rows_finite(xr, ld, 1, cols)) {
+      std::memcpy(fr, xr, sizeof(float) * size_t(cols));
+    } else {
+      std::memset(fr, 0, sizeof(float) * size_t(cols));
+      bad[nbad++] = r;
+    }
+  }
+  return nbad;
+}
+
 struct AlignedFloats {
   struct Free {
     void operator()(float* p) const { ::operator delete[](p, std::align_val_t{64}); }
@@ -100,24 +123,31 @@ struct AlignedFloats {
 // Per-thread tiles, allocated once per call.
 struct Scratch {
   AlignedFloats mem;
-  float *q, *qs, *dout, *k, *kfix, *v, *s, *dp, *g, *dk, *dv;
+  float *q, *qs, *qfix, *dout, *dofix, *k, *kfix, *v, *s, *dp, *g, *dk, *dv;
   uint8_t partial_row[kTileQ];
   // Keys of the current kv piece whose K row is not finite (kfix holds K with them zeroed), and
   // for each such key the tile rows with P != 0 ([bad][row]).
   int bad[kTileKV];
   int nbad = 0;
   std::vector<uint8_t> keeps;
-  Scratch(int64_t D, int64_t Dv, bool need_g) : keeps(size_t(kTileQ) * kTileKV) {
+  // The same for the current q tile's rows whose Q (qfix: Q with them zeroed) or dO (dofix) is not
+  // finite, with for each such row the keys it keeps ([bad][key]). Untouched while all is finite.
+  int badq[kTileQ], baddo[kTileQ];
+  int nbadq = 0, nbaddo = 0;
+  std::vector<uint8_t> qkeeps, dokeeps;
+  Scratch(int64_t D, int64_t Dv, bool need_g)
+      : keeps(size_t(kTileQ) * kTileKV), qkeeps(keeps.size()), dokeeps(keeps.size()) {
     const int64_t st = int64_t(kTileQ) * kLdS;
-    const int64_t sizes[] = {kTileQ * D,  kTileQ * D, kTileQ * Dv,     kTileKV * D,
-                             kTileKV * D, kTileKV * Dv, st,            st,
+    const int64_t sizes[] = {kTileQ * D,   kTileQ * D,   kTileQ * D,      kTileQ * Dv, kTileQ * Dv,
+                             kTileKV * D,  kTileKV * D,  kTileKV * Dv,    st,          st,
                              need_g ? st : 0, kTileKV * D, kTileKV * Dv};
+    constexpr int kSlots = sizeof(sizes) / sizeof(sizes[0]);
     int64_t total = 0;
     for (int64_t n : sizes) total += (n + 15) / 16 * 16;
     mem = AlignedFloats(size_t(total));
     float* cur = mem.get();
-    float** slots[] = {&q, &qs, &dout, &k, &kfix, &v, &s, &dp, &g, &dk, &dv};
-    for (int i = 0; i < 11; ++i) {
+    float** slots[kSlots] = {&q, &qs, &qfix, &dout, &dofix, &k, &kfix, &v, &s, &dp, &g, &dk, &dv};
+    for (int i = 0; i < kSlots; ++i) {
       *slots[i] = sizes[i] ? cur : nullptr;
       cur += (sizes[i] + 15) / 16 * 16;
     }
@@ -288,19 +318,7 @@ void backward(const BwdArgs& a, const ScoreMod& score_mod, const MaskMod& mask_m
         int64_t ldk, ldv;
         const float* K = f32_rows(a.k, b, hk, n0, N, int(D), ws.k, ldk);    // (N, D)
         const float* V = f32_rows(a.v, b, hk, n0, N, int(Dv), ws.v, ldv);   // (N, Dv)
-        ws.nbad = 0;
-        if (!rows_finite(K, ldk, N, int(D))) {  // rare: see the header comment
-          for (int r = 0; r < N; ++r) {
-            const float* kr = K + int64_t(r) * ldk;
-            float* fr = ws.kfix + int64_t(r) * D;
-            if (rows_finite(kr, ldk, 1, int(D))) {
-              std::memcpy(fr, kr, sizeof(float) * size_t(D));
-            } else {
-              std::memset(fr, 0, sizeof(float) * size_t(D));
-              ws.bad[ws.nbad++] = r;
-            }
-          }
-        }
+        ws.nbad = zero_bad_rows(K, ldk, N, int(D), ws.kfix, ws.bad);  // rare: see the header
         std::memset(ws.dk, 0, sizeof(float) * size_t(N * D));              // (N, D)
         std::memset(ws.dv, 0, sizeof(float) * size_t(N * Dv));             // (N, Dv)
 
@@ -320,6 +338,9 @@ void backward(const BwdArgs& a, const ScoreMod& score_mod, const MaskMod& mask_m
             int64_t ldq, lddo;
             const float* Q = f32_rows(a.q, b, h, m0, M, int(D), ws.q, ldq);          // (M, D)
             const float* dO = f32_rows(a.dout, b, h, m0, M, int(Dv), ws.dout, lddo);  // (M, Dv)
+            // Rows with a non-finite q or dout (rare: see the header comment).
+            ws.nbadq = zero_bad_rows(Q, ldq, M, int(D), ws.qfix, ws.badq);
+            ws.nbaddo = zero_bad_rows(dO, lddo, M, int(Dv), ws.dofix, ws.baddo);
             // (M, D) scale * Q, rounded as the forward rounds its Qt: s is the forward's s.
             if (ldq == D) {
               std::memcpy(ws.qs, Q, sizeof(float) * size_t(M * D));
@@ -368,7 +389,36 @@ void backward(const BwdArgs& a, const ScoreMod& score_mod, const MaskMod& mask_m
                 for (int r = 0; r < M; ++r)
                   ws.keeps[size_t(j) * kTileQ + size_t(r)] = Sm[int64_t(r) * kLdS + ws.bad[j]] != 0.0f;
             }
-            gemm(Trans::T, Trans::N, N, int(Dv), M, Sm, kLdS, dO, lddo, ws.dv, Dv, true);  // dV += P^T dO
+            // Likewise the keys kept by the rows with a bad Q / dO, recorded before Sm becomes dS.
+            auto keys_kept = [&](const int* rows, int nrows, std::vector<uint8_t>& out) {
+              for (int i = 0; i < nrows; ++i) {
+                const float* pr = Sm + int64_t(rows[i]) * kLdS;
+                uint8_t* o = out.data() + size_t(i) * kTileKV;
+                for (int col = 0; col < N; ++col) o[col] = pr[col] != 0.0f;
+              }
+            };
+            keys_kept(ws.badq, ws.nbadq, ws.qkeeps);
+            keys_kept(ws.baddo, ws.nbaddo, ws.dokeeps);
+            // y[key] += Sm[row][key] * x[row] for those rows and the keys they keep, in IEEE
+            // arithmetic, after the product on the zeroed copy: a kept pair's NaN / inf reaches y.
+            // Hazard: that product still takes a bad row's Sm entries times 0, so a +-inf there
+            // gives NaN where IEEE gives +-inf. P is never inf; a +-inf dS at a key that a bad-q
+            // row keeps needs a score_mod mapping an inf score to a finite one (fix_k: the same).
+            auto add_kept_rows = [&](const int* rows, int nrows, const std::vector<uint8_t>& kept,
+                                     const float* x, int64_t ldx, int64_t cols, float* y) {
+              for (int i = 0; i < nrows; ++i) {
+                const float* sr = Sm + int64_t(rows[i]) * kLdS;
+                const float* xr = x + int64_t(rows[i]) * ldx;
+                for (int col = 0; col < N; ++col) {
+                  if (!kept[size_t(i) * kTileKV + size_t(col)]) continue;
+                  for (int64_t e = 0; e < cols; ++e) y[col * cols + e] += sr[col] * xr[e];
+                }
+              }
+            };
+            const bool fix_do = ws.nbaddo > 0, fix_q = ws.nbadq > 0;
+            gemm(Trans::T, Trans::N, N, int(Dv), M, Sm, kLdS, fix_do ? ws.dofix : dO,
+                 fix_do ? Dv : lddo, ws.dv, Dv, true);                                  // dV += P^T dO
+            if (fix_do) add_kept_rows(ws.baddo, ws.nbaddo, ws.dokeeps, dO, lddo, Dv, ws.dv);
             gemm(Trans::N, Trans::T, M, N, int(Dv), dO, lddo, V, ldv, ws.dp, kLdS, false);  // dP (M, N)
             bwd_dscores(Sm, kLdS, ws.dp, kLdS, Gm, kLdS, M, N, delta_head + m0, scale);  // dS (M, N)
             float* dq_rows = dq_head + m0 * lddq;
@@ -384,7 +434,9 @@ void backward(const BwdArgs& a, const ScoreMod& score_mod, const MaskMod& mask_m
                 }
               }
             }
-            gemm(Trans::T, Trans::N, N, int(D), M, Sm, kLdS, Q, ldq, ws.dk, D, true);   // dK += dS^T Q
+            gemm(Trans::T, Trans::N, N, int(D), M, Sm, kLdS, fix_q ? ws.qfix : Q, fix_q ? D : ldq,
+                 ws.dk, D, true);                                                       // dK += dS^T Q
+            if (fix_q) add_kept_rows(ws.badq, ws.nbadq, ws.qkeeps, Q, ldq, D, ws.dk);
           };
 
           // Walk the kept q-blocks in ascending order, gluing adjacent ones into tiles of up to
