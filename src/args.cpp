@@ -119,7 +119,8 @@ AttnDims check_qkv(const std::string& fn, const TensorView& q, const TensorView&
                  (q.rank >= 0 ? " " + shape_str(q) : std::string()));
   }
   if (q.dtype != DType::f32 && q.dtype != DType::f16 && q.dtype != DType::bf16) {
-    fail(fn, "q has an unknown dtype; expected f32, f16 or bf16");
+    fail(fn, std::string("q has dtype ") +
+                 (q.dtype == DType::i32 ? "i32" : "unknown") + "; expected f32, f16 or bf16");
   }
   if (q.device != Device::cpu && q.device != Device::cuda) {
     fail(fn, "q has an unknown device; expected cpu or cuda");

@@ -14,13 +14,14 @@ const char* to_string(DType t) {
     case DType::f32: return "f32";
     case DType::f16: return "f16";
     case DType::bf16: return "bf16";
+    case DType::i32: return "i32";
   }
   return "?";
 }
 
 const char* to_string(Device d) { return d == Device::cpu ? "cpu" : "cuda"; }
 
-size_t dtype_size(DType t) { return t == DType::f32 ? 4 : 2; }
+size_t dtype_size(DType t) { return t == DType::f32 || t == DType::i32 ? 4 : 2; }
 
 bool cuda_available() { return detail::cuda_device_present(); }
 
@@ -106,6 +107,14 @@ int64_t checked_numel(const char* fn, const std::vector<int64_t>& shape, DType d
   }
   return n;
 }
+
+// The float-based calls convert through the row kernels, which know the float dtypes only.
+void refuse_i32(const char* fn, DType dtype, const char* instead) {
+  if (dtype == DType::i32) {
+    throw Error(std::string("flexattn::Tensor::") + fn + ": the tensor's dtype is i32, which " +
+                "holds int32 values and is never converted; use " + instead);
+  }
+}
 }  // namespace
 
 Tensor Tensor::empty(std::vector<int64_t> shape, DType dtype, Device device, void* stream) {
@@ -117,7 +126,9 @@ Tensor Tensor::empty(std::vector<int64_t> shape, DType dtype, Device device, voi
   return t;
 }
 
+
 Tensor Tensor::from_host(const float* src, std::vector<int64_t> shape, DType dtype, Device device) {
+  refuse_i32("from_host", dtype, "Tensor::from_host(const int32_t*, shape, device)");
   const int64_t n = checked_numel("Tensor::from_host", shape, dtype);
   if (src == nullptr && n > 0) {
     throw Error("flexattn::Tensor::from_host: src is null; expected " + std::to_string(n) +
@@ -137,7 +148,34 @@ Tensor Tensor::from_host(const float* src, std::vector<int64_t> shape, DType dty
   return t;
 }
 
+Tensor Tensor::from_host(const int32_t* src, std::vector<int64_t> shape, Device device) {
+  const int64_t n = checked_numel("Tensor::from_host", shape, DType::i32);
+  if (src == nullptr && n > 0) {
+    throw Error("flexattn::Tensor::from_host: src is null; expected " + std::to_string(n) +
+                " int32 values for shape " + shape_str(shape));
+  }
+  Tensor t;
+  t.shape_ = std::move(shape);
+  t.dtype_ = DType::i32;
+  t.buffer_ = Buffer::from_host(src, static_cast<size_t>(n) * sizeof(int32_t), device);
+  return t;
+}
+
+void Tensor::copy_to_host(int32_t* dst) const {
+  if (dtype_ != DType::i32) {
+    throw Error(std::string("flexattn::Tensor::copy_to_host(int32_t*): the tensor's dtype is ") +
+                to_string(dtype_) + "; expected i32 (copy_to_host(float*) converts the others)");
+  }
+  const int64_t n = numel();
+  if (dst == nullptr && n > 0) {
+    throw Error("flexattn::Tensor::copy_to_host: dst is null; expected room for " +
+                std::to_string(n) + " int32 values");
+  }
+  buffer_.copy_to_host(dst, static_cast<size_t>(n) * sizeof(int32_t));
+}
+
 void Tensor::copy_to_host(float* dst) const {
+  refuse_i32("copy_to_host(float*)", dtype_, "copy_to_host(int32_t*)");
   const int64_t n = numel();
   if (dst == nullptr && n > 0) {
     throw Error("flexattn::Tensor::copy_to_host: dst is null; expected room for " +
@@ -153,12 +191,14 @@ void Tensor::copy_to_host(float* dst) const {
 }
 
 std::vector<float> Tensor::to_host() const {
+  refuse_i32("to_host", dtype_, "copy_to_host(int32_t*)");
   std::vector<float> r(static_cast<size_t>(numel()));
   copy_to_host(r.data());
   return r;
 }
 
 void Tensor::fill(float value) {
+  refuse_i32("fill", dtype_, "Tensor::from_host(const int32_t*, ...) for its values");
   const std::vector<float> v(static_cast<size_t>(numel()), value);
   if (device() == Device::cpu) {
     detail::cpu::store_row(v.data(), data(), dtype_, numel());

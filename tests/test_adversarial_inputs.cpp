@@ -104,9 +104,16 @@ TEST(Adversarial, TensorHostCopiesRefuseNull) {
   EXPECT_NO_THROW(Tensor::from_host(nullptr, {0, 3}, DType::f16));  // nothing to read
   const float x[6] = {1, 2, 3, 4, 5, 6};
   const Tensor t = Tensor::from_host(x, {2, 3}, DType::bf16);
-  expect_error_from("Tensor::copy_to_host", [&] { t.copy_to_host(nullptr); }, {"dst", "6"});
+  float* const no_floats = nullptr;
+  expect_error_from("Tensor::copy_to_host", [&] { t.copy_to_host(no_floats); }, {"dst", "6"});
   const Tensor e = Tensor::empty({3, 0}, DType::f32);
-  EXPECT_NO_THROW(e.copy_to_host(nullptr));
+  EXPECT_NO_THROW(e.copy_to_host(no_floats));
+  int32_t* const no_ints = nullptr;
+  const int32_t ids[6] = {1, 2, 3, 4, 5, 6};
+  expect_error_from("Tensor::from_host", [] { Tensor::from_host(static_cast<const int32_t*>(nullptr), {2, 3}); },
+                    {"src", "6", "int32"});
+  const Tensor ti = Tensor::from_host(ids, {2, 3});
+  expect_error_from("Tensor::copy_to_host", [&] { ti.copy_to_host(no_ints); }, {"dst", "6"});
 }
 
 // ---- item 4: hand-built views -------------------------------------------------------------------

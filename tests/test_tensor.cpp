@@ -155,6 +155,8 @@ TEST(Tensor, DtypeInfo) {
   EXPECT_EQ(dtype_size(DType::f32), 4u);
   EXPECT_EQ(dtype_size(DType::f16), 2u);
   EXPECT_EQ(dtype_size(DType::bf16), 2u);
+  EXPECT_EQ(dtype_size(DType::i32), 4u);
+  EXPECT_STREQ(to_string(DType::i32), "i32");
   EXPECT_STREQ(to_string(DType::f16), "f16");
   EXPECT_STREQ(to_string(DType::bf16), "bf16");
   EXPECT_STREQ(to_string(DType::f32), "f32");
@@ -204,7 +206,57 @@ TEST(Tensor, ZeroSizedTensors) {
     EXPECT_EQ(t.numel(), 0);
     t.fill(1.0f);
     EXPECT_TRUE(t.to_host().empty());
-    t.copy_to_host(nullptr);
+    t.copy_to_host(static_cast<float*>(nullptr));
+  }
+  Tensor i = Tensor::from_host(static_cast<const int32_t*>(nullptr), {0});
+  EXPECT_EQ(i.numel(), 0);
+  i.copy_to_host(static_cast<int32_t*>(nullptr));
+}
+
+// i32 (index tensors: page tables, lengths): int32 copies both ways, bit for bit, and every
+// float-based call refuses it by name.
+TEST(Tensor, Int32TensorsAreCopiedNotConverted) {
+  std::mt19937 rng(std::random_device{}());
+  std::vector<int32_t> src(37);
+  for (int32_t& x : src) x = int32_t(rng());  // the full range: not representable as float
+  src[0] = std::numeric_limits<int32_t>::min();
+  src[1] = std::numeric_limits<int32_t>::max();
+  const Tensor t = Tensor::from_host(src.data(), {37});
+  EXPECT_EQ(t.dtype(), DType::i32);
+  EXPECT_EQ(t.device(), Device::cpu);
+  std::vector<int32_t> back(37, 0);
+  t.copy_to_host(back.data());
+  EXPECT_EQ(back, src);
+  const Tensor m = Tensor::from_host(src.data() + 1, {3, 12});
+  EXPECT_EQ(m.shape(), (std::vector<int64_t>{3, 12}));
+  EXPECT_EQ(std::memcmp(m.data(), src.data() + 1, 36 * sizeof(int32_t)), 0);
+  EXPECT_EQ(Tensor::empty({5}, DType::i32).view().dtype, DType::i32);
+
+  std::vector<float> f(37);
+  Tensor w = Tensor::empty({37}, DType::i32);
+  auto refused = [](auto call, const char* what) {
+    try {
+      call();
+      ADD_FAILURE() << what << " accepted an i32 tensor";
+    } catch (const Error& e) {
+      EXPECT_THAT(e.what(), ::testing::HasSubstr("i32")) << what;
+      EXPECT_THAT(e.what(), ::testing::HasSubstr(what)) << e.what();
+    }
+  };
+  refused([&] { t.copy_to_host(f.data()); }, "copy_to_host");
+  refused([&] { (void)t.to_host(); }, "to_host");
+  refused([&] { w.fill(1.0f); }, "fill");
+  refused([&] { Tensor::from_host(f.data(), {37}, DType::i32); }, "from_host");
+  // ... and the int32 copy refuses the float dtypes.
+  for (DType dt : {DType::f32, DType::f16, DType::bf16}) {
+    const Tensor x = Tensor::empty({4}, dt);
+    try {
+      x.copy_to_host(back.data());
+      ADD_FAILURE() << "copy_to_host(int32_t*) accepted " << to_string(dt);
+    } catch (const Error& e) {
+      EXPECT_THAT(e.what(), ::testing::HasSubstr(std::string("dtype is ") + to_string(dt)));
+      EXPECT_THAT(e.what(), ::testing::HasSubstr("expected i32"));
+    }
   }
 }
 

@@ -14,7 +14,10 @@
 
 namespace flexattn {
 
-enum class DType { f32, f16, bf16 };
+// f32 / f16 / bf16 hold attention operands; i32 holds indices (page tables, lengths) and is
+// copied to and from the host as int32_t, never converted: the float-based Tensor calls below
+// refuse it with an Error, and so does every attention entry point.
+enum class DType { f32, f16, bf16, i32 };
 enum class Device { cpu, cuda };
 
 // Thrown for every bad input. The message names the argument and the value that was expected.
@@ -130,13 +133,19 @@ class Tensor {
   Tensor() = default;
   static Tensor empty(std::vector<int64_t> shape, DType dtype, Device device = Device::cpu,
                       void* stream = nullptr);
-  // Converts float32 host data to `dtype` (round to nearest even) on `device`.
+  // Converts float32 host data to `dtype` (round to nearest even) on `device`. Error for i32
+  // (use the int32_t overload) and for a null src with elements to copy.
   static Tensor from_host(const float* src, std::vector<int64_t> shape, DType dtype,
                           Device device = Device::cpu);
-  // Converts to float32 into host memory of numel() floats.
+  // An i32 tensor holding a copy of numel() int32 values. Error for a null src with elements.
+  static Tensor from_host(const int32_t* src, std::vector<int64_t> shape,
+                          Device device = Device::cpu);
+  // Converts to float32 into host memory of numel() floats. Error on an i32 tensor.
   void copy_to_host(float* dst) const;
-  std::vector<float> to_host() const;
-  // Sets every element to `value` (tests poison outputs with NaN through this).
+  // Copies an i32 tensor's numel() values into dst. Error unless dtype() == i32.
+  void copy_to_host(int32_t* dst) const;
+  std::vector<float> to_host() const;  // Error on an i32 tensor, as copy_to_host(float*)
+  // Sets every element to `value` (tests poison outputs with NaN through this). Error on i32.
   void fill(float value);
 
   const std::vector<int64_t>& shape() const { return shape_; }

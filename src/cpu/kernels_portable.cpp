@@ -57,6 +57,8 @@ void load_row_portable(const void* src, DType dtype, float* dst, int64_t n) {
       for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
       return;
     }
+    case DType::i32:  // not a row dtype: tensor.cpp and args.cpp refuse it before any row
+      break;
   }
 }
 
@@ -75,6 +77,8 @@ void store_row_portable(const float* src, void* dst, DType dtype, int64_t n) {
       for (int64_t i = 0; i < n; ++i) d[i] = f32_to_bf16(src[i]);
       return;
     }
+    case DType::i32:  // not a row dtype: tensor.cpp and args.cpp refuse it before any row
+      break;
   }
 }
 
