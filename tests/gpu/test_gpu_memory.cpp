@@ -181,5 +181,19 @@ TEST_F(GpuMemory, TensorsOutliveTheirStream) {
   expect_same_bits(bits(again.out), bits(o.out), "out after release_cached_memory");
 }
 
+// i32 index tensors on the GPU: int32 copies both ways, bit for bit (no conversion).
+TEST_F(GpuMemory, Int32TensorsRoundTrip) {
+  std::mt19937 rng(std::random_device{}());
+  std::vector<int32_t> src(1000);
+  for (int32_t& x : src) x = int32_t(rng());
+  const Tensor t = Tensor::from_host(src.data(), {10, 100}, Device::cuda);
+  EXPECT_EQ(t.dtype(), DType::i32);
+  EXPECT_EQ(t.device(), Device::cuda);
+  std::vector<int32_t> back(src.size(), 0);
+  t.copy_to_host(back.data());
+  EXPECT_EQ(back, src);
+  EXPECT_THROW((void)t.to_host(), Error);
+}
+
 }  // namespace
 }  // namespace flexattn::gpu_test
