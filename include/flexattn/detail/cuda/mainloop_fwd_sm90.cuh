@@ -38,7 +38,7 @@ struct FwdBarriersSm90 {
 };
 
 // The phases of the v_checked barriers: they complete once per PARTIAL tile of their stage, so
-// the checker and the math warps count those uses per stage (bit st: the parity to wait for).
+// the math warps count those uses per stage (bit st: the parity to wait for).
 struct CheckedPhases {
   uint32_t bits = 0;
   FLEXATTN_DEV uint32_t parity(int st) const { return (bits >> st) & 1u; }
@@ -56,7 +56,6 @@ FLEXATTN_DEV void fwd_check_v_sm90(const FwdParams& p, const FwdBarriersSm90<Tra
   constexpr int kStages = Traits::kStages, kThreads = 96;
   const int part = static_cast<int>(threadIdx.x) - 32;
   KvTileIter<Traits::kBlockN> iter(p, b, h, m0);
-  CheckedPhases phases;
   int j = 0;
   for (auto cur = iter.first(); cur.n0 >= 0; cur = iter.next(cur), ++j) {
     if (!cur.partial) continue;
@@ -69,7 +68,6 @@ FLEXATTN_DEV void fwd_check_v_sm90(const FwdParams& p, const FwdBarriersSm90<Tra
       vbad[st] = bad ? 1 : 0;
       thread::mbar_arrive(bar.v_checked(st));
     }
-    phases.advance(st);
   }
 }
 
