@@ -7,6 +7,7 @@
 #include <string>
 
 #include "flexattn/attention.h"
+#include "flexattn/paged.h"
 
 namespace flexattn::detail {
 namespace {
@@ -111,9 +112,8 @@ void check_shape(const std::string& fn, const char* name, const TensorView& t,
   }
 }
 
-// q, k, v and the options, everything but the block mask.
-AttnDims check_qkv(const std::string& fn, const TensorView& q, const TensorView& k,
-                   const TensorView& v, const AttentionOptions& opts) {
+// q's rank, dtype and device, then its view; fills B, Hq, Lq, D.
+void check_q(const std::string& fn, const TensorView& q, AttnDims& d) {
   if (q.rank != 4) {
     fail(fn, "q must have rank 4 [B, Hq, Lq, D]; got rank " + std::to_string(q.rank) +
                  (q.rank >= 0 ? " " + shape_str(q) : std::string()));
@@ -126,16 +126,10 @@ AttnDims check_qkv(const std::string& fn, const TensorView& q, const TensorView&
     fail(fn, "q has an unknown device; expected cpu or cuda");
   }
   check_view(fn, "q", q, 4, "[B, Hq, Lq, D]", q.dtype, "q's dtype", q.device, "q's device");
-  check_view(fn, "k", k, 4, "[B, Hkv, Lkv, D]", q.dtype, "q's dtype", q.device, "q's device");
-  check_view(fn, "v", v, 4, "[B, Hkv, Lkv, Dv]", q.dtype, "q's dtype", q.device, "q's device");
-  AttnDims d;
   d.B = q.shape[0];
   d.Hq = q.shape[1];
   d.Lq = q.shape[2];
   d.D = q.shape[3];
-  d.Hkv = k.shape[1];
-  d.Lkv = k.shape[2];
-  d.Dv = v.shape[3];
   const char* names[4] = {"B", "Hq", "Lq", "D"};
   for (int i = 0; i < 4; ++i) {
     if (q.shape[i] < 1) {
@@ -143,23 +137,20 @@ AttnDims check_qkv(const std::string& fn, const TensorView& q, const TensorView&
                    ") must be >= 1; got " + std::to_string(q.shape[i]));
     }
   }
-  if (d.Hkv < 1) fail(fn, "k.shape[1] (Hkv) must be >= 1; got " + std::to_string(d.Hkv));
-  if (d.Lkv < 1) fail(fn, "k.shape[2] (Lkv) must be >= 1; got " + std::to_string(d.Lkv));
-  if (d.Dv < 1) fail(fn, "v.shape[3] (Dv) must be >= 1; got " + std::to_string(d.Dv));
+}
+
+// The rules every call shares once the dims are known: int indices, GQA, head dims, the device,
+// the scale (resolved into d.scale). `kv` names where Hkv and Lkv came from in messages.
+void check_dims(const std::string& fn, AttnDims& d, const char* hkv_name, const char* lkv_name,
+                Device device, const AttentionOptions& opts) {
   // score_mods and mask_mods take int b, h, q_idx and kv_idx.
   for (auto [name, value] : {std::pair{"q.shape[0] (B)", d.B}, {"q.shape[1] (Hq)", d.Hq},
-                             {"q.shape[2] (Lq)", d.Lq}, {"k.shape[1] (Hkv)", d.Hkv},
-                             {"k.shape[2] (Lkv)", d.Lkv}}) {
+                             {"q.shape[2] (Lq)", d.Lq}, {hkv_name, d.Hkv}, {lkv_name, d.Lkv}}) {
     if (value > kMaxIndexDim) {
       fail(fn, std::string(name) + " is " + std::to_string(value) + "; expected <= " +
                    std::to_string(kMaxIndexDim) + " (score_mod / mask_mod indices are int)");
     }
   }
-  check_dim(fn, "k", k, 0, "B", d.B, "q's batch");
-  check_dim(fn, "k", k, 3, "D", d.D, "q's head dim");
-  check_dim(fn, "v", v, 0, "B", d.B, "q's batch");
-  check_dim(fn, "v", v, 1, "Hkv", d.Hkv, "k's heads");
-  check_dim(fn, "v", v, 2, "Lkv", d.Lkv, "k's length");
   if (d.Hq % d.Hkv != 0) {
     fail(fn, "q heads (Hq = " + std::to_string(d.Hq) + ") must be a multiple of k/v heads (Hkv = " +
                  std::to_string(d.Hkv) + ")");
@@ -177,7 +168,7 @@ AttnDims check_qkv(const std::string& fn, const TensorView& q, const TensorView&
     fail(fn, "value head dim Dv = " + std::to_string(d.Dv) + " is not supported; expected 1.." +
                  std::to_string(kMaxHeadDim));
   }
-  if (q.device == Device::cuda && !cuda_available()) {
+  if (device == Device::cuda && !cuda_available()) {
     fail(fn, "q is on cuda, but this build of flexattn has no CUDA backend or no GPU is visible");
   }
   if (!std::isfinite(opts.scale)) {
@@ -185,6 +176,27 @@ AttnDims check_qkv(const std::string& fn, const TensorView& q, const TensorView&
                  "; expected a finite value (0 means 1/sqrt(D))");
   }
   d.scale = opts.scale != 0.0f ? opts.scale : 1.0f / std::sqrt(static_cast<float>(d.D));
+}
+
+// q, k, v and the options, everything but the block mask.
+AttnDims check_qkv(const std::string& fn, const TensorView& q, const TensorView& k,
+                   const TensorView& v, const AttentionOptions& opts) {
+  AttnDims d;
+  check_q(fn, q, d);
+  check_view(fn, "k", k, 4, "[B, Hkv, Lkv, D]", q.dtype, "q's dtype", q.device, "q's device");
+  check_view(fn, "v", v, 4, "[B, Hkv, Lkv, Dv]", q.dtype, "q's dtype", q.device, "q's device");
+  d.Hkv = k.shape[1];
+  d.Lkv = k.shape[2];
+  d.Dv = v.shape[3];
+  if (d.Hkv < 1) fail(fn, "k.shape[1] (Hkv) must be >= 1; got " + std::to_string(d.Hkv));
+  if (d.Lkv < 1) fail(fn, "k.shape[2] (Lkv) must be >= 1; got " + std::to_string(d.Lkv));
+  if (d.Dv < 1) fail(fn, "v.shape[3] (Dv) must be >= 1; got " + std::to_string(d.Dv));
+  check_dim(fn, "k", k, 0, "B", d.B, "q's batch");
+  check_dim(fn, "k", k, 3, "D", d.D, "q's head dim");
+  check_dim(fn, "v", v, 0, "B", d.B, "q's batch");
+  check_dim(fn, "v", v, 1, "Hkv", d.Hkv, "k's heads");
+  check_dim(fn, "v", v, 2, "Lkv", d.Lkv, "k's length");
+  check_dims(fn, d, "k.shape[1] (Hkv)", "k.shape[2] (Lkv)", q.device, opts);
   return d;
 }
 
@@ -227,7 +239,128 @@ void check_backward_tensors(const std::string& fn, const TensorView& q, const Te
   check_shape(fn, "lse", lse, {d.B, d.Hq, d.Lq}, "[B, Hq, Lq]");
 }
 
+// The four tensors of a paged cache against each other, in `dtype` on `device`.
+struct CacheDims {
+  int64_t num_pages = 0, Hkv = 0, page_size = 0, D = 0, Dv = 0, B = 0, max_pages = 0;
+};
+CacheDims check_cache(const std::string& fn, const PagedKV& kv, DType dtype, const char* dtype_from,
+                      Device device) {
+  const TensorView k = kv.k_pages.view(), v = kv.v_pages.view();
+  const TensorView pt = kv.page_table.view(), len = kv.kv_len.view();
+  check_view(fn, "k_pages", k, 4, "[num_pages, Hkv, page_size, D]", dtype, dtype_from, device,
+             "q's device");
+  check_view(fn, "v_pages", v, 4, "[num_pages, Hkv, page_size, Dv]", dtype, dtype_from, device,
+             "q's device");
+  check_view(fn, "page_table", pt, 2, "[B, max_pages_per_seq]", DType::i32,
+             "page ids are int32", device, "q's device");
+  check_view(fn, "kv_len", len, 1, "[B]", DType::i32, "lengths are int32", device, "q's device");
+  CacheDims c{k.shape[0], k.shape[1], k.shape[2], k.shape[3], v.shape[3], pt.shape[0],
+              pt.shape[1]};
+  for (auto [name, value] :
+       {std::pair{"k_pages.shape[0] (num_pages)", c.num_pages}, {"k_pages.shape[1] (Hkv)", c.Hkv},
+        {"k_pages.shape[2] (page_size)", c.page_size}, {"k_pages.shape[3] (D)", c.D},
+        {"v_pages.shape[3] (Dv)", c.Dv}, {"page_table.shape[1] (max_pages_per_seq)", c.max_pages},
+        {"page_table.shape[0] (B)", c.B}}) {
+    if (value < 1) fail(fn, std::string(name) + " must be >= 1; got " + std::to_string(value));
+  }
+  check_dim(fn, "v_pages", v, 0, "num_pages", c.num_pages, "k_pages' pages");
+  check_dim(fn, "v_pages", v, 1, "Hkv", c.Hkv, "k_pages' heads");
+  check_dim(fn, "v_pages", v, 2, "page_size", c.page_size, "k_pages' page size");
+  check_dim(fn, "kv_len", len, 0, "B", c.B, "page_table's batch");
+  if (c.num_pages > kMaxIndexDim || c.max_pages > kMaxIndexDim / c.page_size) {
+    fail(fn, "page_table.shape[1] * page_size (" + std::to_string(c.max_pages) + " * " +
+                 std::to_string(c.page_size) + ") and num_pages must be <= " +
+                 std::to_string(kMaxIndexDim) + " (kv_idx and page ids are int)");
+  }
+  return c;
+}
+
 }  // namespace
+
+AttnDims check_paged_inputs(const TensorView& q, const PagedKV& kv, const AttentionOptions& opts) {
+  const std::string fn = "flex_attention";
+  AttnDims d;
+  check_q(fn, q, d);
+  const CacheDims c = check_cache(fn, kv, q.dtype, "q's dtype", q.device);
+  if (c.B != d.B) {
+    fail(fn, "page_table.shape[0] (B) is " + std::to_string(c.B) + "; expected " +
+                 std::to_string(d.B) + " (q's batch)");
+  }
+  if (c.D != d.D) {
+    fail(fn, "k_pages.shape[3] (D) is " + std::to_string(c.D) + "; expected " +
+                 std::to_string(d.D) + " (q's head dim)");
+  }
+  d.Hkv = c.Hkv;
+  d.Lkv = c.max_pages * c.page_size;
+  d.Dv = c.Dv;
+  check_dims(fn, d, "k_pages.shape[1] (Hkv)", "max_pages_per_seq * page_size", q.device, opts);
+  return d;
+}
+
+PagedArgs make_paged_args(const TensorView& q, const PagedKV& kv, const TensorView& out,
+                          const TensorView& lse, const AttentionOptions& opts) {
+  const std::string fn = "flex_attention";
+  PagedArgs a;
+  a.dims = check_paged_inputs(q, kv, opts);
+  const AttnDims& d = a.dims;
+  check_view(fn, "out", out, 4, "[B, Hq, Lq, Dv]", q.dtype, "q's dtype", q.device, "q's device");
+  check_shape(fn, "out", out, {d.B, d.Hq, d.Lq, d.Dv}, "[B, Hq, Lq, Dv]");
+  check_view(fn, "lse", lse, 3, "[B, Hq, Lq]", DType::f32, "lse is always f32", q.device,
+             "q's device");
+  check_shape(fn, "lse", lse, {d.B, d.Hq, d.Lq}, "[B, Hq, Lq]");
+  a.q = q;
+  a.k_pages = kv.k_pages.view();
+  a.v_pages = kv.v_pages.view();
+  a.page_table = kv.page_table.view();
+  a.kv_len = kv.kv_len.view();
+  a.out = out;
+  a.lse = lse;
+  a.num_pages = kv.k_pages.size(0);
+  a.page_size = kv.k_pages.size(2);
+  a.max_pages = kv.page_table.size(1);
+  a.stream = opts.stream;
+  return a;
+}
+
+AppendArgs make_append_args(const PagedKV& kv, const TensorView& k_new, const TensorView& v_new,
+                            const AttentionOptions& opts) {
+  const std::string fn = "append_kv";
+  const DType dt = kv.k_pages.dtype();
+  if (dt != DType::f32 && dt != DType::f16 && dt != DType::bf16) {
+    fail(fn, std::string("k_pages has dtype ") + to_string(dt) + "; expected f32, f16 or bf16");
+  }
+  const Device dev = kv.k_pages.device();
+  const CacheDims c = check_cache(fn, kv, dt, "k_pages' dtype", dev);
+  check_view(fn, "k_new", k_new, 4, "[B, Hkv, T, D]", dt, "k_pages' dtype", dev,
+             "k_pages' device");
+  check_view(fn, "v_new", v_new, 4, "[B, Hkv, T, Dv]", dt, "k_pages' dtype", dev,
+             "k_pages' device");
+  const int64_t T = k_new.shape[2];
+  check_shape(fn, "k_new", k_new, {c.B, c.Hkv, T, c.D}, "[B, Hkv, T, D] (the cache's B, Hkv, D)");
+  check_shape(fn, "v_new", v_new, {c.B, c.Hkv, T, c.Dv},
+              "[B, Hkv, T, Dv] (the cache's B, Hkv, Dv and k_new's T)");
+  if (dev == Device::cuda && !cuda_available()) {
+    fail(fn, "the cache is on cuda, but this build of flexattn has no CUDA backend or no GPU is "
+             "visible");
+  }
+  AppendArgs a;
+  a.k_pages = kv.k_pages.view();
+  a.v_pages = kv.v_pages.view();
+  a.page_table = kv.page_table.view();
+  a.kv_len = kv.kv_len.view();
+  a.k_new = k_new;
+  a.v_new = v_new;
+  a.B = c.B;
+  a.Hkv = c.Hkv;
+  a.T = T;
+  a.D = c.D;
+  a.Dv = c.Dv;
+  a.num_pages = c.num_pages;
+  a.page_size = c.page_size;
+  a.max_pages = c.max_pages;
+  a.stream = opts.stream;
+  return a;
+}
 
 AttnDims check_attention_inputs(const char* fn, const TensorView& q, const TensorView& k,
                                 const TensorView& v, const BlockMaskData& mask,

@@ -54,12 +54,18 @@ template <class ScoreMod, class MaskMod>
 void backward_prebuilt(const BwdArgs&, const ScoreMod&, const MaskMod&) {
   no_cuda("flex_attention_backward");
 }
+template <class ScoreMod, class MaskMod>
+void paged_forward_prebuilt(const PagedArgs&, const ScoreMod&, const MaskMod&) {
+  no_cuda("flex_attention over a PagedKV");
+}
+void append_kv(const AppendArgs&) { no_cuda("append_kv"); }
 
 #define FLEXATTN_INSTANTIATE_MASK(M) \
   template void build_block_mask_prebuilt<M>(const M&, BlockMaskData&, void*);
 #define FLEXATTN_INSTANTIATE_VARIANT(S, M)                                        \
   template void forward_prebuilt<S, M>(const FwdArgs&, const S&, const M&); \
-  template void backward_prebuilt<S, M>(const BwdArgs&, const S&, const M&);
+  template void backward_prebuilt<S, M>(const BwdArgs&, const S&, const M&);     \
+  template void paged_forward_prebuilt<S, M>(const PagedArgs&, const S&, const M&);
 FLEXATTN_FOR_EACH_PREBUILT_MASK(FLEXATTN_INSTANTIATE_MASK)
 FLEXATTN_FOR_EACH_PREBUILT_VARIANT(FLEXATTN_INSTANTIATE_VARIANT)
 #undef FLEXATTN_INSTANTIATE_MASK

@@ -5,5 +5,6 @@
 #include "block_mask.h"
 #include "math.h"
 #include "mods.h"
+#include "paged.h"
 #include "tensor.h"
 #include "threads.h"

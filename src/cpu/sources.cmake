@@ -3,6 +3,7 @@
 # at run time with __builtin_cpu_supports, so the library still runs on CPUs without AVX.
 set(FLEXATTN_CPU_SOURCES
   ${PROJECT_SOURCE_DIR}/src/cpu/threads.cpp
+  ${PROJECT_SOURCE_DIR}/src/cpu/append_kv.cpp
   ${PROJECT_SOURCE_DIR}/src/cpu/kernels.cpp
   ${PROJECT_SOURCE_DIR}/src/cpu/kernels_portable.cpp)
 

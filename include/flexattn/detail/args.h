@@ -44,6 +44,23 @@ struct FwdArgs {
   void* stream = nullptr;
 };
 
+// A paged forward (paged.h). dims.Lkv is the cache's capacity, max_pages * page_size; the real
+// lengths are kv_len's values, read only by the kernels.
+struct PagedArgs {
+  TensorView q, k_pages, v_pages, page_table, kv_len, out, lse;
+  AttnDims dims;
+  int64_t num_pages = 0, page_size = 0, max_pages = 0;
+  void* stream = nullptr;
+};
+
+// An append_kv call (paged.h), validated except for the kv lengths and page ids.
+struct AppendArgs {
+  TensorView k_pages, v_pages, page_table, kv_len, k_new, v_new;
+  int64_t B = 0, Hkv = 0, T = 0, D = 0, Dv = 0;
+  int64_t num_pages = 0, page_size = 0, max_pages = 0;
+  void* stream = nullptr;
+};
+
 struct BwdArgs {
   TensorView q, k, v, out, lse, dout, dq, dk, dv;
   AttnDims dims;

@@ -18,6 +18,7 @@ struct BlockMaskData;
 #if defined(__CUDACC__)
 #include "block_mask_build.cuh"
 #include "launch_bwd.cuh"
+#include "launch_decode.cuh"
 #include "launch_fwd.cuh"
 #endif
 
@@ -30,6 +31,11 @@ template <class ScoreMod, class MaskMod>
 void forward_prebuilt(const FwdArgs& args, const ScoreMod& score_mod, const MaskMod& mask_mod);
 template <class ScoreMod, class MaskMod>
 void backward_prebuilt(const BwdArgs& args, const ScoreMod& score_mod, const MaskMod& mask_mod);
+template <class ScoreMod, class MaskMod>
+void paged_forward_prebuilt(const PagedArgs& args, const ScoreMod& score_mod,
+                            const MaskMod& mask_mod);
+// append_kv on the GPU (src/cuda/append_kv.cu; it throws without CUDA).
+void append_kv(const AppendArgs& args);
 
 [[noreturn]] void throw_needs_nvcc(const char* what);
 
@@ -63,6 +69,19 @@ void forward(const FwdArgs& args, const ScoreMod& score_mod, const MaskMod& mask
     forward_prebuilt(args, score_mod, mask_mod);
   } else {
     throw_needs_nvcc("flex_attention with this score_mod / mask_mod");
+  }
+#endif
+}
+
+template <class ScoreMod, class MaskMod>
+void paged_forward(const PagedArgs& args, const ScoreMod& score_mod, const MaskMod& mask_mod) {
+#if defined(__CUDACC__)
+  launch_paged_forward<ThisUnit>(args, score_mod, mask_mod);
+#else
+  if constexpr (is_prebuilt_variant<ScoreMod, MaskMod>) {
+    paged_forward_prebuilt(args, score_mod, mask_mod);
+  } else {
+    throw_needs_nvcc("flex_attention over a PagedKV with this score_mod / mask_mod");
   }
 #endif
 }
