@@ -20,7 +20,15 @@ void forward_prebuilt(const FwdArgs& args, const ScoreMod& score_mod, const Mask
   launch_forward_for<kPrebuiltHeadDims, LibraryUnit>(args, score_mod, mask_mod);
 }
 
-#define FLEXATTN_X(S, M) template void forward_prebuilt<S, M>(const FwdArgs&, const S&, const M&);
+template <class ScoreMod, class MaskMod>
+void paged_forward_prebuilt(const PagedArgs& args, const ScoreMod& score_mod,
+                            const MaskMod& mask_mod) {
+  launch_paged_forward_for<kPrebuiltHeadDims, LibraryUnit>(args, score_mod, mask_mod);
+}
+
+#define FLEXATTN_X(S, M)                                                              \
+  template void forward_prebuilt<S, M>(const FwdArgs&, const S&, const M&);         \
+  template void paged_forward_prebuilt<S, M>(const PagedArgs&, const S&, const M&);
 FLEXATTN_FOR_EACH_PREBUILT_VARIANT(FLEXATTN_X)
 #undef FLEXATTN_X
 

@@ -19,6 +19,18 @@ inline void check(cudaError_t e, const char* what) {
   }
 }
 
+
+inline void check_device_arch() {
+  int dev = 0, major = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev),
+        "cudaDeviceGetAttribute");
+  if (major < 8) {
+    throw Error("flex_attention on Device::cuda needs an sm80 or newer GPU (Ampere, Ada, Hopper); "
+                "this one has compute capability " + std::to_string(major) + ".x");
+  }
+}
+
 }  // namespace flexattn::detail::cuda
 
 #define FLEXATTN_CUDA_CHECK(expr) ::flexattn::detail::cuda::check((expr), #expr)

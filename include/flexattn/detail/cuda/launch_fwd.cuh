@@ -24,6 +24,7 @@
 #include "head_dims.cuh"
 #include "kernel_traits_fwd.cuh"
 #include "launch_record.h"
+#include "launch_decode.cuh"
 #include "mainloop_fwd_sm80.cuh"
 #include "mainloop_fwd_sm90.cuh"
 #include "sm90_unit.cuh"
@@ -94,15 +95,6 @@ inline void check_vector_layout(const TensorView& t, const char* name) {
   }
 }
 
-inline void check_device_arch() {
-  int dev = 0, major = 0;
-  FLEXATTN_CUDA_CHECK(cudaGetDevice(&dev));
-  FLEXATTN_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  if (major < 8) {
-    throw Error("flex_attention on Device::cuda needs an sm80 or newer GPU (Ampere, Ada, Hopper); "
-                "this one has compute capability " + std::to_string(major) + ".x");
-  }
-}
 
 template <class MaskData>
 FwdParams make_params(const FwdArgs& a, const MaskData& m) {
@@ -208,7 +200,12 @@ void launch_forward_for(const FwdArgs& args, const ScoreMod& score_mod, const Ma
   const FwdKernelChoice choice = select_forward_kernel(args, mask);
   const FwdParams p = fwd_launch_detail::make_params(args, mask);
   if (args.dims.B == 0 || args.dims.Hq == 0) return;
-  fwd_launch_detail::check_device_arch();
+  check_device_arch();
+  // Few query rows: the split-KV decode kernel streams K/V across the whole GPU instead.
+  if (decode_takes(args, mask) &&
+      launch_decode_contiguous<kHeadDimMask, Unit>(args, mask, score_mod, mask_mod)) {
+    return;
+  }
   const bool bf16 = args.q.dtype == DType::bf16;
   const bool launched = with_head_dim<kHeadDimMask>(choice.head_dim, [&]<int D>() {
     if (bf16) {

@@ -5,6 +5,7 @@
 // the kernel it means to test is the one that ran:
 //   "fwd_sm90", "fwd_sm80"   launch_fwd_kernel (launch_fwd.cuh)
 //   "bwd_sm90", "bwd_sm80"   launch_bwd_kernel (launch_bwd.cuh)
+//   "decode", "decode_split" launch_decode_kernel (launch_decode.cuh), without / with split-KV
 // Recorded on the host when the launch was enqueued.
 //
 // The deterministic backward's dQ-order watchdog (wait_dq_turn, bwd_primitives.cuh): before it

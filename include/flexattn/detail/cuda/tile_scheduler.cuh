@@ -1,10 +1,17 @@
-// Which work a CTA of the forward kernel does: its (q-tile, head, batch) from the grid, and the
+// Which work a CTA does. Forward: its (q-tile, head, batch) from the grid, and the kv tiles it
+// visits. Decode: its (m-block, head tile, batch, split) and the share of the keys its split
+// walks (DecodeKvWalk below).
+//
+// Forward: which work a CTA of the forward kernel does: its (q-tile, head, batch) from the grid, and the
 // kv tiles it visits - the block mask's partial blocks, then its full blocks, each cut into
 // BLOCK_N-wide kernel tiles. Skipped blocks are never listed, so never loaded.
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
+#include "../../mods.h"
+#include "kernel_traits_decode.cuh"
 #include "kernel_traits_fwd.cuh"
 #include "utils.cuh"
 
@@ -80,6 +87,91 @@ struct KvTileIter {
  private:
   int entry_ = 0;
   int sub_left_ = 0;  // sub-tiles of the current block after the current one
+};
+
+// ---- decode ---------------------------------------------------------------------------------------
+// Grid: x = split * m_blocks + m-block, y = head tile (heads_per_tile query heads sharing one kv
+// head), z = batch. The splits of one (head tile, batch) are neighbours, so their K/V ranges are
+// read close together in time.
+struct DecodeTileScheduler {
+  static dim3 grid(int m_blocks, int splits, int head_tiles, int batch) {
+    return dim3(static_cast<unsigned>(m_blocks * splits), static_cast<unsigned>(head_tiles),
+                static_cast<unsigned>(batch));
+  }
+  struct Tile {
+    int m_block, head_tile, b, split;
+  };
+  FLEXATTN_DEV static Tile get(int m_blocks) {
+    const int x = static_cast<int>(blockIdx.x);
+    return {x % m_blocks, static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.z),
+            x / m_blocks};
+  }
+};
+
+// The keys of one decode CTA as kernel tiles of kBlockN, in the walk's flat numbering f:
+//   lists  f -> entry f / subs of the block mask's lists (partial entries first), sub-tile f % subs
+//   rule   f -> keys [f * kBlockN, ...) classified by the mask_mod's tile rule over the CTA's rows
+// A split takes an even share of [lo, hi): all of the lists, or under a rule the span from the
+// first to the last tile that is not empty (a sliding window's few tiles are shared out among
+// every split instead of landing on one). Tiles that are empty, or start at or past the
+// sequence's end, are skipped by next().
+template <int kBlockN, class MaskMod>
+struct DecodeKvWalk {
+  struct Tile {
+    int f;         // flat index; >= end when the walk is over
+    int n0;        // first key
+    bool partial;  // mask_mod must be evaluated per element
+  };
+
+  const MaskMod& mask;
+  int b, h_lo, h_hi, q_lo, q_hi;  // the CTA's heads and logical query rows (inclusive)
+  int kv_end;                     // keys [0, kv_end) exist
+  // lists
+  const int32_t* part = nullptr;
+  const int32_t* full = nullptr;
+  int n_part = 0, subs = 1, block_kv = 0;
+  bool lists;
+  int begin = 0, end = 0;
+
+  // Tile kind of keys [k0, k1) for every head of the CTA: empty if empty for all, full if full for
+  // all, else partial (exact per element). Without a tile rule every tile is partial.
+  FLEXATTN_DEV TileKind classify(int k0, int k1) const {
+    if constexpr (std::is_same_v<MaskMod, NoopMask>) {
+      return TileKind::full;
+    } else if constexpr (HasTileRule<MaskMod>) {
+      bool all_empty = true, all_full = true;
+      for (int h = h_lo; h <= h_hi; ++h) {
+        const TileKind k = mask.tile_kind(b, h, q_lo, q_hi + 1, k0, k1);
+        all_empty = all_empty && k == TileKind::empty;
+        all_full = all_full && k == TileKind::full;
+      }
+      return all_empty ? TileKind::empty : (all_full ? TileKind::full : TileKind::partial);
+    } else {
+      return TileKind::partial;
+    }
+  }
+
+  // The tile at flat index f, or {f, -1, ..} when it is skipped.
+  FLEXATTN_DEV Tile at(int f) const {
+    if (lists) {
+      const int e = f / subs;
+      const int blk = e < n_part ? __ldg(part + e) : __ldg(full + (e - n_part));
+      const int n0 = blk * block_kv + (f % subs) * kBlockN;
+      return {f, n0 < kv_end ? n0 : -1, e < n_part};
+    }
+    const int n0 = f * kBlockN;
+    const int n1 = n0 + kBlockN < kv_end ? n0 + kBlockN : kv_end;
+    const TileKind k = classify(n0, n1);
+    return {f, k == TileKind::empty ? -1 : n0, k != TileKind::full};
+  }
+  // The first tile at flat index >= f that is not skipped.
+  FLEXATTN_DEV Tile from(int f) const {
+    for (; f < end; ++f) {
+      const Tile t = at(f);
+      if (t.n0 >= 0) return t;
+    }
+    return {end, -1, false};
+  }
 };
 
 }  // namespace flexattn::detail::cuda

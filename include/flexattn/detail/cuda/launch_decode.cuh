@@ -1,0 +1,235 @@
+// Decode dispatch and launch: when a call takes the decode kernel, how it is split (the ONE
+// heuristic, decode_plan), and its launch with the split merge.
+//
+//   decode_unsupported_reason()  what the decode kernel cannot take (the Error of a paged call)
+//   decode_takes()               whether a contiguous forward goes through it (small Lq)
+//   launch_decode_kernel<D, T>   one head dim, one dtype; explicitly instantiated by the library
+//   launch_paged_forward()       the paged flex_attention (every head dim in a user's .cu)
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+
+#include "../../tensor.h"
+#include "../args.h"
+#include "check.cuh"
+#include "combine_decode.cuh"
+#include "head_dims.cuh"
+#include "kernel_traits_decode.cuh"
+#include "launch_record.h"
+#include "mainloop_decode.cuh"
+#include "sm90_unit.cuh"
+
+namespace flexattn::detail::cuda {
+
+// Contiguous calls with at most this many query rows take the decode kernel (its tile is 16
+// packed rows; past that the prefill kernel's 128-row tiles use the tensor cores far better).
+inline constexpr int64_t kDecodeMaxLq = 16;
+
+inline std::string decode_unsupported_reason(DType dtype, int64_t D, int64_t Dv) {
+  const std::string pre = "flex_attention over a PagedKV on Device::cuda ";
+  if (dtype != DType::f16 && dtype != DType::bf16) {
+    return pre + "takes f16 or bf16; got " + to_string(dtype);
+  }
+  if (head_dim_bit(static_cast<int>(D)) == 0) {
+    return pre + "does not support head dim " + std::to_string(D) +
+           "; supported head dims: 32, 64, 96, 128, 192, 256";
+  }
+  if (Dv != D) {
+    return pre + "needs v's head dim equal to q's (got D = " + std::to_string(D) + ", Dv = " +
+           std::to_string(Dv) + ")";
+  }
+  return {};
+}
+
+// How a decode call is cut: packed heads, m-blocks and key splits. THE heuristic, in one place.
+struct DecodePlan {
+  int heads_per_tile, m_blocks, splits;
+};
+// base CTAs = m-blocks x head tiles x batch. Splitting the keys fills the GPU: as many splits as
+// make one full wave of CTAs (slots = SMs x CTAs per SM), never a partial second wave, and no
+// split shorter than two tiles (128 keys), where the merge would cost more than it saves.
+inline DecodePlan decode_plan(int64_t B, int64_t Hq, int64_t group, int64_t Lq, int64_t Lkv,
+                              bool pack_heads, int kRows, int kBlockN, int sms, int ctas_per_sm) {
+  DecodePlan plan{};
+  plan.heads_per_tile = pack_heads ? static_cast<int>(group) : 1;
+  plan.m_blocks = static_cast<int>((plan.heads_per_tile * Lq + kRows - 1) / kRows);
+  const int64_t base = static_cast<int64_t>(plan.m_blocks) * (Hq / plan.heads_per_tile) * B;
+  const int64_t slots = static_cast<int64_t>(sms) * std::max(ctas_per_sm, 1);
+  const int64_t tiles = (Lkv + kBlockN - 1) / kBlockN;
+  int64_t splits = base >= slots ? 1 : slots / base;
+  splits = std::min<int64_t>(splits, std::max<int64_t>(1, tiles / 2));
+  plan.splits = static_cast<int>(std::clamp<int64_t>(splits, 1, 256));
+  return plan;
+}
+
+namespace decode_launch_detail {
+
+inline void check_layout(const TensorView& t, const char* name) {
+  bool ok = reinterpret_cast<uintptr_t>(t.data) % 16 == 0;
+  for (int d = 0; d < 3; ++d) ok = ok && (t.stride[d] % 8 == 0 || t.shape[d] == 1);
+  if (!ok) {
+    throw Error(std::string("flex_attention on Device::cuda needs ") + name +
+                " 16-byte aligned with its first three strides multiples of 8 elements");
+  }
+}
+
+inline void set_out(DecodeParams& p, const TensorView& q, const TensorView& out,
+                    const TensorView& lse, const AttnDims& d) {
+  p.q = q.data;
+  p.out = out.data;
+  p.lse = static_cast<float*>(lse.data);
+  p.q_sb = q.stride[0], p.q_sh = q.stride[1], p.q_sr = q.stride[2];
+  p.o_sb = out.stride[0], p.o_sh = out.stride[1], p.o_sr = out.stride[2];
+  p.l_sb = lse.stride[0], p.l_sh = lse.stride[1], p.l_sr = lse.stride[2];
+  p.Lq = static_cast<int>(d.Lq);
+  p.Lkv = static_cast<int>(d.Lkv);
+  p.group = static_cast<int>(d.group());
+  p.scale = d.scale;
+  p.scale_log2 = d.scale * kLog2e;
+  p.B = static_cast<int>(d.B);
+  p.Hq = static_cast<int>(d.Hq);
+}
+
+inline int sm_count() {
+  int dev = 0, sms = 0;
+  FLEXATTN_CUDA_CHECK(cudaGetDevice(&dev));
+  FLEXATTN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  return sms;
+}
+
+}  // namespace decode_launch_detail
+
+// One head dim, one dtype: plans the splits for this GPU, launches the decode kernel and, when it
+// split the keys, the merge. p arrives with everything but the plan.
+template <int D, class T, class ScoreMod, class MaskMod, class Unit>
+void launch_decode_kernel(DecodeParams p, bool pack_heads, void* stream_ptr,
+                          const ScoreMod& score_mod, const MaskMod& mask_mod) {
+  using Traits = DecodeConfig<D>;
+  const auto stream = static_cast<cudaStream_t>(stream_ptr);
+  auto* kernel = &decode_kernel<Traits, T, ScoreMod, MaskMod, Unit>;
+  FLEXATTN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           Traits::kSmemBytes));
+  int per_sm = 0;
+  FLEXATTN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &per_sm, kernel, Traits::kNThreads, Traits::kSmemBytes));
+  const DecodePlan plan =
+      decode_plan(p.B, p.Hq, p.group, p.Lq, p.Lkv, pack_heads, Traits::kRows, Traits::kBlockN,
+                  decode_launch_detail::sm_count(), per_sm);
+  p.heads_per_tile = plan.heads_per_tile;
+  p.m_blocks = plan.m_blocks;
+  p.splits = plan.splits;
+  const int head_tiles = p.Hq / plan.heads_per_tile;
+  if (static_cast<int64_t>(plan.m_blocks) * plan.splits > INT32_MAX || head_tiles > 65535 ||
+      p.B > 65535) {
+    throw Error("flex_attention on Device::cuda (decode): at most 65535 batches and head tiles");
+  }
+  Buffer parts;  // the splits' (out, lse), freed in stream order once the merge is enqueued
+  if (plan.splits > 1) {
+    const int64_t rows = static_cast<int64_t>(p.B) * p.Hq * p.Lq;
+    parts = Buffer::allocate(static_cast<size_t>(plan.splits * rows * (D + 1)) * sizeof(float),
+                             Device::cuda, stream_ptr);
+    p.part_out = static_cast<float*>(parts.data());
+    p.part_lse = p.part_out + plan.splits * rows * D;
+  }
+  kernel<<<DecodeTileScheduler::grid(plan.m_blocks, plan.splits, head_tiles, p.B),
+           Traits::kNThreads, Traits::kSmemBytes, stream>>>(p, score_mod, mask_mod);
+  FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention decode kernel");
+  note_launch(plan.splits > 1 ? "decode_split" : "decode");
+  if (plan.splits > 1) {
+    const int64_t rows = static_cast<int64_t>(p.B) * p.Hq * p.Lq;
+    const int64_t blocks = (rows + kCombineWarps - 1) / kCombineWarps;
+    decode_combine_kernel<D, T, Unit><<<static_cast<unsigned>(blocks), kCombineWarps * 32, 0,
+                                        stream>>>(p);
+    FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention decode merge kernel");
+  }
+}
+
+// Turns the head dim and dtype into template arguments (kDims: the head dims instantiated).
+template <unsigned kDims, class Unit, class ScoreMod, class MaskMod>
+bool launch_decode_for(const DecodeParams& p, DType dtype, int64_t D, bool pack_heads,
+                       void* stream, const ScoreMod& score_mod, const MaskMod& mask_mod) {
+  return with_head_dim<kDims>(static_cast<int>(D), [&]<int kD>() {
+    if (dtype == DType::bf16) {
+      launch_decode_kernel<kD, __nv_bfloat16, ScoreMod, MaskMod, Unit>(p, pack_heads, stream,
+                                                                       score_mod, mask_mod);
+    } else {
+      launch_decode_kernel<kD, __half, ScoreMod, MaskMod, Unit>(p, pack_heads, stream, score_mod,
+                                                                mask_mod);
+    }
+  });
+}
+
+// Whether a contiguous forward takes the decode kernel: few query rows, one q-block of the mask,
+// mask blocks the kernel's 64-key tiles divide, and what the kernel supports.
+template <class MaskData>
+bool decode_takes(const FwdArgs& a, const MaskData& m) {
+  return a.dims.Lq <= kDecodeMaxLq && a.dims.Lq <= m.block_q && m.block_kv % 64 == 0 &&
+         decode_unsupported_reason(a.q.dtype, a.dims.D, a.dims.Dv).empty();
+}
+
+// The contiguous forward through the decode kernel (decode_takes() was true): walks the block
+// mask's lists; heads share a tile when the mask is the same for all of them.
+template <unsigned kDims, class Unit, class ScoreMod, class MaskMod, class MaskData>
+bool launch_decode_contiguous(const FwdArgs& a, const MaskData& m, const ScoreMod& score_mod,
+                              const MaskMod& mask_mod) {
+  using namespace decode_launch_detail;
+  for (const auto& [t, name] : {std::pair{a.q, "q"}, {a.k, "k"}, {a.v, "v"}, {a.out, "out"}}) {
+    check_layout(t, name);
+  }
+  DecodeParams p{};
+  static_cast<MaskLists&>(p) = mask_lists(m);
+  set_out(p, a.q, a.out, a.lse, a.dims);
+  p.k = a.k.data;
+  p.v = a.v.data;
+  p.k_sb = a.k.stride[0], p.k_sh = a.k.stride[1], p.k_sr = a.k.stride[2];
+  p.v_sb = a.v.stride[0], p.v_sh = a.v.stride[1], p.v_sr = a.v.stride[2];
+  p.lists = true;
+  return launch_decode_for<kDims, Unit>(p, a.q.dtype, a.dims.D, m.H == 1, a.stream, score_mod,
+                                        mask_mod);
+}
+
+template <unsigned kDims, class Unit, class ScoreMod, class MaskMod>
+void launch_paged_forward_for(const PagedArgs& a, const ScoreMod& score_mod,
+                              const MaskMod& mask_mod) {
+  using namespace decode_launch_detail;
+  const std::string why = decode_unsupported_reason(a.q.dtype, a.dims.D, a.dims.Dv);
+  if (!why.empty()) throw Error(why);
+  for (const auto& [t, name] :
+       {std::pair{a.q, "q"}, {a.k_pages, "k_pages"}, {a.v_pages, "v_pages"}, {a.out, "out"}}) {
+    check_layout(t, name);
+  }
+  check_device_arch();
+  DecodeParams p{};
+  set_out(p, a.q, a.out, a.lse, a.dims);
+  p.k = a.k_pages.data;
+  p.v = a.v_pages.data;
+  p.k_sb = a.k_pages.stride[0], p.k_sh = a.k_pages.stride[1], p.k_sr = a.k_pages.stride[2];
+  p.v_sb = a.v_pages.stride[0], p.v_sh = a.v_pages.stride[1], p.v_sr = a.v_pages.stride[2];
+  p.page_table = static_cast<const int32_t*>(a.page_table.data);
+  p.pt_sb = a.page_table.stride[0];
+  p.pt_sp = a.page_table.stride[1];
+  p.page_size = static_cast<int>(a.page_size);
+  p.num_pages = static_cast<int>(a.num_pages);
+  p.kv_len = static_cast<const int32_t*>(a.kv_len.data);
+  p.kl_s = a.kv_len.stride[0];
+  p.lists = false;
+  if (!launch_decode_for<kDims, Unit>(p, a.q.dtype, a.dims.D, true, a.stream, score_mod,
+                                      mask_mod)) {
+    throw Error("flex_attention over a PagedKV on Device::cuda: head dim " +
+                std::to_string(a.dims.D) +
+                " is not among the head dims this library was built with for the stock variants "
+                "(CMake option FLEXATTN_CUDA_HEAD_DIMS); rebuild with it, or call flex_attention "
+                "from a .cu file compiled by nvcc, which instantiates every head dim");
+  }
+}
+
+template <class Unit, class ScoreMod, class MaskMod>
+void launch_paged_forward(const PagedArgs& a, const ScoreMod& score_mod, const MaskMod& mask_mod) {
+  launch_paged_forward_for<kAllHeadDims, Unit>(a, score_mod, mask_mod);
+}
+
+}  // namespace flexattn::detail::cuda
