@@ -57,6 +57,8 @@ inline float round_to(DType dtype, float x) {
       return round_binary(x, 10, -14, 65504.0);  // 0x1.ffcp15
     case DType::bf16:
       return round_binary(x, 7, -126, std::ldexp(255.0, 120));  // 0x1.fep127
+    case DType::i32:  // not a float format: index tensors are never rounded
+      break;
   }
   return x;
 }
@@ -78,6 +80,8 @@ inline double unit_roundoff(DType dtype) {
       return std::ldexp(1.0, -11);
     case DType::bf16:
       return std::ldexp(1.0, -8);
+    case DType::i32:
+      break;
   }
   return 0.0;
 }

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include "gpu_check.h"
+#include "tests/paged_check.h"
 
 namespace fa = flexattn;
 using fa::DType;
@@ -45,6 +46,34 @@ void run_custom(CaseOptions c) {
   check_attention(c, GatedRelativeBias{0.3f}, mask);
 }
 
+// The same functors over a paged KV cache (the decode kernel): a mask without a tile rule is
+// evaluated on every key below kv_len, and the rows q % 13 == 5 come out fully masked.
+void run_custom_paged(int64_t D, DType dt) {
+  auto mask = [] __host__ __device__(int, int h, int q, int kv) -> bool {
+    return kv <= q + 3 && q % 13 != 5 && (q + 2 * kv) % (h + 2) != 1;
+  };
+  const uint64_t seed = fa::gpu_test::fresh_seed();
+  SCOPED_TRACE("paged custom D=" + std::to_string(D) + " seed=" + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  fa::testing::PagedShape s;
+  s.B = 3;
+  s.Hq = 4;
+  s.Hkv = 2;
+  s.Lq = 3;
+  s.D = s.Dv = D;
+  s.page_size = 16;
+  s.kv_len = {0, 50, 301};
+  const auto in = fa::testing::make_paged_inputs(rng, s, dt, fa::Device::cuda);
+  fa::AttentionOptions opts;
+  opts.enable_gqa = true;
+  fa::Tensor out = fa::gpu_test::poisoned({s.B, s.Hq, s.Lq, s.Dv}, dt);
+  fa::Tensor lse = fa::gpu_test::poisoned({s.B, s.Hq, s.Lq}, DType::f32);
+  fa::flex_attention_into(in.q.view(), in.kv, out.view(), lse.view(), GatedRelativeBias{0.3f},
+                          mask, opts);
+  fa::testing::check_paged(in, out.to_host(), lse.to_host(), dt,
+                           fa::testing::resolved_scale(opts, D), GatedRelativeBias{0.3f}, mask);
+}
+
 class CustomFunctors : public ::testing::TestWithParam<int> {
  protected:
   void SetUp() override {
@@ -66,6 +95,11 @@ TEST_P(CustomFunctors, F16OddLengths) {
   c.dtype = DType::f16;
   c.shape = shape(1, 3, 3, 129, 127, GetParam());
   run_custom(c);
+}
+
+TEST_P(CustomFunctors, PagedDecodeBothDtypes) {
+  run_custom_paged(GetParam(), DType::bf16);
+  run_custom_paged(GetParam(), DType::f16);
 }
 
 INSTANTIATE_TEST_SUITE_P(Gpu, CustomFunctors, ::testing::Values(32, 64, 96, 128, 192, 256));

@@ -107,6 +107,18 @@ TEST_P(StockVariant, SquareOddLength) {
   check_stock(GetParam().variant, c);
 }
 
+// Few query rows take the split-KV decode kernel (launch_decode.cuh): one row against a long K/V
+// (split, GQA packed), and 5 rows of 8 heads sharing 2 kv heads (two m-blocks); the backward then
+// runs on the decode kernel's out and lse.
+TEST_P(StockVariant, DecodeShapes) {
+  CaseOptions c;
+  c.dtype = GetParam().dtype;
+  c.shape = shape(2, 8, 2, 1, 3001, 128);
+  check_stock(GetParam().variant, c);
+  c.shape = shape(3, 8, 2, 5, 700, 64);
+  check_stock(GetParam().variant, c);
+}
+
 std::vector<VariantDtype> all_variant_dtypes() {
   std::vector<VariantDtype> v;
   for (DType d : {DType::bf16, DType::f16}) {

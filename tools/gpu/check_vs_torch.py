@@ -10,6 +10,7 @@ baseline.
   check_vs_torch.py gen DIR [--quick]   inputs + both oracles' results (needs the GPU; may run
                                         while flexattn builds)
   flexattn_gpu_run_case DIR/*/          flexattn's outputs (tools/gpu/run_case.cpp)
+  (PAGED_CASES: decode over a paged KV cache, forward only, checked the same way)
   check_vs_torch.py compare DIR         prints the table; exit status 1 on any failure
 
 Variant names and parameters come from tools/stock_variants.h (through torch_variants.py).
@@ -34,8 +35,20 @@ CASES = [
     dict(name="softcap", variant="softcap", B=1, Hq=16, Hkv=16, L=4096, D=128),
     dict(name="sliding_window_gqa_d64", variant="sliding_window", B=2, Hq=16, Hkv=4, L=4096, D=64),
 ]
-QUICK = {"causal", "document"}
+# Decode over a paged KV cache (forward only): q holds each sequence's newest Lq tokens, so the
+# mods see q_idx = kv_len[b] - Lq + i. run_case builds the cache from k / v in shuffled page
+# order (NaN in every unused page row), appends the last Lq tokens with append_kv, and attends.
+PAGED_CASES = [
+    dict(name="paged_decode_gqa_p16", variant="causal", B=4, Hq=32, Hkv=8, Lq=1, D=128, page=16,
+         kv_len=[1000, 4096, 37, 2500]),
+    dict(name="paged_spec_window_p128", variant="sliding_window", B=3, Hq=16, Hkv=4, Lq=5, D=64,
+         page=128, kv_len=[3000, 700, 5000]),
+    dict(name="paged_alibi_p32", variant="alibi_causal", B=2, Hq=8, Hkv=8, Lq=3, D=128, page=32,
+         kv_len=[513, 2049]),
+]
+QUICK = {"causal", "document", "paged_decode_gqa_p16"}
 TENSORS = ["out", "lse", "dq", "dk", "dv"]
+PAGED_TENSORS = ["out", "lse"]
 
 
 def dense_f64(q, k, v, dout, score_mod, mask_mod, scale):
@@ -131,6 +144,66 @@ def gen(args):
         except Exception as e:  # the f64 oracle alone still judges flexattn
             print(f"  {c['name']}: torch flex_attention failed: {type(e).__name__}: {e}")
         print(f"  {c['name']}: inputs and oracles written in {time.time() - t0:.1f} s", flush=True)
+    for c in PAGED_CASES:
+        if not args.quick or c["name"] in QUICK:
+            gen_paged(flex, c, os.path.join(args.dir, c["name"]))
+
+
+def gen_paged(flex, c, d):
+    """Inputs and both oracles of one paged decode case, one sequence at a time (its own kv_len)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    t0 = time.time()
+    os.makedirs(d, exist_ok=True)
+    B, Hq, Hkv, Lq, D, lens = c["B"], c["Hq"], c["Hkv"], c["Lq"], c["D"], c["kv_len"]
+    Lmax = max(lens)
+    q = torch.randn(B, Hq, Lq, D, device="cuda").to(torch.bfloat16)
+    k = torch.randn(B, Hkv, Lmax, D, device="cuda").to(torch.bfloat16)
+    v = torch.randn(B, Hkv, Lmax, D, device="cuda").to(torch.bfloat16)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        t.float().cpu().numpy().tofile(os.path.join(d, f"{name}.bin"))
+    with open(os.path.join(d, "meta.txt"), "w") as f:
+        f.write(f"kind=paged variant={c['variant']} B={B} Hq={Hq} Hkv={Hkv} Lq={Lq} D={D} "
+                f"page={c['page']} kv_len={','.join(map(str, lens))} L={Lmax} dtype=bf16 "
+                f"window={WINDOW} cap={CAP}\n")
+    score_mod, mask_mod = mods(c["variant"], Hq, None)
+    scale = 1.0 / D**0.5
+    ref = {"out": [], "lse": []}
+    fl = {"out": [], "lse": []}
+    for b in range(B):
+        L, off = lens[b], lens[b] - Lq
+        sm = (lambda s, bb, h, qi, ki: score_mod(s, bb, h, qi + off, ki)) if score_mod else None
+        mm = (lambda bb, h, qi, ki: mask_mod(bb, h, qi + off, ki)) if mask_mod else None
+        qb, kb, vb = q[b:b + 1], k[b:b + 1, :, :L], v[b:b + 1, :, :L]
+        G = Hq // Hkv
+        s = (qb.double() @ kb.double().repeat_interleave(G, 1).transpose(-1, -2)) * scale
+        qi = torch.arange(Lq, device="cuda")[:, None]
+        ki = torch.arange(L, device="cuda")[None, :]
+        ht = torch.arange(Hq, device="cuda")[:, None, None]
+        bt = torch.tensor(0, device="cuda")
+        if sm is not None:
+            s = sm(s, bt, ht, qi, ki)
+        if mm is not None:
+            s = s.masked_fill(~mm(bt, ht, qi, ki), float("-inf"))
+        ref["lse"].append(torch.logsumexp(s, dim=-1))
+        ref["out"].append(torch.softmax(s, dim=-1) @ vb.double().repeat_interleave(G, 1))
+        try:
+            bm = create_block_mask(mm, None, None, Lq, L, device="cuda") if mm else None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                o, lse = flex(qb, kb, vb, score_mod=sm, block_mask=bm, enable_gqa=G > 1,
+                              return_lse=True)
+            fl["out"].append(o)
+            fl["lse"].append(lse)
+        except Exception as e:  # the f64 oracle alone still judges flexattn
+            print(f"  {c['name']}: torch flex_attention failed: {type(e).__name__}: {e}")
+            fl = None
+            break
+    torch.save({n: torch.cat(t).float().cpu() for n, t in ref.items()}, os.path.join(d, "f64.pt"))
+    if fl is not None:
+        torch.save({n: torch.cat(t).float().cpu() for n, t in fl.items()},
+                   os.path.join(d, "flex.pt"))
+    print(f"  {c['name']}: inputs and oracles written in {time.time() - t0:.1f} s", flush=True)
 
 
 def rel_err(a, ref):
@@ -143,17 +216,19 @@ def rel_err(a, ref):
 def compare(args):
     failed = 0
     rows = []
-    for c in CASES:
+    for c in CASES + PAGED_CASES:
         d = os.path.join(args.dir, c["name"])
         if not os.path.exists(os.path.join(d, "meta.txt")):
             continue
-        B, Hq, Hkv, L, D = c["B"], c["Hq"], c["Hkv"], c["L"], c["D"]
+        paged = "kv_len" in c
+        B, Hq, Hkv, D = c["B"], c["Hq"], c["Hkv"], c["D"]
+        L = c["Lq"] if paged else c["L"]
         shapes = {"out": (B, Hq, L, D), "lse": (B, Hq, L), "dq": (B, Hq, L, D),
                   "dk": (B, Hkv, L, D), "dv": (B, Hkv, L, D)}
         ref = torch.load(os.path.join(d, "f64.pt"))
         fp = os.path.join(d, "flex.pt")
         fl = torch.load(fp) if os.path.exists(fp) else None
-        for t in TENSORS:
+        for t in PAGED_TENSORS if paged else TENSORS:
             path = os.path.join(d, f"{t}.bin")
             if not os.path.exists(path):
                 rows.append((c["name"], t, None, None, None, "MISSING"))

@@ -7,14 +7,21 @@
 // v.bin dout.bin (float32, [B,H,L,D] row-major; values already representable in dtype) and, for
 // document variants, doc.bin (int32, L ids). Writes out.bin lse.bin dq.bin dk.bin dv.bin (float32)
 // beside them: outputs poisoned with NaN first, forward then the default backward.
+//
+// A paged case (meta kind=paged: Lq, page, kv_len=a,b,...; k.bin / v.bin [B,Hkv,L,D] with L the
+// longest kv_len) is served from a paged KV cache: pages in shuffled order, NaN in every page row
+// past a sequence's end and -1 in unused page-table entries, the first kv_len[b] - Lq tokens
+// written from the host, the last Lq appended with append_kv; writes out.bin and lse.bin.
 #include <flexattn/flexattn.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -53,9 +60,88 @@ std::map<std::string, std::string> read_meta(const std::string& path) {
   return m;
 }
 
+void run_paged_case(const std::string& dir, const std::map<std::string, std::string>& meta,
+                    const fa::stock::VariantParams& params) {
+  const std::string variant = meta.at("variant");
+  const int64_t B = std::stoll(meta.at("B")), Hq = std::stoll(meta.at("Hq")),
+                Hkv = std::stoll(meta.at("Hkv")), Lq = std::stoll(meta.at("Lq")),
+                L = std::stoll(meta.at("L")), D = std::stoll(meta.at("D")),
+                P = std::stoll(meta.at("page"));
+  std::vector<int32_t> lens;
+  std::stringstream ls(meta.at("kv_len"));
+  for (std::string x; std::getline(ls, x, ',');) lens.push_back(std::stoi(x));
+  const std::vector<float> q = read_bin<float>(dir + "/q.bin", size_t(B * Hq * Lq * D));
+  const std::vector<float> k = read_bin<float>(dir + "/k.bin", size_t(B * Hkv * L * D));
+  const std::vector<float> v = read_bin<float>(dir + "/v.bin", size_t(B * Hkv * L * D));
+  // Pages: ceil(kv_len / P) per sequence plus a spare, ids handed out in a shuffled order.
+  int64_t max_pages = 0, num_pages = 0;
+  for (int32_t n : lens) {
+    max_pages = std::max<int64_t>(max_pages, (n + P - 1) / P + 1);
+    num_pages += (n + P - 1) / P;
+  }
+  std::vector<int32_t> ids(static_cast<size_t>(num_pages));
+  for (int64_t i = 0; i < num_pages; ++i) ids[size_t(i)] = int32_t(i);
+  std::shuffle(ids.begin(), ids.end(), std::mt19937(12345));
+  std::vector<int32_t> table(static_cast<size_t>(B * max_pages), -1);
+  std::vector<int32_t> start(static_cast<size_t>(B));
+  std::vector<float> kp(size_t(num_pages * Hkv * P * D), std::nanf("")), vp = kp;
+  for (int64_t b = 0, next = 0; b < B; ++b) {
+    for (int64_t j = 0; j < (lens[size_t(b)] + P - 1) / P; ++j) {
+      table[size_t(b * max_pages + j)] = ids[size_t(next++)];
+    }
+    start[size_t(b)] = int32_t(lens[size_t(b)] - Lq);
+    for (int64_t h = 0; h < Hkv; ++h) {
+      for (int64_t t = 0; t < start[size_t(b)]; ++t) {
+        const int64_t page = table[size_t(b * max_pages + t / P)];
+        const size_t dst = size_t(((page * Hkv + h) * P + t % P) * D);
+        const size_t src = size_t(((b * Hkv + h) * L + t) * D);
+        std::copy_n(k.begin() + src, D, kp.begin() + dst);
+        std::copy_n(v.begin() + src, D, vp.begin() + dst);
+      }
+    }
+  }
+  std::vector<float> kn(size_t(B * Hkv * Lq * D)), vn(kn.size());
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < Hkv; ++h)
+      for (int64_t i = 0; i < Lq; ++i) {
+        const size_t src = size_t(((b * Hkv + h) * L + start[size_t(b)] + i) * D);
+        std::copy_n(k.begin() + src, D, kn.begin() + size_t(((b * Hkv + h) * Lq + i) * D));
+        std::copy_n(v.begin() + src, D, vn.begin() + size_t(((b * Hkv + h) * Lq + i) * D));
+      }
+  const fa::DType dt = meta.at("dtype") == "f16" ? fa::DType::f16 : fa::DType::bf16;
+  const auto dev = fa::Device::cuda;
+  fa::PagedKV cache{fa::Tensor::from_host(kp.data(), {num_pages, Hkv, P, D}, dt, dev),
+                    fa::Tensor::from_host(vp.data(), {num_pages, Hkv, P, D}, dt, dev),
+                    fa::Tensor::from_host(table.data(), {B, max_pages}, dev),
+                    fa::Tensor::from_host(start.data(), {B}, dev)};
+  fa::append_kv(cache, fa::Tensor::from_host(kn.data(), {B, Hkv, Lq, D}, dt, dev),
+                fa::Tensor::from_host(vn.data(), {B, Hkv, Lq, D}, dt, dev));
+  const fa::Tensor qt = fa::Tensor::from_host(q.data(), {B, Hq, Lq, D}, dt, dev);
+  fa::stock::visit_variant(variant, params, [&](auto score, auto mask, auto) {
+    fa::AttentionOptions opts;
+    opts.enable_gqa = Hq != Hkv;
+    fa::Tensor out = fa::Tensor::empty({B, Hq, Lq, D}, dt, dev);
+    fa::Tensor lse = fa::Tensor::empty({B, Hq, Lq}, fa::DType::f32, dev);
+    out.fill(std::nanf(""));
+    lse.fill(std::nanf(""));
+    fa::flex_attention_into(qt.view(), cache, out.view(), lse.view(), score, mask, opts);
+    write_bin(dir + "/out.bin", out.to_host());
+    write_bin(dir + "/lse.bin", lse.to_host());
+  });
+}
+
 void run_case(const std::string& dir) {
   auto meta = read_meta(dir + "/meta.txt");
   const std::string variant = meta.at("variant");
+  if (meta.count("kind") && meta.at("kind") == "paged") {
+    fa::stock::VariantParams params;
+    params.num_heads = int(std::stoll(meta.at("Hq")));
+    if (meta.count("window")) params.window = std::stoi(meta.at("window"));
+    if (meta.count("cap")) params.cap = std::stof(meta.at("cap"));
+    run_paged_case(dir, meta, params);
+    std::printf("run_case %-28s %-16s paged: done\n", dir.c_str(), variant.c_str());
+    return;
+  }
   const int64_t B = std::stoll(meta.at("B")), Hq = std::stoll(meta.at("Hq")),
                 Hkv = std::stoll(meta.at("Hkv")), L = std::stoll(meta.at("L")),
                 D = std::stoll(meta.at("D"));

@@ -30,7 +30,7 @@ namespace flexattn::detail::cuda {
 inline constexpr int64_t kDecodeMaxLq = 16;
 
 inline std::string decode_unsupported_reason(DType dtype, int64_t D, int64_t Dv) {
-  const std::string pre = "flex_attention over a PagedKV on Device::cuda ";
+  const std::string pre = "flexattn::flex_attention: over a PagedKV on Device::cuda, the kernel ";
   if (dtype != DType::f16 && dtype != DType::bf16) {
     return pre + "takes f16 or bf16; got " + to_string(dtype);
   }
@@ -72,7 +72,7 @@ inline void check_layout(const TensorView& t, const char* name) {
   bool ok = reinterpret_cast<uintptr_t>(t.data) % 16 == 0;
   for (int d = 0; d < 3; ++d) ok = ok && (t.stride[d] % 8 == 0 || t.shape[d] == 1);
   if (!ok) {
-    throw Error(std::string("flex_attention on Device::cuda needs ") + name +
+    throw Error(std::string("flexattn::flex_attention: on Device::cuda the decode kernel needs ") + name +
                 " 16-byte aligned with its first three strides multiples of 8 elements");
   }
 }
@@ -125,7 +125,8 @@ void launch_decode_kernel(DecodeParams p, bool pack_heads, void* stream_ptr,
   const int head_tiles = p.Hq / plan.heads_per_tile;
   if (static_cast<int64_t>(plan.m_blocks) * plan.splits > INT32_MAX || head_tiles > 65535 ||
       p.B > 65535) {
-    throw Error("flex_attention on Device::cuda (decode): at most 65535 batches and head tiles");
+    throw Error("flexattn::flex_attention: on Device::cuda the decode kernel takes at most 65535 "
+                "batches and kv head groups");
   }
   Buffer parts;  // the splits' (out, lse), freed in stream order once the merge is enqueued
   if (plan.splits > 1) {
@@ -219,7 +220,7 @@ void launch_paged_forward_for(const PagedArgs& a, const ScoreMod& score_mod,
   p.lists = false;
   if (!launch_decode_for<kDims, Unit>(p, a.q.dtype, a.dims.D, true, a.stream, score_mod,
                                       mask_mod)) {
-    throw Error("flex_attention over a PagedKV on Device::cuda: head dim " +
+    throw Error("flexattn::flex_attention: over a PagedKV on Device::cuda, head dim " +
                 std::to_string(a.dims.D) +
                 " is not among the head dims this library was built with for the stock variants "
                 "(CMake option FLEXATTN_CUDA_HEAD_DIMS); rebuild with it, or call flex_attention "

@@ -83,12 +83,12 @@ struct DecodeCta {
   const T* v;
   bool bad = false;  // this thread met a page id outside [0, num_pages)
 
-  // Element offset of key t's row in k / v (t < kv_end), or -1 for a bad page id.
-  FLEXATTN_DEV int64_t row_offset(int t, int64_t sb, int64_t sr) const {
-    if (p.page_table == nullptr) return t * sr;
+  // Where key t (< kv_end) lives: its page and row in it (contiguous: page 0, row t); page -1 for
+  // a page id outside [0, num_pages).
+  FLEXATTN_DEV int2 locate(int t) const {
+    if (p.page_table == nullptr) return make_int2(0, t);
     const int page = __ldg(p.page_table + b * p.pt_sb + (t / p.page_size) * p.pt_sp);
-    if (page < 0 || page >= p.num_pages) return -1;
-    return page * sb + (t % p.page_size) * sr;
+    return make_int2(page >= 0 && page < p.num_pages ? page : -1, t % p.page_size);
   }
 
   // K and V rows [n0, n0 + BLOCK_N) into one stage of the ring; rows past the end are zeros.
@@ -101,10 +101,11 @@ struct DecodeCta {
       int64_t ko = 0, vo = 0;
       bool ok = t < kv_end;
       if (ok) {
-        ko = row_offset(t, p.k_sb, p.k_sr);
-        vo = row_offset(t, p.v_sb, p.v_sr);
-        bad = bad || ko < 0;
-        ok = ko >= 0;
+        const int2 at = locate(t);
+        bad = bad || at.x < 0;
+        ok = at.x >= 0;
+        ko = at.x * p.k_sb + at.y * p.k_sr;  // contiguous: k_sb is already in k
+        vo = at.x * p.v_sb + at.y * p.v_sr;
       }
       cta::cp_async_16(smem_u32(sK + r * kPitch + c * 8), k + (ok ? ko : 0) + c * 8, ok);
       cta::cp_async_16(smem_u32(sV + r * kPitch + c * 8), v + (ok ? vo : 0) + c * 8, ok);
