@@ -3,7 +3,7 @@
 # Run from anywhere on the GPU machine; it works in the repo root. Logs and results go to $OUT
 # (the device tool brings that folder back), else to ./out.
 #
-#   tools/gpu/run_all.sh [full|quick] [--no-tests] [--no-sanitize] [--no-check] [--no-bench]
+#   tools/gpu/run_all.sh [full|quick|decode] [--no-tests] [--no-sanitize] [--no-check] [--no-bench]
 #                        [--no-peers] [--gtest-filter=PATTERN] [--jobs=N] [--budget-s=540]
 #   tools/gpu/run_all.sh prepare        (here, before a device call: copies GoogleTest's source
 #                                        into build-deps/ to carry, for machines without it; the
@@ -14,9 +14,14 @@
 #
 #   full   library prebuilt for every head dim, every GPU test, 5 large cases vs PyTorch,
 #          benchmark D in {128, 64} x L in {16384, 8192, 2048} (B*L = 16384, H = 16) for ours
-#          and the peers (about 6 minutes on an H100)
+#          and the peers (about 6 minutes on an H100), and the decode rows
 #   quick  library prebuilt for head dims 64 and 128 (its default; the stock-variant tests of
-#          other head dims skip), 2 large cases, benchmark D=128 L=16384 only (about 2 minutes)
+#          other head dims skip), 2 large cases, benchmark D=128 L=16384 only (about 2 minutes),
+#          and the decode rows
+#   decode quick's build of the benchmark and the CLI only, then only the decode rows (issue 9:
+#          Lq=1, contiguous and paged, ours vs cuDNN / FA2 / Flex; bench_gpu.cpp's bench_decode)
+#          and two `flexattn decode --device cuda --check` runs; no tests, sanitizers or PyTorch
+#          check
 #
 # Timeline (the device caps one call at 10 minutes; the whole script keeps to --budget-s):
 #   background: check_vs_torch.py gen (inputs + PyTorch oracles), then gpu_peers.py compiles
@@ -48,7 +53,7 @@ JOBS=$(nproc)
 BUDGET=540
 for a in "$@"; do
   case "$a" in
-    full|quick) MODE=$a ;;
+    full|quick|decode) MODE=$a ;;
     --no-tests) TESTS=0 ;;
     --no-sanitize) SANITIZE=0 ;;
     --no-check) CHECK=0 ;;
@@ -61,6 +66,8 @@ for a in "$@"; do
   esac
 done
 [[ $BENCH == 0 ]] && PEERS=0
+ROWS_FLAG=""  # the benchmark rows of bench_gpu.cpp and gpu_peers.py: both by default
+if [[ $MODE == decode ]]; then TESTS=0 SANITIZE=0 CHECK=0 ROWS_FLAG="--rows decode"; fi
 
 OUT=${OUT:-$ROOT/out}
 mkdir -p "$OUT"
@@ -97,7 +104,7 @@ if [[ $CHECK == 1 || $PEERS == 1 ]]; then
     touch "$GEN_DONE"
     if [[ $PEERS == 1 ]]; then
       if [[ $MODE == quick ]]; then pb="--compile-budget-s 120 --budget-s 60"; else pb="--compile-budget-s 280 --budget-s 150"; fi
-      python3 bench/gpu_peers.py --csv "$OUT/peers.csv" --go-file "$GO" --go-timeout-s $(( BUDGET - 60 )) $pb $QUICK_FLAG
+      python3 bench/gpu_peers.py --csv "$OUT/peers.csv" --go-file "$GO" --go-timeout-s $(( BUDGET - 60 )) $pb $QUICK_FLAG $ROWS_FLAG
     fi
   ) > "$OUT/peers.log" 2>&1 &
   BG=$!
@@ -128,14 +135,15 @@ CONFIG_ARGS=()
 [[ $MODE == full ]] && CONFIG_ARGS+=("-DFLEXATTN_CUDA_HEAD_DIMS=32;64;96;128;192;256")
 cmake --version | head -1 | sed 's/^/  /'
 TARGETS=(flexattn_gpu_tests flexattn_gpu_run_case flexattn_bench_gpu flexattn_cli)
+[[ $MODE == decode ]] && TARGETS=(flexattn_bench_gpu flexattn_cli)  # nothing it does not run
 log "configure + build"
 BUILD_OK=0
 tb=$(date +%s)
 configure() {
   timeout "$(slot 120 200)" cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLEXATTN_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES=90a "${CONFIG_ARGS[@]}" "${PREFIX_ARGS[@]}" ${FLEXATTN_CMAKE_ARGS:-} >> "$OUT/build.log" 2>&1 || return 1
-  # the GPU block-mask benchmark, when its source is there
-  cmake --build "$BUILD" --target help 2>/dev/null | grep -q '^bench_block_mask_gpu:' && TARGETS+=(bench_block_mask_gpu)
+  # the GPU block-mask benchmark, when its source is there (not a decode row)
+  [[ $MODE != decode ]] && cmake --build "$BUILD" --target help 2>/dev/null | grep -q '^bench_block_mask_gpu:' && TARGETS+=(bench_block_mask_gpu)
   return 0
 }
 if configure &&
@@ -180,6 +188,7 @@ SANITIZE_FILTER+=':Gpu/CustomFunctors.Bf16GqaUnequalLengths/3'  # head dim 128
 SANITIZE_FILTER+=':GpuTest.DeterministicBackwardReadsOnlyTheTransposedLists'
 SANITIZE_FILTER+=':BlockMaskGpu.StockMasksMatchCpu:NonBlockingStream.*'
 SANITIZE_FILTER+=':Gpu/GpuNumerics.NonFiniteMaskedKeysAddNothing/bf16_d64'  # the exact slow paths
+SANITIZE_FILTER+=':GpuTest.PagedSplitKvLongSequences:GpuTest.PagedAppendAcrossPagesThenAttend'  # decode
 # initcheck is several times slower: over the whole subset it outran its 60 s box on an H200
 # (2026-12-02), so it checks both kernels' forward and backward and the dQ order only.
 INITCHECK_FILTER='Gpu/StockVariant.MatchesFloat64Reference/causal_bf16'
@@ -250,12 +259,26 @@ if [[ $BENCH == 1 && $BUILD_OK == 1 ]]; then
   log "our benchmark (budget ${budget}s)"
   bq=""
   [[ $MODE == quick ]] && bq="--quick"
-  timeout $(( budget + 30 )) "$BIN/flexattn_bench_gpu" --csv "$OUT/ours.csv" --budget-s "$budget" $bq > "$OUT/bench.log" 2>&1
+  timeout $(( budget + 30 )) "$BIN/flexattn_bench_gpu" --csv "$OUT/ours.csv" --budget-s "$budget" $bq $ROWS_FLAG > "$OUT/bench.log" 2>&1
   STATUS[bench]="rc $? ($(grep -c '^ours ' "$OUT/bench.log") lines, $(grep -c FAILED "$OUT/bench.log") failures)"
-  if [[ -x $BIN/bench_block_mask_gpu && $(left) -gt 30 ]]; then
+  if [[ $MODE != decode && -x $BIN/bench_block_mask_gpu && $(left) -gt 30 ]]; then
     echo "==== bench_block_mask_gpu ====" >> "$OUT/bench.log"
     timeout 25 "$BIN/bench_block_mask_gpu" >> "$OUT/bench.log" 2>&1
   fi
+fi
+
+# ---- decode mode: the CLI's decode on the GPU (tools/cli_decode.cpp: paged cache filled by
+# append_kv, ragged, shuffled pages), its last step checked against float64; lines in bench.log
+if [[ $MODE == decode && $BUILD_OK == 1 && $(left) -gt 40 ]]; then
+  log "flexattn decode --device cuda --check"
+  passed=0
+  for v in causal sliding_window; do
+    { echo "==== flexattn decode --variant $v ===="
+      timeout 30 "$BUILD/flexattn" decode --device cuda --variant $v --window 1000 --batch 4 \
+        --heads 32 --kv-heads 8 --head-dim 128 --page-size 16 --prompt 4000 --ragged --steps 16 --check
+    } >> "$OUT/bench.log" 2>&1 && passed=$((passed + 1))
+  done
+  STATUS[cli]="$passed/2 checked decode runs passed (bench.log)"
 fi
 
 # ---- report: details first, the short table last
@@ -270,11 +293,11 @@ fi
 [[ -f $OUT/check.log ]] && { echo "==== large shapes vs PyTorch ===="; grep -vE '^run_case ' "$OUT/check.log" | tail -40; }
 grep -E 'FAILED|skipped' "$OUT/peers.log" "$OUT/bench.log" 2>/dev/null | head -20
 if [[ $BENCH == 1 ]]; then
-  echo "==== benchmark (TFLOP/s) ===="
+  echo "==== benchmark (TFLOP/s; decode rows TB/s of K/V read) ===="
   python3 bench/merge_gpu.py "$OUT/ours.csv" "$OUT/peers.csv" --out-dir "$OUT" 2>&1 | grep -v '^merge_gpu: wrote' | grep -vE '^$'
 fi
 echo "==== summary (+$(elapsed)s) ===="
-for k in build tests tests80 memcheck racecheck synccheck initcheck check peers bench; do
+for k in build tests tests80 memcheck racecheck synccheck initcheck check peers bench cli; do
   [[ -n ${STATUS[$k]:-} ]] && printf '  %-9s %s\n' "$k" "${STATUS[$k]}"
 done
 rm -rf "$WORK"

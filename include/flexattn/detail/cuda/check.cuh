@@ -4,6 +4,7 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <string>
 
 #include "../../tensor.h"
@@ -20,15 +21,21 @@ inline void check(cudaError_t e, const char* what) {
 }
 
 
+// The attention kernels need sm80 or newer. The answer is kept per device (a driver query per
+// call would cost a decode step microseconds).
 inline void check_device_arch() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cached[kMaxDevices] = {};
   int dev = 0, major = 0;
   check(cudaGetDevice(&dev), "cudaGetDevice");
+  if (dev < kMaxDevices && cached[dev].load(std::memory_order_relaxed) != 0) return;
   check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev),
         "cudaDeviceGetAttribute");
   if (major < 8) {
     throw Error("flex_attention on Device::cuda needs an sm80 or newer GPU (Ampere, Ada, Hopper); "
                 "this one has compute capability " + std::to_string(major) + ".x");
   }
+  if (dev < kMaxDevices) cached[dev].store(major, std::memory_order_relaxed);
 }
 
 }  // namespace flexattn::detail::cuda

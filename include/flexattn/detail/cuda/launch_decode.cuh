@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -53,12 +54,11 @@ struct DecodePlan {
 // make one full wave of CTAs (slots = SMs x CTAs per SM), never a partial second wave, and no
 // split shorter than two tiles (128 keys), where the merge would cost more than it saves.
 inline DecodePlan decode_plan(int64_t B, int64_t Hq, int64_t group, int64_t Lq, int64_t Lkv,
-                              bool pack_heads, int kRows, int kBlockN, int sms, int ctas_per_sm) {
+                              bool pack_heads, int kRows, int kBlockN, int slots) {
   DecodePlan plan{};
   plan.heads_per_tile = pack_heads ? static_cast<int>(group) : 1;
   plan.m_blocks = static_cast<int>((plan.heads_per_tile * Lq + kRows - 1) / kRows);
   const int64_t base = static_cast<int64_t>(plan.m_blocks) * (Hq / plan.heads_per_tile) * B;
-  const int64_t slots = static_cast<int64_t>(sms) * std::max(ctas_per_sm, 1);
   const int64_t tiles = (Lkv + kBlockN - 1) / kBlockN;
   int64_t splits = base >= slots ? 1 : slots / base;
   splits = std::min<int64_t>(splits, std::max<int64_t>(1, tiles / 2));
@@ -94,11 +94,27 @@ inline void set_out(DecodeParams& p, const TensorView& q, const TensorView& out,
   p.Hq = static_cast<int>(d.Hq);
 }
 
-inline int sm_count() {
-  int dev = 0, sms = 0;
+// CTA slots of one decode kernel on the current device (SMs x resident CTAs), asked once per
+// device: the driver queries (and the shared-memory opt-in) cost microseconds that a decode step
+// of a few tens of microseconds would feel.
+template <class Kernel>
+int kernel_slots(Kernel* kernel, int smem_bytes, int threads) {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cached[kMaxDevices] = {};
+  int dev = 0;
   FLEXATTN_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < kMaxDevices) {
+    if (const int v = cached[dev].load(std::memory_order_relaxed)) return v;
+  }
+  FLEXATTN_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
+  int per_sm = 0, sms = 0;
+  FLEXATTN_CUDA_CHECK(
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem_bytes));
   FLEXATTN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  return sms;
+  const int v = sms * std::max(per_sm, 1);
+  if (dev < kMaxDevices) cached[dev].store(v, std::memory_order_relaxed);
+  return v;
 }
 
 }  // namespace decode_launch_detail
@@ -111,14 +127,10 @@ void launch_decode_kernel(DecodeParams p, bool pack_heads, void* stream_ptr,
   using Traits = DecodeConfig<D>;
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
   auto* kernel = &decode_kernel<Traits, T, ScoreMod, MaskMod, Unit>;
-  FLEXATTN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           Traits::kSmemBytes));
-  int per_sm = 0;
-  FLEXATTN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &per_sm, kernel, Traits::kNThreads, Traits::kSmemBytes));
-  const DecodePlan plan =
-      decode_plan(p.B, p.Hq, p.group, p.Lq, p.Lkv, pack_heads, Traits::kRows, Traits::kBlockN,
-                  decode_launch_detail::sm_count(), per_sm);
+  const int slots =
+      decode_launch_detail::kernel_slots(kernel, Traits::kSmemBytes, Traits::kNThreads);
+  const DecodePlan plan = decode_plan(p.B, p.Hq, p.group, p.Lq, p.Lkv, pack_heads, Traits::kRows,
+                                      Traits::kBlockN, slots);
   p.heads_per_tile = plan.heads_per_tile;
   p.m_blocks = plan.m_blocks;
   p.splits = plan.splits;

@@ -77,35 +77,51 @@ struct DecodeCta {
   static constexpr int kChunks = Traits::kChunksPerRow;
   static constexpr int kBlockN = Traits::kBlockN;
 
+  static constexpr int kIters = kBlockN * kChunks / Traits::kNThreads;  // rows per thread
+
   const DecodeParams& p;
   int b, hk, kv_end;
   const T* k;  // contiguous: batch b's k; paged: k_pages (both at kv head hk)
   const T* v;
   bool bad = false;  // this thread met a page id outside [0, num_pages)
+  // Page ids of this thread's rows of the NEXT tile to load, read one tile ahead (fetch_pages):
+  // a cp.async whose address waited on its page-table load would stall the ring's issue.
+  int pages[kIters];
 
-  // Where key t (< kv_end) lives: its page and row in it (contiguous: page 0, row t); page -1 for
-  // a page id outside [0, num_pages).
-  FLEXATTN_DEV int2 locate(int t) const {
-    if (p.page_table == nullptr) return make_int2(0, t);
-    const int page = __ldg(p.page_table + b * p.pt_sb + (t / p.page_size) * p.pt_sp);
-    return make_int2(page >= 0 && page < p.num_pages ? page : -1, t % p.page_size);
+  FLEXATTN_DEV static int row_of(int it) {
+    return (it * Traits::kNThreads + static_cast<int>(threadIdx.x)) / kChunks;
   }
 
-  // K and V rows [n0, n0 + BLOCK_N) into one stage of the ring; rows past the end are zeros.
+  FLEXATTN_DEV void fetch_pages(int n0) {
+    if (p.page_table == nullptr) return;
+#pragma unroll
+    for (int it = 0; it < kIters; ++it) {
+      const int t = n0 + row_of(it);
+      pages[it] = t < kv_end ? __ldg(p.page_table + b * p.pt_sb + (t / p.page_size) * p.pt_sp) : 0;
+    }
+  }
+
+  // K and V rows [n0, n0 + BLOCK_N) into one stage of the ring (fetch_pages(n0) came first); rows
+  // past the end are zeros.
   FLEXATTN_DEV void load_kv(T* sK, T* sV, int n0) {
 #pragma unroll
-    for (int it = 0; it < kBlockN * kChunks / Traits::kNThreads; ++it) {
-      const int idx = it * Traits::kNThreads + static_cast<int>(threadIdx.x);
-      const int r = idx / kChunks, c = idx % kChunks;
+    for (int it = 0; it < kIters; ++it) {
+      const int r = row_of(it);
+      const int c = (it * Traits::kNThreads + static_cast<int>(threadIdx.x)) % kChunks;
       const int t = n0 + r;
       int64_t ko = 0, vo = 0;
       bool ok = t < kv_end;
       if (ok) {
-        const int2 at = locate(t);
-        bad = bad || at.x < 0;
-        ok = at.x >= 0;
-        ko = at.x * p.k_sb + at.y * p.k_sr;  // contiguous: k_sb is already in k
-        vo = at.x * p.v_sb + at.y * p.v_sr;
+        int page = 0, row = t;  // contiguous: k_sb is already in k
+        if (p.page_table != nullptr) {
+          page = pages[it];
+          row = t % p.page_size;
+          const bool in = page >= 0 && page < p.num_pages;
+          bad = bad || !in;
+          ok = in;
+        }
+        ko = page * p.k_sb + row * p.k_sr;
+        vo = page * p.v_sb + row * p.v_sr;
       }
       cta::cp_async_16(smem_u32(sK + r * kPitch + c * 8), k + (ok ? ko : 0) + c * 8, ok);
       cta::cp_async_16(smem_u32(sV + r * kPitch + c * 8), v + (ok ? vo : 0) + c * 8, ok);
@@ -223,15 +239,18 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   }
   auto stage_k = [&](int st) { return sRing + st * 2 * Traits::kSmemKV; };
   auto stage_v = [&](int st) { return sRing + (st * 2 + 1) * Traits::kSmemKV; };
-  auto ld = walk.from(walk.begin);
-#pragma unroll
-  for (int st = 0; st < kStages - 1; ++st) {
+  auto ld = walk.from(walk.begin);  // the next tile to load
+  if (ld.f < walk.end) cta.fetch_pages(ld.n0);
+  auto load_next = [&](int st) {
     if (ld.f < walk.end) {
       cta.load_kv(stage_k(st), stage_v(st), ld.n0);
       ld = walk.from(ld.f + 1);
+      if (ld.f < walk.end) cta.fetch_pages(ld.n0);
     }
-    cta::cp_async_commit();  // Q rides in the first group
-  }
+    cta::cp_async_commit();
+  };
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) load_next(st);  // Q rides in the first group
 
   float o[1][kNTO][4];
 #pragma unroll
@@ -251,14 +270,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     // learns whether its V holds NaN / inf (masked_products.cuh).
     const bool v_bad =
         __syncthreads_or(cur.partial && ML::template own_chunks_nonfinite<kBlockN>(sV)) != 0;
-    {  // the stage the previous tile used takes the ring's next tile
-      const int ls = (stage + kStages - 1) % kStages;
-      if (ld.f < walk.end) {
-        cta.load_kv(stage_k(ls), stage_v(ls), ld.n0);
-        ld = walk.from(ld.f + 1);
-      }
-      cta::cp_async_commit();
-    }
+    load_next((stage + kStages - 1) % kStages);  // into the stage the previous tile used
     const int n0w = cur.n0 + warp * Traits::kKeysPerWarp;
     if (n0w < kv_end) {  // warp-uniform: a warp past the end has nothing to add
       float s[1][kNT][4];
