@@ -6,7 +6,12 @@ ours/cuDNN, checked against issue 3's targets (bf16, D=128, L=16384):
   forward   the other variants:   ours >= 0.9 x Flex
   backward  every variant:        ours >= 0.8 x Flex
   GPU block mask, L=16384:        < 100 us (causal and document)
-and issue 8's: the front door (fwd_front / bwd_front rows) at most 1.05 x the *_into time.
+and issue 8's: the front door (fwd_front / bwd_front rows) at most 1.05 x the *_into time;
+and issue 9's decode rows (Lq=1, bf16, D=128, Hq=32, Hkv=8; TB/s of K/V read, see decode_table):
+  contiguous, no mask, B=8 Lkv=32768:   ours >= 0.95 x cuDNN
+  contiguous, no mask, B=1 Lkv=131072:  ours >= 0.9 x cuDNN
+  paged (every page size), no mask:     >= 0.9 x our contiguous decode at the same shape
+  sliding window 4096:                  >= 10 x faster than our no-mask row on the same path
 
   merge_gpu.py OURS_CSV PEERS_CSV [--out-dir DIR]
 prints the table (markdown) and writes DIR/<date>-<card name>.md (card name from nvidia-smi).
@@ -21,6 +26,9 @@ import sys
 
 ORDER = ["noop", "causal", "sliding_window", "document", "alibi_causal", "softcap"]
 TARGET_D, TARGET_L = 128, 16384
+# Issue 9: (B, Lkv) -> the ours/cuDNN bandwidth a contiguous no-mask decode must reach.
+DECODE_CUDNN_TARGETS = {(8, 32768): 0.95, (1, 131072): 0.9}
+DECODE_PAGED_TARGET, DECODE_WINDOW_SPEEDUP = 0.9, 10.0
 
 
 def load(path):
@@ -63,6 +71,63 @@ def target(variant, direction, r):
     return None
 
 
+def decode_table(decode, comments, f, ratio):
+    """Issue 9's decode rows: (markdown lines, targets met, targets counted, misses).
+
+    Ours runs contiguous K/V (dir "decode") and a PagedKV ("decode_paged<P>", pages in a shuffled
+    order); the peers always read contiguous K/V (none takes our page table), so every row shows
+    the peers' contiguous figure at the same (variant, B, Lkv). TB/s count the same bytes (the K/V
+    rows attended) for everyone, so the ratios are time ratios."""
+    def paged_size(d):
+        return int(d[len("decode_paged"):]) if d.startswith("decode_paged") else 0
+
+    out = ["", "## Decode, Lq=1, bf16, D=128, Hq=32, Hkv=8: K/V read TB/s (ms)", "",
+           "| K/V | variant | B | Lkv | ours | cuDNN | FA2 | Flex | ours/cuDNN | ours/FA2 "
+           "| ours/Flex | target |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    met = total = 0
+    misses = []
+    keys = sorted({(v, B, L, d) for (impl, v, B, L, d) in decode if impl == "ours"},
+                  key=lambda x: (x[2], x[0] != "noop", paged_size(x[3])))  # (a) before (b)
+    for v, B, L, d in keys:
+        ms, tb = decode[("ours", v, B, L, d)]
+        peer = {impl: decode.get((impl, v, B, L, "decode")) for impl in ("cudnn", "fa2", "flex")}
+        ptb = {impl: (x[1] if x else None) for impl, x in peer.items()}
+        layout = f"paged {paged_size(d)}" if paged_size(d) else "contiguous"
+        name = f"{layout} {v} B={B} Lkv={L}"
+        check = None  # (label, threshold, value)
+        if v == "noop" and d == "decode" and (B, L) in DECODE_CUDNN_TARGETS:
+            check = ("ours/cuDNN", DECODE_CUDNN_TARGETS[(B, L)], ratio(tb, ptb["cudnn"]))
+        elif v == "noop" and paged_size(d):
+            base = decode.get(("ours", "noop", B, L, "decode"))
+            check = ("paged/contiguous", DECODE_PAGED_TARGET, ratio(tb, base[1] if base else None))
+        elif v != "noop":
+            base = decode.get(("ours", "noop", B, L, d))
+            check = ("speed-up vs no mask", DECODE_WINDOW_SPEEDUP, ratio(base[0] if base else None,
+                                                                         ms))
+        tcell = ""
+        if check is not None:
+            total += 1
+            label, need, val = check
+            ok = val is not None and val >= need
+            met += ok
+            tcell = f"{label} {f(val, '{:.2f}')} ≥ {need}: {'met' if ok else 'MISSED'}"
+            if not ok:
+                misses.append(f"decode {name}: {label} = {f(val, '{:.2f}')} (need {need})")
+
+        def cell(x):
+            return "—" if x is None else f"{x[1]:.2f} ({x[0]:.3f})"
+        impls = ("cudnn", "fa2", "flex")
+        out.append(f"| {layout} | {v} | {B} | {L} | {cell((ms, tb))} | "
+                   + " | ".join(cell(peer[i]) for i in impls) + " | "
+                   + " | ".join(f(ratio(tb, ptb[i]), "{:.2f}") for i in impls) + f" | {tcell} |")
+    notes = [c[len("decode: "):] for c in dict.fromkeys(comments) if c.startswith("decode: ")]
+    if notes:
+        out.append("")
+        out.append("SDPA backends: " + "; ".join(notes))
+    return out, met, total, misses
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,7 +141,12 @@ def main():
     tf = {}  # (impl, variant, D, L, dir) -> TFLOP/s (ms for block_mask)
     ms = {}  # the same keys -> ms
     batch = {}
+    decode = {}  # (impl, variant, B, L, dir) -> (ms, TB/s)
     for r in ours + peers:
+        if r["dir"].startswith("decode"):
+            decode[(r["impl"], r["variant"], int(r["B"]), int(r["L"]), r["dir"])] = (
+                float(r["ms"]), float(r["tbps"]))
+            continue
         key = (r["impl"], r["variant"], int(r["D"]), int(r["L"]), r["dir"])
         tf[key] = float(r["ms"]) if r["dir"] == "block_mask" else float(r["tflops"])
         ms[key] = float(r["ms"])
@@ -95,7 +165,8 @@ def main():
     out.append(f"# flexattn GPU benchmark — {card}")
     out.append("")
     out.append(f"{datetime.date.today().isoformat()}; " + "; ".join(
-        c for c in dict.fromkeys(comments) if not c.startswith("device ")))
+        c for c in dict.fromkeys(comments)
+        if not c.startswith(("device ", "decode: "))))  # the decode notes go under their table
     out.append("bf16, TFLOP/s counted on the kept fraction of the score matrix "
                "(fwd 4·B·H·L²·D·density, bwd 2.5×). `ours nd`: backward with deterministic=false.")
     met = total = 0
@@ -130,6 +201,10 @@ def main():
                            f"{f(ratio(r['ours'], r['flex']), '{:.2f}')} | "
                            f"{f(ratio(r['ours'], r['fa2']), '{:.2f}')} | "
                            f"{f(ratio(r['ours'], r['cudnn']), '{:.2f}')} | {tcell} |")
+    if decode:
+        lines, m, t, miss = decode_table(decode, comments, f, ratio)
+        out.extend(lines)
+        met, total, misses = met + m, total + t, misses + miss
     # Issue 8: the front door (fresh output tensors per call) within 5% of the *_into layer.
     fronts = [(v, D, L, d) for (impl, v, D, L, d) in tf
               if impl == "ours" and d in ("fwd_front", "bwd_front")]
@@ -176,7 +251,7 @@ def main():
         out.append(f"| {v} | {f(o * 1e3 if o is not None else None)} | "
                    f"{f(p * 1e3 if p is not None else None)} | {tcell} |")
     out.append("")
-    out.append(f"Targets (issues 3 and 8, L={TARGET_L}): {met}/{total} met"
+    out.append(f"Targets (issues 3 and 8 at L={TARGET_L}, issue 9's decode rows): {met}/{total} met"
                + (f"; missed: {'; '.join(misses)}" if misses else ""))
     text = "\n".join(out) + "\n"
     print(text)

@@ -5,6 +5,9 @@
 //                                      when one is present)
 //   flexattn run --variant causal --b 1 --hq 8 --lq 4096 --d 64 --dtype f32 --device cpu
 //                [--hkv N --lkv N --dv N --check --backward --repeats N --block-q N --block-kv N]
+//   flexattn decode --batch 4 --heads 8 --kv-heads 2 --head-dim 64 --page-size 16 --prompt 1024
+//                   --steps 16 [--variant NAME --ragged --check ...]   paged KV cache decode
+//                                      (tools/cli_decode.cpp)
 //   flexattn variants                  lists the variant names
 //
 // Exit code 0 when every requested check passed, 1 when one failed, 2 on bad arguments.
@@ -30,11 +33,118 @@
 
 #include "flexattn/detail/kept_fraction.h"
 #include "reference/reference.h"
+#include "tools/cli.h"
 #include "tools/stock_variants.h"
 
 namespace fa = flexattn;
 
+// The helpers tools/cli.h shares with the other commands' files.
+namespace flexattn::cli {
+
+int64_t parse_int(const std::string& flag, const std::string& text, int64_t lo, int64_t hi) {
+  int64_t v = 0;
+  const char* end = text.data() + text.size();
+  const auto [ptr, ec] = std::from_chars(text.data(), end, v);
+  if (text.empty() || ec != std::errc() || ptr != end || v < lo || v > hi) {
+    throw Error(flag + " expects an integer in " + std::to_string(lo) + ".." +
+                std::to_string(hi) + "; got '" + text + "'");
+  }
+  return v;
+}
+
+uint64_t parse_u64(const std::string& flag, const std::string& text) {
+  uint64_t v = 0;
+  const char* end = text.data() + text.size();
+  const auto [ptr, ec] = std::from_chars(text.data(), end, v);
+  if (text.empty() || ec != std::errc() || ptr != end) {
+    throw Error(flag + " expects an integer in 0.." +
+                std::to_string(std::numeric_limits<uint64_t>::max()) + "; got '" + text + "'");
+  }
+  return v;
+}
+
+float parse_positive_float(const std::string& flag, const std::string& text) {
+  char* end = nullptr;
+  errno = 0;
+  const float v = text.empty() ? 0.0f : std::strtof(text.c_str(), &end);
+  if (text.empty() || errno != 0 || end != text.c_str() + text.size() || !std::isfinite(v) ||
+      !(v > 0.0f) || std::isspace(static_cast<unsigned char>(text[0]))) {
+    throw Error(flag + " expects a finite number > 0; got '" + text + "'");
+  }
+  return v;
+}
+
+DType parse_dtype(const std::string& flag, const std::string& text) {
+  if (text == "f32") return DType::f32;
+  if (text == "f16") return DType::f16;
+  if (text == "bf16") return DType::bf16;
+  throw Error(flag + " must be f32, f16 or bf16; got " + text);
+}
+
+Device parse_device(const std::string& flag, const std::string& text) {
+  if (text == "cpu") return Device::cpu;
+  if (text == "cuda") return Device::cuda;
+  throw Error(flag + " must be cpu or cuda; got " + text);
+}
+
+void check_variant_name(const std::string& flag, const std::string& name) {
+  const auto& names = stock::kStockVariantNames;
+  if (std::none_of(std::begin(names), std::end(names),
+                   [&](const char* v) { return name == v; })) {
+    throw Error(flag + " expects one of the names `flexattn variants` lists; got '" + name + "'");
+  }
+}
+
+Err rel_err(const std::vector<float>& a, const std::vector<double>& b) {
+  double num = 0.0, den = 0.0;
+  Err e;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (std::isnan(a[i])) e.nan = true;
+    const double ref = std::isinf(b[i]) ? 0.0 : b[i];
+    const double got = std::isinf(b[i]) && a[i] == b[i] ? 0.0 : a[i];
+    num += (got - ref) * (got - ref);
+    den += ref * ref;
+  }
+  e.rel = std::sqrt(num / std::max(den, 1e-300));
+  return e;
+}
+
+// f32 accumulates in f32 throughout; f16/bf16 round inputs, P and outputs to 11 / 8 significant
+// bits.
+double tolerance(DType t, bool grad) {
+  switch (t) {
+    case DType::f32: return grad ? 1e-4 : 2e-5;
+    case DType::f16: return grad ? 1e-2 : 4e-3;
+    case DType::bf16: return grad ? 4e-2 : 2e-2;
+    case DType::i32: break;  // never an attention operand
+  }
+  return 0.0;
+}
+
+void check_elements(const char* tensor,
+                    std::initializer_list<std::pair<const char*, int64_t>> dims) {
+  int64_t n = 1;
+  bool overflow = false;
+  std::string what;
+  for (auto [flag, d] : dims) {
+    overflow = overflow || __builtin_mul_overflow(n, d, &n);
+    what += (what.empty() ? "" : " x ") + std::string(flag) + " " + std::to_string(d);
+  }
+  if (overflow || n > std::numeric_limits<int64_t>::max() / 4) {
+    throw Error(std::string(tensor) + " would have " + what + " elements: too many; expected " +
+                "a product of at most " + std::to_string(std::numeric_limits<int64_t>::max() / 4));
+  }
+}
+
+}  // namespace flexattn::cli
+
 namespace {
+
+using fa::cli::check_elements;
+using fa::cli::Err;
+using fa::cli::parse_int;
+using fa::cli::rel_err;
+using fa::cli::tolerance;
 
 struct Config {
   std::string variant = "causal";
@@ -58,10 +168,7 @@ const auto& kVariants = fa::stock::kStockVariantNames;
 // host for the reference.
 template <class F>
 void with_variant(const Config& c, const int32_t* docs_dev, const int32_t* docs_host, F&& f) {
-  if (std::none_of(std::begin(kVariants), std::end(kVariants),
-                   [&](const char* v) { return c.variant == v; })) {
-    throw fa::Error("unknown --variant '" + c.variant + "' (run `flexattn variants`)");
-  }
+  fa::cli::check_variant_name("--variant", c.variant);
   fa::stock::VariantParams p;
   p.window = c.window;
   p.prefix = c.prefix;
@@ -86,36 +193,6 @@ double median_ms(const std::function<void()>& fn, int repeats) {
   }
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
-}
-
-// ||a - b|| / ||b||, and whether a holds a NaN (an unwritten poisoned element).
-struct Err {
-  double rel = 0.0;
-  bool nan = false;
-};
-Err rel_err(const std::vector<float>& a, const std::vector<double>& b) {
-  double num = 0.0, den = 0.0;
-  Err e;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (std::isnan(a[i])) e.nan = true;
-    const double ref = std::isinf(b[i]) ? 0.0 : b[i];
-    const double got = std::isinf(b[i]) && a[i] == b[i] ? 0.0 : a[i];
-    num += (got - ref) * (got - ref);
-    den += ref * ref;
-  }
-  e.rel = std::sqrt(num / std::max(den, 1e-300));
-  return e;
-}
-
-// Tolerances on the relative L2 error against float64: f32 accumulates in f32 throughout;
-// f16/bf16 round inputs, P and outputs to 11 / 8 significant bits.
-double tolerance(fa::DType t, bool grad) {
-  switch (t) {
-    case fa::DType::f32: return grad ? 1e-4 : 2e-5;
-    case fa::DType::f16: return grad ? 1e-2 : 4e-3;
-    case fa::DType::bf16: return grad ? 4e-2 : 2e-2;
-  }
-  return 0.0;
 }
 
 fa::Tensor random_tensor(std::vector<int64_t> shape, const Config& c, std::mt19937_64& rng,
@@ -251,6 +328,7 @@ int demo() {
       c.variant = v;
       ok = run_one(c) && ok;
     }
+    ok = fa::cli::decode_demo(dev) && ok;
     std::printf("\n");
   }
   if (!fa::cuda_available()) std::printf("(no CUDA GPU visible: GPU part skipped)\n");
@@ -258,69 +336,20 @@ int demo() {
   return ok ? 0 : 1;
 }
 
-int usage() {
-  std::fprintf(stderr,
+// To stdout for --help (exit 0), to stderr after a bad command line (exit 2).
+int usage(std::FILE* to, int code) {
+  std::fprintf(to,
                "usage: flexattn demo\n"
                "       flexattn run [--variant NAME] [--b N] [--hq N] [--hkv N] [--lq N] [--lkv N]\n"
                "                    [--d N] [--dv N] [--dtype f32|f16|bf16] [--device cpu|cuda]\n"
                "                    [--check] [--backward] [--repeats N] [--block-q N]\n"
                "                    [--block-kv N] [--window N] [--prefix N] [--docs N]\n"
                "                    [--cap X] [--seed N]\n"
-               "       flexattn variants\n");
-  return 2;
-}
-
-// Flag values are parsed whole: trailing junk, a value out of the flag's range or a negative
-// value where none is allowed is refused with a message naming the flag and the range.
-int64_t parse_int(const std::string& flag, const std::string& text, int64_t lo, int64_t hi) {
-  int64_t v = 0;
-  const char* end = text.data() + text.size();
-  const auto [ptr, ec] = std::from_chars(text.data(), end, v);
-  if (text.empty() || ec != std::errc() || ptr != end || v < lo || v > hi) {
-    throw fa::Error(flag + " expects an integer in " + std::to_string(lo) + ".." +
-                    std::to_string(hi) + "; got '" + text + "'");
-  }
-  return v;
-}
-
-uint64_t parse_u64(const std::string& flag, const std::string& text) {
-  uint64_t v = 0;
-  const char* end = text.data() + text.size();
-  const auto [ptr, ec] = std::from_chars(text.data(), end, v);
-  if (text.empty() || ec != std::errc() || ptr != end) {
-    throw fa::Error(flag + " expects an integer in 0.." +
-                    std::to_string(std::numeric_limits<uint64_t>::max()) + "; got '" + text + "'");
-  }
-  return v;
-}
-
-float parse_positive_float(const std::string& flag, const std::string& text) {
-  char* end = nullptr;
-  errno = 0;
-  const float v = text.empty() ? 0.0f : std::strtof(text.c_str(), &end);
-  if (text.empty() || errno != 0 || end != text.c_str() + text.size() || !std::isfinite(v) ||
-      !(v > 0.0f) || std::isspace(static_cast<unsigned char>(text[0]))) {
-    throw fa::Error(flag + " expects a finite number > 0; got '" + text + "'");
-  }
-  return v;
-}
-
-// Elements of a tensor of `dims` (flag names for the message); refuses a product whose f32 byte
-// size does not fit int64 before anything is allocated.
-void check_elements(const char* tensor,
-                    std::initializer_list<std::pair<const char*, int64_t>> dims) {
-  int64_t n = 1;
-  bool overflow = false;
-  std::string what;
-  for (auto [flag, d] : dims) {
-    overflow = overflow || __builtin_mul_overflow(n, d, &n);
-    what += (what.empty() ? "" : " x ") + std::string(flag) + " " + std::to_string(d);
-  }
-  if (overflow || n > std::numeric_limits<int64_t>::max() / 4) {
-    throw fa::Error(std::string(tensor) + " would have " + what + " elements: too many; expected " +
-                    "a product of at most " +
-                    std::to_string(std::numeric_limits<int64_t>::max() / 4));
-  }
+               "%s"
+               "       flexattn variants\n"
+               "       flexattn --help\n",
+               fa::cli::kDecodeUsage);
+  return code;
 }
 
 constexpr int64_t kIntMax = std::numeric_limits<int>::max();
@@ -337,11 +366,7 @@ int run(int argc, char** argv) {
     auto size = [&](int64_t hi = kIntMax) { return parse_int(a, next(), 1, hi); };
     if (a == "--variant") {
       c.variant = next();
-      if (std::none_of(std::begin(kVariants), std::end(kVariants),
-                       [&](const char* v) { return c.variant == v; })) {
-        throw fa::Error("--variant expects one of the names `flexattn variants` lists; got '" +
-                        c.variant + "'");
-      }
+      fa::cli::check_variant_name(a, c.variant);
     } else if (a == "--b") c.b = size();
     else if (a == "--hq") c.hq = size();
     else if (a == "--hkv") c.hkv = size();
@@ -355,22 +380,13 @@ int run(int argc, char** argv) {
     else if (a == "--window") c.window = int(parse_int(a, next(), 0, kIntMax));
     else if (a == "--prefix") c.prefix = int(parse_int(a, next(), 0, kIntMax));
     else if (a == "--docs") c.docs = int(size());
-    else if (a == "--cap") c.cap = parse_positive_float(a, next());
-    else if (a == "--seed") c.seed = parse_u64(a, next());
+    else if (a == "--cap") c.cap = fa::cli::parse_positive_float(a, next());
+    else if (a == "--seed") c.seed = fa::cli::parse_u64(a, next());
     else if (a == "--check") c.check = true;
     else if (a == "--backward") c.backward = true;
-    else if (a == "--dtype") {
-      const std::string t = next();
-      if (t == "f32") c.dtype = fa::DType::f32;
-      else if (t == "f16") c.dtype = fa::DType::f16;
-      else if (t == "bf16") c.dtype = fa::DType::bf16;
-      else throw fa::Error("--dtype must be f32, f16 or bf16; got " + t);
-    } else if (a == "--device") {
-      const std::string t = next();
-      if (t == "cpu") c.device = fa::Device::cpu;
-      else if (t == "cuda") c.device = fa::Device::cuda;
-      else throw fa::Error("--device must be cpu or cuda; got " + t);
-    } else {
+    else if (a == "--dtype") c.dtype = fa::cli::parse_dtype(a, next());
+    else if (a == "--device") c.device = fa::cli::parse_device(a, next());
+    else {
       throw fa::Error("unknown argument " + a);
     }
   }
@@ -387,11 +403,13 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) return usage();
+  if (argc < 2) return usage(stderr, 2);
   const std::string cmd = argv[1];
+  if (cmd == "--help" || cmd == "-h" || cmd == "help") return usage(stdout, 0);
   try {
     if (cmd == "demo") return demo();
     if (cmd == "run") return run(argc, argv);
+    if (cmd == "decode") return fa::cli::decode(argc, argv);
     if (cmd == "variants") {
       for (const char* v : kVariants) std::printf("%s\n", v);
       return 0;
@@ -408,5 +426,5 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "flexattn: %s\n", e.what());
     return 2;
   }
-  return usage();
+  return usage(stderr, 2);
 }

@@ -5,6 +5,7 @@
 //   flexattn_bench_gpu [--quick] [--csv PATH] [--dims 64,128] [--lens 16384,8192,2048]
 //                      [--tokens 16384] [--heads 16] [--variants noop,causal,...] [--no-bwd]
 //                      [--no-mask-build] [--no-front-door] [--budget-s 240] [--bwd-modes det,nd]
+//                      [--rows prefill,decode]
 //
 // Per (variant, D, L) with B = tokens / L, H = heads, bf16: forward, backward (the default,
 // deterministic) and backward with deterministic = false, each the median of CUDA-event timings
@@ -13,6 +14,11 @@
 // density = kept fraction of the score matrix. Also the GPU create_block_mask time at L=16384.
 // Rows fwd / bwd time the *_into layer on caller-owned buffers; fwd_front / bwd_front time the
 // front door (flex_attention / flex_attention_backward returning fresh tensors) on the same inputs.
+//
+// Decode rows (--rows decode; issue 9's H200 shapes, fixed, see bench_decode): Lq = 1 through the
+// front door, on contiguous K/V and on a PagedKV, timed the same way; their figure is the K/V
+// read bandwidth, TB/s = bytes of the K and V rows attended / time. --rows picks prefill (the
+// variants x shapes above), decode, or both (the default); --quick changes only the prefill rows.
 #include <cuda_runtime.h>
 #include <flexattn/flexattn.h>
 
@@ -23,6 +29,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <numeric>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -48,6 +56,7 @@ struct Args {
   std::vector<std::string> bwd_modes = {"det", "nd"};  // deterministic, non-deterministic
   double budget_s = 240.0;
   std::string csv;
+  bool prefill = true, decode = true;  // --rows
 };
 
 template <class T>
@@ -101,6 +110,13 @@ Args parse(int argc, char** argv) {
       a.mask_build = false;
     } else if (s == "--budget-s") {
       a.budget_s = std::stod(next());
+    } else if (s == "--rows") {
+      a.prefill = a.decode = false;
+      for (const auto& r : split_list<std::string>(next())) {
+        if (r == "prefill") a.prefill = true;
+        else if (r == "decode") a.decode = true;
+        else throw std::invalid_argument("--rows takes prefill and decode; got " + r);
+      }
     } else {
       throw std::invalid_argument("unknown argument " + s);
     }
@@ -152,19 +168,23 @@ std::vector<float> random_host(size_t n, uint64_t seed) {
   return x;
 }
 
+// One CSV row. Prefill: L = Lq = Lkv, H = Hq = Hkv, tbps 0. Decode: L = Lkv, H = Hq, Hkv its
+// own column, tbps the K/V read bandwidth; tflops counts 4 * B * Hq * keys * D there.
 struct Row {
   std::string variant;
   int D = 0;
   int64_t L = 0, B = 0, H = 0;
   std::string dir;
   double ms = 0.0, tflops = 0.0, density = 0.0;
+  int64_t Hkv = 0;  // 0: H
+  double tbps = 0.0;
 };
 
 class CsvOut {
  public:
   explicit CsvOut(const std::string& path) : f_(path.empty() ? nullptr : std::fopen(path.c_str(), "w")) {
     if (!path.empty() && !f_) throw std::runtime_error("cannot write " + path);
-    if (f_) std::fprintf(f_, "impl,variant,D,L,B,H,dir,ms,tflops,density\n");
+    if (f_) std::fprintf(f_, "impl,variant,D,L,B,H,dir,ms,tflops,density,hkv,tbps\n");
   }
   ~CsvOut() {
     if (f_) std::fclose(f_);
@@ -173,14 +193,21 @@ class CsvOut {
     if (f_) std::fprintf(f_, "# %s\n", s.c_str());
   }
   void add(const Row& r) {
-    std::printf("ours  %-15s D=%-3d L=%-6lld B=%-3lld %-10s %9.3f ms %8.1f TFLOP/s\n",
-                r.variant.c_str(), r.D, (long long)r.L, (long long)r.B, r.dir.c_str(), r.ms,
-                r.tflops);
+    const int64_t hkv = r.Hkv ? r.Hkv : r.H;
+    if (r.tbps > 0.0) {
+      std::printf("ours  %-15s D=%-3d L=%-6lld B=%-3lld Hkv=%-2lld %-15s %9.4f ms %6.2f TB/s\n",
+                  r.variant.c_str(), r.D, (long long)r.L, (long long)r.B, (long long)hkv,
+                  r.dir.c_str(), r.ms, r.tbps);
+    } else {
+      std::printf("ours  %-15s D=%-3d L=%-6lld B=%-3lld %-10s %9.3f ms %8.1f TFLOP/s\n",
+                  r.variant.c_str(), r.D, (long long)r.L, (long long)r.B, r.dir.c_str(), r.ms,
+                  r.tflops);
+    }
     std::fflush(stdout);
     if (f_) {
-      std::fprintf(f_, "ours,%s,%d,%lld,%lld,%lld,%s,%.6f,%.3f,%.6f\n", r.variant.c_str(), r.D,
-                   (long long)r.L, (long long)r.B, (long long)r.H, r.dir.c_str(), r.ms, r.tflops,
-                   r.density);
+      std::fprintf(f_, "ours,%s,%d,%lld,%lld,%lld,%s,%.6f,%.3f,%.6f,%lld,%.4f\n",
+                   r.variant.c_str(), r.D, (long long)r.L, (long long)r.B, (long long)r.H,
+                   r.dir.c_str(), r.ms, r.tflops, r.density, (long long)hkv, r.tbps);
       std::fflush(f_);
     }
   }
@@ -275,6 +302,114 @@ void bench_variant(const std::string& variant, ShapeBufs& s, const Args& args, C
   });
 }
 
+// ---- decode (issue 9) ---------------------------------------------------------------------------
+// The issue's H200 targets, bf16, D = 128, Hq = 32, Hkv = 8, Lq = 1 (gpu_peers.py times the peers
+// on the same shapes; keep the constants equal there):
+//   (a) B = 8, Lkv = 32768       (b) B = 1, Lkv = 131072
+//   paged: page 16 and page 128 at (a), page 128 at (b), pages in a shuffled order
+//   sliding window 4096 at (b) (the newest query at position Lkv - 1 keeps keys Lkv-4097..Lkv-1)
+// dir "decode" is flex_attention(q, k, v) on contiguous K/V, "decode_paged<P>" is
+// flex_attention(q, PagedKV) with page size P. The window runs on the paged path only: the
+// contiguous overloads put the one query at q_idx 0 (there is no position offset), where a window
+// keeps one key; the paged call puts it at kv_len - 1. Its baseline is the paged no-mask row at
+// the same shape (the issue's target: >= 10x faster).
+constexpr int64_t kDecodeHq = 32, kDecodeHkv = 8, kDecodeD = 128;
+constexpr int kDecodeWindow = 4096;  // gpu_peers.py's DECODE_WINDOW
+
+// Bytes of the K and V rows the call attends (bf16): what TB/s counts, on both sides.
+double decode_bytes(int64_t B, int64_t keys) {
+  return double(B) * double(keys) * double(kDecodeHkv) * 2.0 * double(kDecodeD) * 2.0;
+}
+
+// B sequences of L tokens over B * L / P pages in a shuffled order, `sets` different shuffles.
+std::vector<fa::Tensor> shuffled_tables(int64_t B, int64_t L, int64_t P, int sets,
+                                        std::mt19937_64& rng) {
+  std::vector<int32_t> ids(size_t(B * L / P));
+  std::iota(ids.begin(), ids.end(), 0);
+  std::vector<fa::Tensor> tables;
+  for (int i = 0; i < sets; ++i) {
+    std::shuffle(ids.begin(), ids.end(), rng);
+    tables.push_back(fa::Tensor::from_host(ids.data(), {B, L / P}, fa::Device::cuda));
+  }
+  return tables;
+}
+
+// Returns the number of rows that failed (each is reported and the others still run: the paged
+// rows must not hide the contiguous ones).
+int bench_decode(size_t l2_bytes, CsvOut& csv) {
+  const int64_t Hq = kDecodeHq, Hkv = kDecodeHkv, D = kDecodeD;
+  int failures = 0;
+  fa::AttentionOptions opts;
+  opts.enable_gqa = true;
+  std::mt19937_64 rng(9);
+  struct Shape {
+    int64_t B, L;
+    std::vector<int64_t> pages;
+  };
+  for (const Shape& sh : {Shape{8, 32768, {16, 128}}, Shape{1, 131072, {128}}}) {
+    const int64_t B = sh.B, L = sh.L;
+    // Times fn(i) and writes the row, or reports the failure and goes on.
+    auto row = [&](const char* variant, const std::string& dir, int64_t keys,
+                   const std::function<void(int)>& fn) {
+      try {
+        const double ms = median_ms(fn);
+        csv.add(Row{variant, int(D), L, B, Hq, dir, ms,
+                    4.0 * double(B * Hq) * double(keys) * double(D) / (ms * 1e-3) / 1e12,
+                    double(keys) / double(L), Hkv, decode_bytes(B, keys) / (ms * 1e-3) / 1e12});
+      } catch (const std::exception& e) {
+        std::printf("ours  %-15s D=%-3lld L=%-6lld B=%-3lld %s FAILED: %s\n", variant,
+                    (long long)D, (long long)L, (long long)B, dir.c_str(), e.what());
+        ++failures;
+      }
+    };
+    // One host copy of K and V serves the contiguous tensors and every page size: the same
+    // B * Hkv * L * D values, only the shape differs (random values need no layout).
+    const size_t n = size_t(B * Hkv * L * D);
+    const std::vector<float> kh = random_host(n, 91 + uint64_t(B));
+    const std::vector<float> vh = random_host(n, 92 + uint64_t(B));
+    const std::vector<float> qh = random_host(size_t(B * Hq * D), 93 + uint64_t(B));
+    const fa::Tensor q = fa::Tensor::from_host(qh.data(), {B, Hq, 1, D}, fa::DType::bf16,
+                                               fa::Device::cuda);
+    {  // contiguous: at least 537 MB read per call, no rotation needed against L2
+      const fa::Tensor k = fa::Tensor::from_host(kh.data(), {B, Hkv, L, D}, fa::DType::bf16,
+                                                 fa::Device::cuda);
+      const fa::Tensor v = fa::Tensor::from_host(vh.data(), {B, Hkv, L, D}, fa::DType::bf16,
+                                                 fa::Device::cuda);
+      row("noop", "decode", L,
+          [&](int) { const fa::AttentionOutput o = fa::flex_attention(q, k, v, opts); });
+    }
+    const std::vector<int32_t> lens(static_cast<size_t>(B), int32_t(L));
+    const fa::Tensor kv_len = fa::Tensor::from_host(lens.data(), {B}, fa::Device::cuda);
+    for (int64_t P : sh.pages) {
+      const std::string dir = "decode_paged" + std::to_string(P);
+      const fa::Tensor kp = fa::Tensor::from_host(kh.data(), {B * L / P, Hkv, P, D},
+                                                  fa::DType::bf16, fa::Device::cuda);
+      const fa::Tensor vp = fa::Tensor::from_host(vh.data(), {B * L / P, Hkv, P, D},
+                                                  fa::DType::bf16, fa::Device::cuda);
+      const fa::PagedKV cache{kp, vp, shuffled_tables(B, L, P, 1, rng)[0], kv_len};
+      row("noop", dir, L,
+          [&](int) { const fa::AttentionOutput o = fa::flex_attention(q, cache, opts); });
+      if (B != 1) continue;
+      // The window reads ~17 MB, which L2 would hold from one call to the next: the calls take
+      // turns over page tables of different shuffles, so consecutive calls read different pages
+      // (as gpu_peers.py rotates copies of K/V for the same row).
+      const int64_t keys = kDecodeWindow + 1;
+      const double bytes = decode_bytes(B, keys);
+      const int sets =
+          bytes >= double(l2_bytes) ? 1 : int(std::min(8.0, 3.0 * double(l2_bytes) / bytes + 1.0));
+      std::vector<fa::PagedKV> caches;
+      for (const fa::Tensor& t : shuffled_tables(B, L, P, sets, rng)) {
+        caches.push_back({kp, vp, t, kv_len});
+      }
+      const auto window = fa::sliding_window(kDecodeWindow);
+      row("sliding_window", dir, keys, [&](int i) {
+        const fa::AttentionOutput o = fa::flex_attention(q, caches[size_t(i % sets)], window, opts);
+      });
+    }
+  }
+  return failures;
+}
+
 // GPU create_block_mask at L = 16384, 128x128 tiles, B = H = 1: host wall time of the whole call
 // (allocation included) until the GPU is done, median of 20.
 void bench_mask_build(CsvOut& csv) {
@@ -324,7 +459,16 @@ int main(int argc, char** argv) {
       return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     };
     int failures = 0;
-    if (args.mask_build) {
+    // Decode first: its rows are few and fixed, so the prefill rows' budget never skips them.
+    if (args.decode) {
+      try {
+        failures += bench_decode(size_t(prop.l2CacheSize), csv);
+      } catch (const std::exception& e) {  // setting up the inputs failed
+        std::printf("ours  decode FAILED: %s\n", e.what());
+        ++failures;
+      }
+    }
+    if (args.mask_build && args.prefill) {
       try {
         bench_mask_build(csv);
       } catch (const std::exception& e) {
@@ -332,7 +476,8 @@ int main(int argc, char** argv) {
         ++failures;
       }
     }
-    for (int D : args.dims) {
+    const std::vector<int> prefill_dims = args.prefill ? args.dims : std::vector<int>{};
+    for (int D : prefill_dims) {
       for (int64_t L : args.lens) {
         const int64_t B = std::max<int64_t>(1, args.tokens / L);
         if (elapsed() > args.budget_s) {
