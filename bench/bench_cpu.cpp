@@ -6,6 +6,10 @@
 //             [--block 128] [--variants nomask,causal,sliding,document,prefix,alibi,softcap]
 //             [--no-backward]
 //   bench_cpu --memory [--L 32768] [--D 64]      peak-RSS increase of one forward, B = H = 1
+//   bench_cpu --decode [--B 8] [--H 32] [--Hkv 8] [--L 32768] [--D 128] [--pages 16,128]
+//             one decode step (Lq = 1, no mask) over a paged KV cache (pages in random order) and
+//             over contiguous K / V, as bytes of K + V read per second beside a memcpy of the
+//             same byte count measured in the same program
 //
 // FLOPs: forward 4 * B * H * Lq * Lkv * D * density, backward 2.5x that, where density is the
 // exact kept fraction of the score matrix. Times are medians of `repeats` runs after one warm-up;
@@ -22,10 +26,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <random>
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "documents.h"
@@ -41,12 +47,15 @@ namespace cpu = flexattn::detail::cpu;
 
 struct Options {
   int64_t B = 1, H = 8, L = 4096, D = 64;
-  bool l_given = false;
+  int64_t Hkv = 0;  // --decode only; 0: 8
+  bool l_given = false, b_given = false, h_given = false, d_given = false;
   fa::DType dtype = fa::DType::f32;
   int repeats = 5;
   int block = 128;
   bool backward = true;
   bool memory = false;
+  bool decode = false;
+  std::vector<int64_t> pages = {16, 128};  // --decode page sizes
   std::vector<std::string> variants = {"nomask", "causal", "sliding", "document",
                                        "prefix", "alibi",  "softcap"};
 };
@@ -55,7 +64,7 @@ struct Options {
   std::fprintf(stderr,
                "bench_cpu: %s\nusage: bench_cpu [--B n] [--H n] [--L n] [--D n] [--dtype "
                "f32|f16|bf16] [--repeats n] [--block n] [--variants a,b,...] [--no-backward] "
-               "[--memory]\n",
+               "[--memory] [--decode [--Hkv n] [--pages a,b,...]]\n",
                why);
   std::exit(2);
 }
@@ -70,13 +79,18 @@ Options parse(int argc, char** argv) {
     };
     if (a == "--B") {
       o.B = std::stoll(value());
+      o.b_given = true;
     } else if (a == "--H") {
       o.H = std::stoll(value());
+      o.h_given = true;
+    } else if (a == "--Hkv") {
+      o.Hkv = std::stoll(value());
     } else if (a == "--L") {
       o.L = std::stoll(value());
       o.l_given = true;
     } else if (a == "--D") {
       o.D = std::stoll(value());
+      o.d_given = true;
     } else if (a == "--repeats") {
       o.repeats = std::max(1, std::stoi(value()));
     } else if (a == "--block") {
@@ -100,6 +114,12 @@ Options parse(int argc, char** argv) {
       o.backward = false;
     } else if (a == "--memory") {
       o.memory = true;
+    } else if (a == "--decode") {
+      o.decode = true;
+    } else if (a == "--pages") {
+      o.pages.clear();
+      std::stringstream ss(value());
+      for (std::string v; std::getline(ss, v, ',');) o.pages.push_back(std::stoll(v));
     } else {
       usage(("unknown argument " + a).c_str());
     }
@@ -244,11 +264,190 @@ int run_memory(Options o) {
   return 0;
 }
 
+// ---- decode -------------------------------------------------------------------------------------
+// One decode step reads every byte of K and V once, so its figure is K + V bytes per second, set
+// beside the rate this program copies the same number of bytes with memcpy (bytes copied / s, on
+// every worker: each byte is read once and written once).
+
+// MemAvailable in bytes, or 0 when /proc/meminfo does not say.
+int64_t available_bytes() {
+  std::FILE* f = std::fopen("/proc/meminfo", "r");
+  if (f == nullptr) return 0;
+  char line[256];
+  long long kb = 0;
+  while (std::fgets(line, sizeof line, f)) {
+    if (std::sscanf(line, "MemAvailable: %lld kB", &kb) == 1) break;
+  }
+  std::fclose(f);
+  return int64_t{kb} * 1024;
+}
+
+// n uniform values in [-1, 1) of `dtype` at dst: a xorshift per slice on every worker, fast enough
+// for GiBs (std::normal_distribution would take tens of seconds) and never zeros.
+void fill_random(void* dst, fa::DType dtype, int64_t n, uint64_t seed) {
+  constexpr int64_t kSlice = 4096;
+  const size_t es = fa::dtype_size(dtype);
+  cpu::parallel_for((n + kSlice - 1) / kSlice, [&](int64_t slice, int) {
+    float buf[kSlice];
+    uint64_t x = (seed + uint64_t(slice)) * 0x9E3779B97F4A7C15ull | 1;
+    const int64_t len = std::min(kSlice, n - slice * kSlice);
+    for (int64_t i = 0; i < len; ++i) {
+      x ^= x << 13;
+      x ^= x >> 7;
+      x ^= x << 17;
+      buf[i] = float(int32_t(x >> 32)) * 0x1p-31f;
+    }
+    cpu::store_row(buf, static_cast<char*>(dst) + slice * kSlice * int64_t(es), dtype, len);
+  });
+}
+
+fa::Tensor random_fast(std::vector<int64_t> shape, fa::DType dtype, uint64_t seed) {
+  fa::Tensor t = fa::Tensor::empty(std::move(shape), dtype);
+  fill_random(t.data(), dtype, t.numel(), seed);
+  return t;
+}
+
+// The same K / V as a paged cache: every sequence's pages drawn from one shuffled pool, so
+// consecutive pages of a sequence are far apart in memory. Rows past L in a last partial page are
+// zeroed (never read).
+fa::PagedKV paged_copy(const fa::Tensor& k, const fa::Tensor& v, int64_t ps, std::mt19937& rng) {
+  const int64_t B = k.size(0), H = k.size(1), L = k.size(2), D = k.size(3), Dv = v.size(3);
+  const int64_t per_seq = (L + ps - 1) / ps, num_pages = B * per_seq;
+  const size_t es = fa::dtype_size(k.dtype());
+  std::vector<int32_t> table(static_cast<size_t>(num_pages));
+  for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>(i);
+  std::shuffle(table.begin(), table.end(), rng);
+  const std::vector<int32_t> len(static_cast<size_t>(B), static_cast<int32_t>(L));
+  fa::PagedKV c{fa::Tensor::empty({num_pages, H, ps, D}, k.dtype()),
+                fa::Tensor::empty({num_pages, H, ps, Dv}, v.dtype()),
+                fa::Tensor::from_host(table.data(), {B, per_seq}),
+                fa::Tensor::from_host(len.data(), {B})};
+  auto copy = [&](const fa::Tensor& src, fa::Tensor& dst, int64_t w, int64_t slot) {
+    const int64_t b = slot / per_seq, p = slot % per_seq, rows = std::min(ps, L - p * ps);
+    const auto* s = static_cast<const char*>(src.data());
+    auto* d = static_cast<char*>(dst.data());
+    for (int64_t h = 0; h < H; ++h) {
+      char* page = d + ((table[size_t(slot)] * H + h) * ps) * w * int64_t(es);
+      std::memcpy(page, s + ((b * H + h) * L + p * ps) * w * int64_t(es), size_t(rows * w) * es);
+      std::memset(page + rows * w * int64_t(es), 0, size_t((ps - rows) * w) * es);
+    }
+  };
+  cpu::parallel_for(num_pages, [&](int64_t slot, int) {
+    copy(k, c.k_pages, D, slot);
+    copy(v, c.v_pages, Dv, slot);
+  });
+  return c;
+}
+
+template <class F>
+double median_seconds(int repeats, F&& f) {
+  f();  // warm-up: pages touched, the contiguous overload's dense mask built
+  std::vector<double> times;
+  for (int i = 0; i < repeats; ++i) {
+    const auto t0 = Clock::now();
+    f();
+    times.push_back(seconds_since(t0));
+  }
+  return median(times);
+}
+
+double max_abs_diff(const fa::Tensor& a, const fa::Tensor& b) {
+  const std::vector<float> x = a.to_host(), y = b.to_host();
+  double m = 0.0;
+  for (size_t i = 0; i < x.size(); ++i) m = std::max(m, double(std::fabs(x[i] - y[i])));
+  return m;
+}
+
+int run_decode(Options o) {
+  if (!o.b_given) o.B = 8;
+  if (!o.h_given) o.H = 32;
+  if (!o.l_given) o.L = 32768;
+  if (!o.d_given) o.D = 128;
+  const int64_t Hkv = o.Hkv > 0 ? o.Hkv : std::min<int64_t>(8, o.H);
+  if (o.H % Hkv != 0) usage("--H must be a multiple of --Hkv");
+  for (int64_t ps : o.pages) {
+    if (ps < 1) usage("--pages must be >= 1");
+  }
+  const int64_t es = int64_t(fa::dtype_size(o.dtype));
+  auto kv_bytes = [&](int64_t L) { return 2 * o.B * Hkv * L * o.D * es; };
+  // Resident at once: contiguous K / V, one paged copy, the memcpy destination (3x K + V).
+  const int64_t avail = available_bytes();
+  if (avail > 0 && 3 * kv_bytes(o.L) > avail / 10 * 8) {
+    const int64_t full = o.L;
+    while (o.L > 1024 && 3 * kv_bytes(o.L) > avail / 10 * 8) o.L /= 2;
+    std::printf("decode: 3 x K+V at L=%lld (%.2f GiB) does not fit in 80%% of the %.2f GiB "
+                "available; measuring L=%lld\n",
+                (long long)full, 3.0 * double(kv_bytes(full)) / 1073741824.0,
+                double(avail) / 1073741824.0, (long long)o.L);
+  }
+  const int64_t bytes = kv_bytes(o.L);
+  std::printf("decode: B=%lld Hq=%lld Hkv=%lld Lkv=%lld D=%lld %s, Lq=1, no mask, %d threads "
+              "(%s); K+V %.3f GiB per step, median of %d\n",
+              (long long)o.B, (long long)o.H, (long long)Hkv, (long long)o.L, (long long)o.D,
+              fa::to_string(o.dtype), cpu::num_threads(), cpu::isa_name(),
+              double(bytes) / 1073741824.0, o.repeats);
+
+  const fa::Tensor q = random_fast({o.B, o.H, 1, o.D}, o.dtype, 1);
+  const fa::Tensor k = random_fast({o.B, Hkv, o.L, o.D}, o.dtype, 2);
+  const fa::Tensor v = random_fast({o.B, Hkv, o.L, o.D}, o.dtype, 3);
+  fa::AttentionOptions opts;
+  opts.enable_gqa = o.H != Hkv;
+
+  // Measured before and after the rows: on a shared machine the higher reading is the better
+  // estimate of what the memory can do, and the closing table's ratios use it.
+  auto memcpy_gbs = [&] {
+    const std::unique_ptr<char[]> dst(new char[size_t(bytes)]);
+    constexpr int64_t kPiece = int64_t{1} << 24;  // 16 MiB per work item
+    const int64_t half = bytes / 2, pieces = (half + kPiece - 1) / kPiece;
+    const double s = median_seconds(o.repeats, [&] {
+      cpu::parallel_for(2 * pieces, [&](int64_t i, int) {
+        const auto* src = static_cast<const char*>(i < pieces ? k.data() : v.data());
+        const int64_t off = (i % pieces) * kPiece, n = std::min(kPiece, half - off);
+        std::memcpy(dst.get() + (i < pieces ? 0 : half) + off, src + off, size_t(n));
+      });
+    });
+    const double gbs = double(bytes) / s * 1e-9;
+    std::printf("  %-22s %9.2f ms  %7.2f GB/s\n", "memcpy (same bytes)", s * 1e3, gbs);
+    std::fflush(stdout);
+    return gbs;
+  };
+  double copy_gbs = memcpy_gbs();
+  std::vector<std::pair<std::string, double>> rows;  // (name, GB/s of K+V)
+  auto report = [&](const std::string& name, double s, double diff) {
+    const double gbs = double(bytes) / s * 1e-9;
+    rows.emplace_back(name, gbs);
+    std::printf("  %-22s %9.2f ms  %7.2f GB/s of K+V  %5.1f%% of memcpy", name.c_str(), s * 1e3,
+                gbs, 100.0 * gbs / copy_gbs);
+    if (diff >= 0.0) std::printf("  (max |out - contiguous| %.1e)", diff);
+    std::printf("\n");
+    std::fflush(stdout);
+  };
+
+  fa::AttentionOutput ref;
+  report("contiguous", median_seconds(o.repeats, [&] { ref = fa::flex_attention(q, k, v, opts); }),
+         -1.0);
+  std::mt19937 rng(5);
+  for (int64_t ps : o.pages) {
+    const fa::PagedKV cache = paged_copy(k, v, ps, rng);
+    fa::AttentionOutput r;
+    const double s = median_seconds(o.repeats, [&] { r = fa::flex_attention(q, cache, opts); });
+    report("paged, page " + std::to_string(ps), s, max_abs_diff(r.out, ref.out));
+  }
+  copy_gbs = std::max(copy_gbs, memcpy_gbs());
+
+  std::printf("\n| decode step | GB/s of K+V | / memcpy %.2f GB/s |\n|---|---|---|\n", copy_gbs);
+  for (const auto& [name, gbs] : rows) {
+    std::printf("| %s | %.2f | %.2f |\n", name.c_str(), gbs, gbs / copy_gbs);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const Options o = parse(argc, argv);
   if (o.memory) return run_memory(o);
+  if (o.decode) return run_decode(o);
 
   double peak = fma_peak_gflops();
   std::printf("bench_cpu: %d threads, kernels %s, fp32 FMA peak %.1f GFLOP/s (measured)\n",

@@ -139,11 +139,11 @@ void check_q(const std::string& fn, const TensorView& q, AttnDims& d) {
   }
 }
 
-// The rules every call shares once the dims are known: int indices, GQA, head dims, the device,
-// the scale (resolved into d.scale). `kv` names where Hkv and Lkv came from in messages.
-void check_dims(const std::string& fn, AttnDims& d, const char* hkv_name, const char* lkv_name,
-                Device device, const AttentionOptions& opts) {
-  // score_mods and mask_mods take int b, h, q_idx and kv_idx.
+// score_mods and mask_mods take int b, h, q_idx and kv_idx: checked before the dims are compared
+// with each other, so a size past int is reported as such. hkv_name / lkv_name say where Hkv and
+// Lkv came from.
+void check_index_dims(const std::string& fn, const AttnDims& d, const char* hkv_name,
+                      const char* lkv_name) {
   for (auto [name, value] : {std::pair{"q.shape[0] (B)", d.B}, {"q.shape[1] (Hq)", d.Hq},
                              {"q.shape[2] (Lq)", d.Lq}, {hkv_name, d.Hkv}, {lkv_name, d.Lkv}}) {
     if (value > kMaxIndexDim) {
@@ -151,6 +151,11 @@ void check_dims(const std::string& fn, AttnDims& d, const char* hkv_name, const 
                    std::to_string(kMaxIndexDim) + " (score_mod / mask_mod indices are int)");
     }
   }
+}
+
+// The rules every call shares once the dims are known and consistent: GQA, head dims, the device,
+// the scale (resolved into d.scale).
+void check_dims(const std::string& fn, AttnDims& d, Device device, const AttentionOptions& opts) {
   if (d.Hq % d.Hkv != 0) {
     fail(fn, "q heads (Hq = " + std::to_string(d.Hq) + ") must be a multiple of k/v heads (Hkv = " +
                  std::to_string(d.Hkv) + ")");
@@ -191,12 +196,13 @@ AttnDims check_qkv(const std::string& fn, const TensorView& q, const TensorView&
   if (d.Hkv < 1) fail(fn, "k.shape[1] (Hkv) must be >= 1; got " + std::to_string(d.Hkv));
   if (d.Lkv < 1) fail(fn, "k.shape[2] (Lkv) must be >= 1; got " + std::to_string(d.Lkv));
   if (d.Dv < 1) fail(fn, "v.shape[3] (Dv) must be >= 1; got " + std::to_string(d.Dv));
+  check_index_dims(fn, d, "k.shape[1] (Hkv)", "k.shape[2] (Lkv)");
   check_dim(fn, "k", k, 0, "B", d.B, "q's batch");
   check_dim(fn, "k", k, 3, "D", d.D, "q's head dim");
   check_dim(fn, "v", v, 0, "B", d.B, "q's batch");
   check_dim(fn, "v", v, 1, "Hkv", d.Hkv, "k's heads");
   check_dim(fn, "v", v, 2, "Lkv", d.Lkv, "k's length");
-  check_dims(fn, d, "k.shape[1] (Hkv)", "k.shape[2] (Lkv)", q.device, opts);
+  check_dims(fn, d, q.device, opts);
   return d;
 }
 
@@ -282,6 +288,10 @@ AttnDims check_paged_inputs(const TensorView& q, const PagedKV& kv, const Attent
   AttnDims d;
   check_q(fn, q, d);
   const CacheDims c = check_cache(fn, kv, q.dtype, "q's dtype", q.device);
+  d.Hkv = c.Hkv;
+  d.Lkv = c.max_pages * c.page_size;
+  d.Dv = c.Dv;
+  check_index_dims(fn, d, "k_pages.shape[1] (Hkv)", "max_pages_per_seq * page_size");
   if (c.B != d.B) {
     fail(fn, "page_table.shape[0] (B) is " + std::to_string(c.B) + "; expected " +
                  std::to_string(d.B) + " (q's batch)");
@@ -290,10 +300,7 @@ AttnDims check_paged_inputs(const TensorView& q, const PagedKV& kv, const Attent
     fail(fn, "k_pages.shape[3] (D) is " + std::to_string(c.D) + "; expected " +
                  std::to_string(d.D) + " (q's head dim)");
   }
-  d.Hkv = c.Hkv;
-  d.Lkv = c.max_pages * c.page_size;
-  d.Dv = c.Dv;
-  check_dims(fn, d, "k_pages.shape[1] (Hkv)", "max_pages_per_seq * page_size", q.device, opts);
+  check_dims(fn, d, q.device, opts);
   return d;
 }
 

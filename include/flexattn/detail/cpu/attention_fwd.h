@@ -26,6 +26,12 @@
 // chunk checks V first and a non-finite one takes pv_nonfinite.
 // Tiles are clipped to [0, Lq) x [0, Lkv), so no lane past the end of a sequence ever reaches a
 // user functor.
+//
+// The per-chunk step (Tile: product, mods, online softmax, P^T . V with the non-finite V path,
+// epilogue) is shared with the paged forward (attention_paged.h), which feeds it K / V chunks
+// gathered through a page table and query tiles packing a GQA group's heads; its decode tiles of
+// a few rows use the Tile's query-major layout instead (see Tile). This file's tiles are always
+// key-major.
 #pragma once
 
 #include <algorithm>
@@ -55,37 +61,234 @@ inline char* at(const TensorView& v, int64_t i0, int64_t i1, int64_t i2) {
                                           static_cast<int64_t>(dtype_size(v.dtype));
 }
 
+// An odd multiple of 16 floats >= n: a row stride of 512 bytes (128 floats) would map the rows
+// of a column panel onto a few L1 sets and evict each other.
+inline int64_t odd_ld(int64_t n) {
+  const int64_t ld = round_up16(n);
+  return ld % 32 == 0 ? ld + 16 : ld;
+}
+
 // Per-thread scratch, carved out of one allocation made once per call. All sizes in floats,
 // each region 64-byte aligned.
 struct Scratch {
-  int64_t ld_q = 0;  // leading dim of qt and st: tile rows padded
+  int64_t ld_q = 0;   // leading dim of qt, and of key-major scores: tile rows padded
+  int64_t ld_kv = 0;  // leading dim of query-major scores: chunk keys padded
   int64_t qt = 0, st = 0, o = 0, rmax = 0, rsum = 0, alpha = 0, kbuf = 0, vbuf = 0, vfix = 0;
   int64_t total = 0;
+  bool kv_buffers = false;  // kbuf / vbuf exist (K and V are converted or gathered per chunk)
 
   Scratch(int tile_q, int chunk_kv, int64_t D, int64_t Dv, bool convert_kv) {
-    // An odd multiple of 16 floats: a row stride of 512 bytes (128 floats) would map the rows of
-    // a column panel onto a few L1 sets and evict each other.
-    ld_q = round_up16(tile_q);
-    if (ld_q % 32 == 0) ld_q += 16;
+    ld_q = odd_ld(tile_q);
+    ld_kv = odd_ld(chunk_kv);
     int64_t off = 0;
     auto take = [&](int64_t n) {
       const int64_t start = off;
       off += round_up16(n);
       return start;
     };
-    qt = take(D * ld_q);         // (D, M)   scaled Q, transposed
-    st = take(chunk_kv * ld_q);  // (N, M)   scores, then probabilities
+    qt = take(D * ld_q);  // (D, M)   scaled Q, transposed
+    // (N, M) or (M, N) scores, then probabilities
+    st = take(std::max<int64_t>(chunk_kv * ld_q, int64_t{tile_q} * ld_kv));
     // (M, Dv) unnormalised output; also holds one row of Q (D floats) while Qt is built.
     o = take(std::max<int64_t>(int64_t{tile_q} * Dv, D));
     rmax = take(tile_q);
     rsum = take(tile_q);
     alpha = take(tile_q);
+    kv_buffers = convert_kv;
     kbuf = convert_kv ? take(chunk_kv * D) : 0;   // (N, D)  K chunk in f32
     vbuf = convert_kv ? take(chunk_kv * Dv) : 0;  // (N, Dv) V chunk in f32
     vfix = take(chunk_kv * Dv);                   // (N, Dv) V chunk, non-finite rows zeroed
     total = off;
   }
 };
+
+// One allocation per call, sliced per thread by the caller, left uninitialised (every region is
+// written before it is read), so a thread that gets no item never touches its pages. +16 floats
+// to align the base to 64 bytes.
+struct ScratchStorage {
+  std::unique_ptr<float[]> storage;
+  float* base = nullptr;
+  explicit ScratchStorage(int64_t floats)
+      : storage(new float[static_cast<size_t>(floats + 16)]),
+        base(reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(storage.get()) + 63) &
+                                      ~uintptr_t{63})) {}
+};
+
+// The pointers of one tile of query rows into a thread's Scratch, and its running state: scaled
+// Q transposed, the online softmax's max and sum, the unnormalised output. The contiguous forward
+// and the paged one (attention_paged.h) both drive a tile through load_q, reset, step per chunk
+// and finish_row.
+//
+// The scores of a chunk are stored key-major, (N, M) as the file comment says, or query-major,
+// (M, N): st[m * ld_kv + n]. Key-major keeps every SIMD lane busy with a query, which needs M of
+// 16 or more; a decode tile (a GQA group of 4-8 heads, Lq = 1) would leave most lanes idle in the
+// K product and the softmax, so it runs query-major: the K chunk is transposed once into the
+// product's panel (gemm's Trans::T on B), the softmax runs along each query's keys (max_of,
+// exp_sub_sum), and P . V reads P untransposed.
+struct Tile {
+  int64_t ld = 0;   // leading dim of qt
+  int64_t lds = 0;  // leading dim of st in its layout
+  int m = 0;        // query rows (columns of qt)
+  int64_t D = 0, Dv = 0;
+  bool key_major = true;
+  float* qt = nullptr;  // (D, M)
+  float* st = nullptr;  // (N, M) key-major, (M, N) query-major
+  float* o = nullptr;   // (M, Dv)
+  float* rmax = nullptr;
+  float* rsum = nullptr;
+  float* alpha = nullptr;
+  float* kbuf = nullptr;  // (N, D)  converted / gathered K chunk (null unless the layout has one)
+  float* vbuf = nullptr;  // (N, Dv) converted / gathered V chunk
+  float* vfix = nullptr;  // (N, Dv) V chunk with its non-finite rows zeroed
+
+  Tile(const Scratch& s, float* base, int rows, int64_t D_, int64_t Dv_, bool key_major_ = true)
+      : ld(s.ld_q), lds(key_major_ ? s.ld_q : s.ld_kv), m(rows), D(D_), Dv(Dv_),
+        key_major(key_major_), qt(base + s.qt), st(base + s.st), o(base + s.o),
+        rmax(base + s.rmax), rsum(base + s.rsum), alpha(base + s.alpha),
+        kbuf(s.kv_buffers ? base + s.kbuf : nullptr),
+        vbuf(s.kv_buffers ? base + s.vbuf : nullptr), vfix(base + s.vfix) {}
+
+  // p (or the score) of key n for query i.
+  float& score(int n, int i) const { return key_major ? st[n * lds + i] : st[i * lds + n]; }
+
+  // Query row `src` (D elements of `dtype`) into column `col` of qt, times the scale (the backward
+  // scales Q the same way before its product). Borrows D floats of o: call before reset().
+  void load_q(int col, const void* src, DType dtype, float qscale) const {
+    float* qrow = o;
+    load_row(src, dtype, qrow, D);
+    for (int64_t k = 0; k < D; ++k) qt[k * ld + col] = qrow[k] * qscale;
+  }
+  void reset() const {
+    std::fill(o, o + int64_t{m} * Dv, 0.0f);
+    std::fill(rmax, rmax + m, -std::numeric_limits<float>::infinity());
+    std::fill(rsum, rsum + m, 0.0f);
+  }
+
+  // online_softmax_t's step (kernels.h, same rules) on query-major scores. A query with nothing
+  // kept so far gets p = 0 and alpha = 1, never exp(-inf - -inf); a kept NaN / +inf score makes
+  // rsum NaN: exp(NaN - max), exp(inf - inf), or - where the max skipped a NaN among -inf scores -
+  // the scan below.
+  void softmax_query_major(int nc) const {
+    constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+    for (int i = 0; i < m; ++i) {
+      float* row = st + i * lds;  // (N,) scores of query i
+      const float mx = std::max(rmax[i], max_of(row, nc));
+      if (mx == kNegInf) {
+        bool nan = false;
+        for (int n = 0; n < nc; ++n) nan = nan || row[n] != row[n];
+        if (nan) rsum[i] = std::numeric_limits<float>::quiet_NaN();
+        std::fill(row, row + nc, 0.0f);
+        alpha[i] = 1.0f;
+        continue;
+      }
+      alpha[i] = std::exp(rmax[i] - mx);  // rmax -inf: 0
+      rsum[i] = rsum[i] * alpha[i] + exp_sub_sum(row, nc, mx);
+      rmax[i] = mx;
+    }
+  }
+
+  // O = alpha * O + P^T . V for a chunk whose V holds inf / NaN (rare: a garbage row of a cache,
+  // a user's NaN). The product runs on V with those rows zeroed, then each bad key is added only
+  // to the queries whose p is not 0, with IEEE arithmetic: a query that keeps the key gets its
+  // NaN / inf, a query that masks it gets exactly nothing.
+  void pv_nonfinite(int nc, const float* vp, int64_t ldv) const {
+    int bad[kMaxChunkKV];
+    int nbad = 0;
+    for (int n = 0; n < nc; ++n) {
+      const float* vr = vp + n * ldv;
+      float* fr = vfix + n * Dv;  // (Dv,)
+      if (rows_finite(vr, ldv, 1, static_cast<int>(Dv))) {
+        std::copy(vr, vr + Dv, fr);
+      } else {
+        std::fill(fr, fr + Dv, 0.0f);
+        bad[nbad++] = n;
+      }
+    }
+    gemm_rescale(key_major ? Trans::T : Trans::N, Trans::N, m, static_cast<int>(Dv), nc, st, lds,
+                 vfix, Dv, o, Dv, alpha);
+    for (int j = 0; j < nbad; ++j) {
+      const float* vr = vp + bad[j] * ldv;
+      for (int i = 0; i < m; ++i) {
+        const float p = score(bad[j], i);
+        if (p == 0.0f) continue;
+        for (int64_t e = 0; e < Dv; ++e) o[i * Dv + e] += p * vr[e];
+      }
+    }
+  }
+
+  // One chunk of nc <= kMaxChunkKV keys, K (N, D) and V (N, Dv) as f32 rows of stride ldk / ldv.
+  // mods(st) applies the functors to the scores in the tile's layout (or nothing, for a full
+  // NoopScore chunk).
+  template <class Mods>
+  void step(const float* kp, int64_t ldk, const float* vp, int64_t ldv, int nc,
+            const Mods& mods) const {
+    if (key_major) {
+      // (N, M) = (N, D) . (D, M)
+      gemm(Trans::N, Trans::N, nc, m, static_cast<int>(D), kp, ldk, qt, ld, st, lds, false);
+      mods(st);
+      online_softmax_t(st, lds, nc, m, rmax, rsum, alpha);
+    } else {
+      // (M, N) = (D, M)^T . (N, D)^T
+      gemm(Trans::T, Trans::T, m, nc, static_cast<int>(D), qt, ld, kp, ldk, st, lds, false);
+      mods(st);
+      softmax_query_major(nc);
+    }
+    // (M, Dv) = alpha * (M, Dv) + P . (N, Dv). A p of exactly 0 (masked, a -inf score,
+    // underflow) must not meet a NaN / inf of V: the check is O(N * Dv), the product
+    // O(M * N * Dv), and the V chunk is about to be read anyway.
+    if (!rows_finite(vp, ldv, nc, static_cast<int>(Dv))) {
+      pv_nonfinite(nc, vp, ldv);
+    } else {
+      gemm_rescale(key_major ? Trans::T : Trans::N, Trans::N, m, static_cast<int>(Dv), nc, st, lds,
+                   vp, ldv, o, Dv, alpha);
+    }
+  }
+
+  // Normalises row i of o in place and returns its lse. rsum > 0: some finite score kept;
+  // rsum == 0: every key masked (or -inf): out 0, lse -inf; rsum NaN: a NaN / +inf score was kept
+  // (online_softmax_t): out NaN, lse NaN, never the fully masked answer.
+  float finish_row(int i) const {
+    float* orow = o + i * Dv;
+    if (rsum[i] > 0.0f) {
+      scale(orow, Dv, 1.0f / rsum[i]);
+      return rmax[i] + std::log(rsum[i]);
+    }
+    if (rsum[i] == 0.0f) {
+      std::fill(orow, orow + Dv, 0.0f);
+      return -std::numeric_limits<float>::infinity();
+    }
+    std::fill(orow, orow + Dv, std::numeric_limits<float>::quiet_NaN());
+    return std::numeric_limits<float>::quiet_NaN();
+  }
+};
+
+// Scores of one chunk (keys [c0, c0 + nc)) through the user's functors, for the queries [i0, i1)
+// of the tile, all of head h, query i being q_idx q_base + i; st in the tile's layout (KeyMajor,
+// leading dim ld). Full tiles of NoopScore never come here. Partial is a template argument so the
+// full-tile loop carries no mask test at all.
+template <bool Partial, bool KeyMajor, class ScoreMod, class MaskMod>
+void apply_mods(const ScoreMod& score_mod, const MaskMod& mask_mod, float* st, int64_t ld, int nc,
+                int c0, int i0, int i1, int b, int h, int q_base) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  const auto one = [&](float& s, int q, int kv) {
+    if (Partial && !static_cast<bool>(mask_mod(b, h, q, kv))) {
+      s = kNegInf;
+    } else if constexpr (!std::is_same_v<ScoreMod, NoopScore>) {
+      s = static_cast<float>(score_mod(s, b, h, q, kv));
+    }
+  };
+  if constexpr (KeyMajor) {
+    for (int n = 0; n < nc; ++n) {
+      float* row = st + n * ld;  // (M,) scores of key c0 + n against every query
+      for (int i = i0; i < i1; ++i) one(row[i], q_base + i, c0 + n);
+    }
+  } else {
+    for (int i = i0; i < i1; ++i) {
+      float* row = st + i * ld;  // (N,) scores of query q_base + i against the chunk's keys
+      for (int n = 0; n < nc; ++n) one(row[n], q_base + i, c0 + n);
+    }
+  }
+}
 
 template <class ScoreMod, class MaskMod>
 struct ForwardJob {
@@ -99,55 +302,6 @@ struct ForwardJob {
   int64_t items_per_row = 0;      // B * Hq
 
   static constexpr bool kNoopScore = std::is_same_v<ScoreMod, NoopScore>;
-
-  // Scores of one chunk (keys [c0, c0 + nc), queries [q0, q0 + m)) through the user's functors.
-  // Full tiles of NoopScore never come here. Partial is a template argument
-  // so the full-tile loop carries no mask test at all.
-  template <bool Partial>
-  void apply_mods(float* st, int64_t ld, int b, int h, int q0, int m, int c0, int nc) const {
-    constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-    for (int n = 0; n < nc; ++n) {
-      const int kv = c0 + n;
-      float* row = st + n * ld;  // (M,) scores of key kv against every query
-      for (int i = 0; i < m; ++i) {
-        const int q = q0 + i;
-        if (Partial && !static_cast<bool>(mask_mod(b, h, q, kv))) {
-          row[i] = kNegInf;
-        } else if constexpr (!kNoopScore) {
-          row[i] = static_cast<float>(score_mod(row[i], b, h, q, kv));
-        }
-      }
-    }
-  }
-
-  // O = alpha * O + P^T . V for a chunk whose V holds inf / NaN (rare: a garbage row of a cache,
-  // a user's NaN). The product runs on V with those rows zeroed, then each bad key is added only
-  // to the queries whose p is not 0, with IEEE arithmetic: a query that keeps the key gets its
-  // NaN / inf, a query that masks it gets exactly nothing.
-  static void pv_nonfinite(const float* st, int64_t ld, int nc, int m, const float* vp,
-                           int64_t ldv, float* vfix, float* o, int64_t Dv, const float* alpha) {
-    int bad[kMaxChunkKV];
-    int nbad = 0;
-    for (int n = 0; n < nc; ++n) {
-      const float* vr = vp + n * ldv;
-      float* fr = vfix + n * Dv;  // (Dv,)
-      if (rows_finite(vr, ldv, 1, static_cast<int>(Dv))) {
-        std::copy(vr, vr + Dv, fr);
-      } else {
-        std::fill(fr, fr + Dv, 0.0f);
-        bad[nbad++] = n;
-      }
-    }
-    gemm_rescale(Trans::T, Trans::N, m, static_cast<int>(Dv), nc, st, ld, vfix, Dv, o, Dv, alpha);
-    for (int j = 0; j < nbad; ++j) {
-      const float* vr = vp + bad[j] * ldv;
-      const float* prow = st + bad[j] * ld;  // (M,) p of this key for every query
-      for (int i = 0; i < m; ++i) {
-        if (prow[i] == 0.0f) continue;
-        for (int64_t e = 0; e < Dv; ++e) o[i * Dv + e] += prow[i] * vr[e];
-      }
-    }
-  }
 
   void run(int64_t item, int tid) const {
     const AttnDims& d = a.dims;
@@ -164,25 +318,9 @@ struct ForwardJob {
     const int m = static_cast<int>(std::min<int64_t>(tile_q, qb_end - q0));
     const int64_t D = d.D, Dv = d.Dv;
 
-    float* base = scratch + tid * layout.total;
-    const int64_t ld = layout.ld_q;
-    float* qt = base + layout.qt;      // (D, M)
-    float* st = base + layout.st;      // (N, M)
-    float* o = base + layout.o;        // (M, Dv)
-    float* rmax = base + layout.rmax;  // (M,)
-    float* rsum = base + layout.rsum;  // (M,)
-    float* alpha = base + layout.alpha;
-
-    // Q tile, scaled and transposed (the backward scales Q the same way before its product).
-    const float qscale = d.scale;
-    float* qrow = o;  // o is free until the first chunk: borrow D floats of it
-    for (int i = 0; i < m; ++i) {
-      load_row(at(a.q, b, h, q0 + i), a.q.dtype, qrow, D);
-      for (int64_t k = 0; k < D; ++k) qt[k * ld + i] = qrow[k] * qscale;
-    }
-    std::fill(o, o + int64_t{m} * Dv, 0.0f);
-    std::fill(rmax, rmax + m, -std::numeric_limits<float>::infinity());
-    std::fill(rsum, rsum + m, 0.0f);
+    const Tile t(layout, scratch + tid * layout.total, m, D, Dv);
+    for (int i = 0; i < m; ++i) t.load_q(i, at(a.q, b, h, q0 + i), a.q.dtype, d.scale);
+    t.reset();
 
     // The kv-block lists of this q-block; a mask of batch or heads 1 broadcasts.
     const int64_t mb = mask.B == d.B ? b : 0, mh = mask.H == d.Hq ? h : 0;
@@ -210,53 +348,30 @@ struct ForwardJob {
           ldk = a.k.stride[2];
           ldv = a.v.stride[2];
         } else {
-          float* kb_ = base + layout.kbuf;  // (N, D)
-          float* vb_ = base + layout.vbuf;  // (N, Dv)
           for (int n = 0; n < nc; ++n) {
-            load_row(at(a.k, b, hk, c0 + n), a.k.dtype, kb_ + n * D, D);
-            load_row(at(a.v, b, hk, c0 + n), a.v.dtype, vb_ + n * Dv, Dv);
+            load_row(at(a.k, b, hk, c0 + n), a.k.dtype, t.kbuf + n * D, D);
+            load_row(at(a.v, b, hk, c0 + n), a.v.dtype, t.vbuf + n * Dv, Dv);
           }
-          kp = kb_;
-          vp = vb_;
+          kp = t.kbuf;
+          vp = t.vbuf;
           ldk = D;
           ldv = Dv;
         }
-        // (N, M) = (N, D) . (D, M)
-        gemm(Trans::N, Trans::N, nc, m, static_cast<int>(D), kp, ldk, qt, ld, st, ld, false);
-        if (partial) {
-          apply_mods<true>(st, ld, b, h, static_cast<int>(q0), m, static_cast<int>(c0), nc);
-        } else if constexpr (!kNoopScore) {
-          apply_mods<false>(st, ld, b, h, static_cast<int>(q0), m, static_cast<int>(c0), nc);
-        }
-        online_softmax_t(st, ld, nc, m, rmax, rsum, alpha);
-        // (M, Dv) = alpha * (M, Dv) + (N, M)^T . (N, Dv). A p of exactly 0 (masked, a -inf
-        // score, underflow) must not meet a NaN / inf of V: the check is O(N * Dv), the product
-        // O(M * N * Dv), and the V chunk is about to be read anyway.
-        if (!rows_finite(vp, ldv, nc, static_cast<int>(Dv))) {
-          pv_nonfinite(st, ld, nc, m, vp, ldv, base + layout.vfix, o, Dv, alpha);
-        } else {
-          gemm_rescale(Trans::T, Trans::N, m, static_cast<int>(Dv), nc, st, ld, vp, ldv, o, Dv,
-                       alpha);
-        }
+        const int kv0 = static_cast<int>(c0), qb0 = static_cast<int>(q0);
+        t.step(kp, ldk, vp, ldv, nc, [&](float* st) {
+          if (partial) {
+            apply_mods<true, true>(score_mod, mask_mod, st, t.lds, nc, kv0, 0, m, b, h, qb0);
+          } else if constexpr (!kNoopScore) {
+            apply_mods<false, true>(score_mod, mask_mod, st, t.lds, nc, kv0, 0, m, b, h, qb0);
+          }
+        });
       }
     }
 
-    // Epilogue: normalise, convert, store. rsum > 0: some finite score kept; rsum == 0: every
-    // key masked (or -inf); rsum NaN: a NaN / +inf score was kept (online_softmax_t).
+    // Epilogue: normalise, convert, store.
     for (int i = 0; i < m; ++i) {
-      float* orow = o + i * Dv;
-      float* lse = reinterpret_cast<float*>(at(a.lse, b, h, q0 + i));
-      if (rsum[i] > 0.0f) {
-        scale(orow, Dv, 1.0f / rsum[i]);
-        *lse = rmax[i] + std::log(rsum[i]);
-      } else if (rsum[i] == 0.0f) {  // every key masked
-        std::fill(orow, orow + Dv, 0.0f);
-        *lse = -std::numeric_limits<float>::infinity();
-      } else {  // a non-finite score: the whole row is NaN, as in exact IEEE softmax
-        std::fill(orow, orow + Dv, std::numeric_limits<float>::quiet_NaN());
-        *lse = std::numeric_limits<float>::quiet_NaN();
-      }
-      store_row(orow, at(a.out, b, h, q0 + i), a.out.dtype, Dv);
+      *reinterpret_cast<float*>(at(a.lse, b, h, q0 + i)) = t.finish_row(i);
+      store_row(t.o + i * Dv, at(a.out, b, h, q0 + i), a.out.dtype, Dv);
     }
   }
 };
@@ -274,17 +389,9 @@ void forward(const FwdArgs& a, const ScoreMod& score_mod, const MaskMod& mask_mo
   const int chunk_kv = std::min(mask.block_kv, fwd::kMaxChunkKV);
   const fwd::Scratch layout(tile_q, chunk_kv, d.D, d.Dv, a.k.dtype != DType::f32);
 
-  const int threads = num_threads();
-  // One allocation per call, sliced per thread, left uninitialised (every region is written before
-  // it is read), so a thread that gets no item never touches its pages. +16 floats to align the
-  // base to 64 bytes.
-  const std::unique_ptr<float[]> storage(
-      new float[static_cast<size_t>(threads * layout.total + 16)]);
-  float* aligned =
-      reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(storage.get()) + 63) & ~uintptr_t{63});
-
-  const fwd::ForwardJob<ScoreMod, MaskMod> job{a,       score_mod, mask_mod,  mask,      layout,
-                                               aligned, tile_q,    sub_tiles, d.B * d.Hq};
+  const fwd::ScratchStorage scratch(num_threads() * layout.total);
+  const fwd::ForwardJob<ScoreMod, MaskMod> job{
+      a, score_mod, mask_mod, mask, layout, scratch.base, tile_q, sub_tiles, d.B * d.Hq};
   parallel_for(d.B * d.Hq * mask.nqb * sub_tiles,
                [&job](int64_t item, int tid) { job.run(item, tid); });
 }
