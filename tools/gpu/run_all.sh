@@ -20,8 +20,8 @@
 #          and the decode rows
 #   decode quick's build of the benchmark and the CLI only, then only the decode rows (issue 9:
 #          Lq=1, contiguous and paged, ours vs cuDNN / FA2 / Flex; bench_gpu.cpp's bench_decode)
-#          and two `flexattn decode --device cuda --check` runs; no tests, sanitizers or PyTorch
-#          check
+#          and the two `flexattn decode --device cuda --check` runs every mode ends with; no
+#          tests, sanitizers or PyTorch check; give it --budget-s >= 450 (the build takes ~200 s)
 #
 # Timeline (the device caps one call at 10 minutes; the whole script keeps to --budget-s):
 #   background: check_vs_torch.py gen (inputs + PyTorch oracles), then gpu_peers.py compiles
@@ -267,9 +267,9 @@ if [[ $BENCH == 1 && $BUILD_OK == 1 ]]; then
   fi
 fi
 
-# ---- decode mode: the CLI's decode on the GPU (tools/cli_decode.cpp: paged cache filled by
-# append_kv, ragged, shuffled pages), its last step checked against float64; lines in bench.log
-if [[ $MODE == decode && $BUILD_OK == 1 && $(left) -gt 40 ]]; then
+# ---- the CLI's decode on the GPU (tools/cli_decode.cpp: paged cache filled by append_kv, ragged,
+# shuffled pages), its last step checked against float64; lines in bench.log (every mode)
+if [[ $BUILD_OK == 1 && $(left) -gt 40 ]]; then
   log "flexattn decode --device cuda --check"
   passed=0
   for v in causal sliding_window; do

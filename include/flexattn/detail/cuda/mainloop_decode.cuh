@@ -123,8 +123,8 @@ struct DecodeCta {
         ko = page * p.k_sb + row * p.k_sr;
         vo = page * p.v_sb + row * p.v_sr;
       }
-      cta::cp_async_16(smem_u32(sK + r * kPitch + c * 8), k + (ok ? ko : 0) + c * 8, ok);
-      cta::cp_async_16(smem_u32(sV + r * kPitch + c * 8), v + (ok ? vo : 0) + c * 8, ok);
+      cta::cp_async_16_stream(smem_u32(sK + r * kPitch + c * 8), k + (ok ? ko : 0) + c * 8, ok);
+      cta::cp_async_16_stream(smem_u32(sV + r * kPitch + c * 8), v + (ok ? vo : 0) + c * 8, ok);
     }
   }
 };

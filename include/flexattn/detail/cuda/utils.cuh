@@ -149,6 +149,14 @@ FLEXATTN_DEV void cp_async_16(uint32_t smem_addr, const void* gmem, bool valid) 
                "r"(src_bytes)
                : "memory");
 }
+// cp_async_16 with an L2 prefetch hint of the whole 128-byte line: for streams read once from
+// DRAM (the decode kernel's K / V), fewer, larger DRAM requests.
+FLEXATTN_DEV void cp_async_16_stream(uint32_t smem_addr, const void* gmem, bool valid) {
+  const int src_bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;" ::"r"(smem_addr),
+               "l"(gmem), "r"(src_bytes)
+               : "memory");
+}
 // Closes the group of cp.async issued by this thread since the last commit.
 FLEXATTN_DEV void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 // Waits until at most N of this thread's committed groups are still in flight. Only the calling
