@@ -68,6 +68,7 @@ struct DecodeParams : MaskLists {
   const int32_t* page_table;  // null: contiguous
   int64_t pt_sb, pt_sp;       // batch and page strides of page_table
   int page_size, num_pages;
+  int page_shift;             // log2(page_size) for a power of two, else -1
   const int32_t* kv_len;      // null: every sequence has Lkv keys
   int64_t kl_s;
   int Lq, Lkv;                // Lkv: the contiguous length, or the paged capacity

@@ -97,8 +97,13 @@ inline void set_out(DecodeParams& p, const TensorView& q, const TensorView& out,
 // CTA slots of one decode kernel on the current device (SMs x resident CTAs), asked once per
 // device: the driver queries (and the shared-memory opt-in) cost microseconds that a decode step
 // of a few tens of microseconds would feel.
-template <class Kernel>
-int kernel_slots(Kernel* kernel, int smem_bytes, int threads) {
+// HAZARD: the cache must be one per kernel: keyed by every template argument of decode_kernel
+// (its function type alone would be shared by every head dim and dtype, and the first one's
+// shared-memory opt-in would stand in for all of them).
+template <class Traits, class T, class ScoreMod, class MaskMod, class Unit>
+int kernel_slots() {
+  auto* kernel = &decode_kernel<Traits, T, ScoreMod, MaskMod, Unit>;
+  constexpr int smem_bytes = Traits::kSmemBytes, threads = Traits::kNThreads;
   constexpr int kMaxDevices = 64;
   static std::atomic<int> cached[kMaxDevices] = {};
   int dev = 0;
@@ -127,8 +132,7 @@ void launch_decode_kernel(DecodeParams p, bool pack_heads, void* stream_ptr,
   using Traits = DecodeConfig<D>;
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
   auto* kernel = &decode_kernel<Traits, T, ScoreMod, MaskMod, Unit>;
-  const int slots =
-      decode_launch_detail::kernel_slots(kernel, Traits::kSmemBytes, Traits::kNThreads);
+  const int slots = decode_launch_detail::kernel_slots<Traits, T, ScoreMod, MaskMod, Unit>();
   const DecodePlan plan = decode_plan(p.B, p.Hq, p.group, p.Lq, p.Lkv, pack_heads, Traits::kRows,
                                       Traits::kBlockN, slots);
   p.heads_per_tile = plan.heads_per_tile;
@@ -226,6 +230,10 @@ void launch_paged_forward_for(const PagedArgs& a, const ScoreMod& score_mod,
   p.pt_sb = a.page_table.stride[0];
   p.pt_sp = a.page_table.stride[1];
   p.page_size = static_cast<int>(a.page_size);
+  p.page_shift = -1;
+  for (int sh = 0; sh < 31; ++sh) {
+    if ((int64_t{1} << sh) == a.page_size) p.page_shift = sh;
+  }
   p.num_pages = static_cast<int>(a.num_pages);
   p.kv_len = static_cast<const int32_t*>(a.kv_len.data);
   p.kl_s = a.kv_len.stride[0];

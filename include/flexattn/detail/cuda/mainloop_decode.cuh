@@ -78,6 +78,11 @@ struct DecodeCta {
   static constexpr int kBlockN = Traits::kBlockN;
 
   static constexpr int kIters = kBlockN * kChunks / Traits::kNThreads;  // rows per thread
+  // Thread `tid` copies 16-byte chunk idx = it * threads + tid of a tile: row idx / kChunks.
+  // Where the chunks of a row divide the threads (every head dim but 96 and 192) the thread keeps
+  // one chunk column and its rows step by kRowStep, so a row's address is one add from the last.
+  static constexpr bool kFixedColumn = Traits::kNThreads % kChunks == 0;
+  static constexpr int kRowStep = Traits::kNThreads / kChunks;
 
   const DecodeParams& p;
   int b, hk, kv_end;
@@ -89,39 +94,54 @@ struct DecodeCta {
   int pages[kIters];
 
   FLEXATTN_DEV static int row_of(int it) {
-    return (it * Traits::kNThreads + static_cast<int>(threadIdx.x)) / kChunks;
+    const int tid = static_cast<int>(threadIdx.x);
+    if constexpr (kFixedColumn) return it * kRowStep + tid / kChunks;
+    return (it * Traits::kNThreads + tid) / kChunks;
+  }
+  FLEXATTN_DEV static int column_of(int it) {
+    const int tid = static_cast<int>(threadIdx.x);
+    if constexpr (kFixedColumn) return tid % kChunks;
+    return (it * Traits::kNThreads + tid) % kChunks;
+  }
+  // Page slot and row within the page of key t: shifts for a power-of-two page size (the host
+  // sets page_shift), a division otherwise.
+  FLEXATTN_DEV int page_slot(int t) const {
+    return p.page_shift >= 0 ? t >> p.page_shift : t / p.page_size;
+  }
+  FLEXATTN_DEV int page_row(int t) const {
+    return p.page_shift >= 0 ? t & (p.page_size - 1) : t % p.page_size;
   }
 
   FLEXATTN_DEV void fetch_pages(int n0) {
     if (p.page_table == nullptr) return;
+    const int32_t* table = p.page_table + b * p.pt_sb;
 #pragma unroll
     for (int it = 0; it < kIters; ++it) {
       const int t = n0 + row_of(it);
-      pages[it] = t < kv_end ? __ldg(p.page_table + b * p.pt_sb + (t / p.page_size) * p.pt_sp) : 0;
+      pages[it] = t < kv_end ? __ldg(table + page_slot(t) * p.pt_sp) : 0;
     }
   }
 
   // K and V rows [n0, n0 + BLOCK_N) into one stage of the ring (fetch_pages(n0) came first); rows
-  // past the end are zeros.
+  // past the end are zeros. Nothing here waits on memory: the page ids are in registers.
   FLEXATTN_DEV void load_kv(T* sK, T* sV, int n0) {
+    const bool paged = p.page_table != nullptr;
 #pragma unroll
     for (int it = 0; it < kIters; ++it) {
-      const int r = row_of(it);
-      const int c = (it * Traits::kNThreads + static_cast<int>(threadIdx.x)) % kChunks;
+      const int r = row_of(it), c = column_of(it);
       const int t = n0 + r;
-      int64_t ko = 0, vo = 0;
       bool ok = t < kv_end;
-      if (ok) {
-        int page = 0, row = t;  // contiguous: k_sb is already in k
-        if (p.page_table != nullptr) {
-          page = pages[it];
-          row = t % p.page_size;
-          const bool in = page >= 0 && page < p.num_pages;
-          bad = bad || !in;
-          ok = in;
-        }
-        ko = page * p.k_sb + row * p.k_sr;
-        vo = page * p.v_sb + row * p.v_sr;
+      int64_t ko, vo;
+      if (!paged) {  // contiguous: k_sb is already in k
+        ko = static_cast<int64_t>(t) * p.k_sr;
+        vo = static_cast<int64_t>(t) * p.v_sr;
+      } else {
+        const int page = pages[it], row = page_row(t);
+        const bool in = page >= 0 && page < p.num_pages;
+        bad = bad || (ok && !in);
+        ok = ok && in;
+        ko = static_cast<int64_t>(page) * p.k_sb + static_cast<int64_t>(row) * p.k_sr;
+        vo = static_cast<int64_t>(page) * p.v_sb + static_cast<int64_t>(row) * p.v_sr;
       }
       cta::cp_async_16_stream(smem_u32(sK + r * kPitch + c * 8), k + (ok ? ko : 0) + c * 8, ok);
       cta::cp_async_16_stream(smem_u32(sV + r * kPitch + c * 8), v + (ok ? vo : 0) + c * 8, ok);
@@ -287,7 +307,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
         decode_score_and_mask<kNoopScore, false, false>(s, score_mod, mask_mod, b, rows, n0w,
                                                         kv_end, p.scale, false);
       }
-      softmax.update(s, o, units.mult);
+      softmax.template update<true>(s, o, units.mult);
       const T* sVw = sV + warp * Traits::kKeysPerWarp * kPitch;
       if (v_bad) {
         add_pv_exact(o, s, [&](int kv, int col) { return static_cast<float>(sVw[kv * kPitch + col]); });

@@ -48,9 +48,12 @@ struct OnlineSoftmax {
   // s: this tile's scores, -inf where dropped, in units whose log2 form is s * mult (mult > 0).
   // On return s holds p = exp2((s - new max) * mult) and o is rescaled by
   // exp2((old max - new max) * mult).
-  template <int NT, int NTO>
+  //
+  // kLazyRescale (the decode kernel, whose tiles are a few keys per warp): o is rescaled only
+  // when some row's max moved, a warp-uniform test; multiplying by exactly 1 would change no bit.
+  template <bool kLazyRescale = false, int NT, int NTO>
   FLEXATTN_DEV void update(float (&s)[MT][NT][4], float (&o)[MT][NTO][4], float mult) {
-    float base[kRows];
+    float base[kRows], alphas[kRows];
     bool exact = false;
 #pragma unroll
     for (int mi = 0; mi < MT; ++mi) {
@@ -68,10 +71,26 @@ struct OnlineSoftmax {
         row_max[rr] = mx;
         exact = exact || !(fabsf(base[rr] * mult) < kFastExponentLimit);
         row_sum[rr] *= alpha;
+        alphas[rr] = alpha;
+      }
+    }
+    bool rescale = true;
+    if constexpr (kLazyRescale) {
+      bool moved = false;
 #pragma unroll
-        for (int nd = 0; nd < NTO; ++nd) {
-          o[mi][nd][2 * half] *= alpha;
-          o[mi][nd][2 * half + 1] *= alpha;
+      for (int rr = 0; rr < kRows; ++rr) moved = moved || alphas[rr] != 1.0f;
+      rescale = __any_sync(0xffffffffu, moved);
+    }
+    if (rescale) {
+#pragma unroll
+      for (int mi = 0; mi < MT; ++mi) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+#pragma unroll
+          for (int nd = 0; nd < NTO; ++nd) {
+            o[mi][nd][2 * half] *= alphas[2 * mi + half];
+            o[mi][nd][2 * half + 1] *= alphas[2 * mi + half];
+          }
         }
       }
     }
