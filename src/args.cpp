@@ -231,6 +231,16 @@ void check_mask(const std::string& fn, const BlockMaskData& mask, const AttnDims
   }
 }
 
+// The forward's out [B, Hq, Lq, Dv] (q's dtype) and lse [B, Hq, Lq] (f32).
+void check_out_lse(const std::string& fn, const TensorView& q, const TensorView& out,
+                   const TensorView& lse, const AttnDims& d) {
+  check_view(fn, "out", out, 4, "[B, Hq, Lq, Dv]", q.dtype, "q's dtype", q.device, "q's device");
+  check_shape(fn, "out", out, {d.B, d.Hq, d.Lq, d.Dv}, "[B, Hq, Lq, Dv]");
+  check_view(fn, "lse", lse, 3, "[B, Hq, Lq]", DType::f32, "lse is always f32", q.device,
+             "q's device");
+  check_shape(fn, "lse", lse, {d.B, d.Hq, d.Lq}, "[B, Hq, Lq]");
+}
+
 // out, lse and dout as the backward reads them.
 void check_backward_tensors(const std::string& fn, const TensorView& q, const TensorView& out,
                             const TensorView& lse, const TensorView& dout, const AttnDims& d) {
@@ -310,11 +320,7 @@ PagedArgs make_paged_args(const TensorView& q, const PagedKV& kv, const TensorVi
   PagedArgs a;
   a.dims = check_paged_inputs(q, kv, opts);
   const AttnDims& d = a.dims;
-  check_view(fn, "out", out, 4, "[B, Hq, Lq, Dv]", q.dtype, "q's dtype", q.device, "q's device");
-  check_shape(fn, "out", out, {d.B, d.Hq, d.Lq, d.Dv}, "[B, Hq, Lq, Dv]");
-  check_view(fn, "lse", lse, 3, "[B, Hq, Lq]", DType::f32, "lse is always f32", q.device,
-             "q's device");
-  check_shape(fn, "lse", lse, {d.B, d.Hq, d.Lq}, "[B, Hq, Lq]");
+  check_out_lse(fn, q, out, lse, d);
   a.q = q;
   a.k_pages = kv.k_pages.view();
   a.v_pages = kv.v_pages.view();
@@ -401,11 +407,7 @@ FwdArgs make_forward_args(const TensorView& q, const TensorView& k, const Tensor
   a.dims = check_qkv(fn, q, k, v, opts);
   check_mask(fn, mask, a.dims, q.device);
   const AttnDims& d = a.dims;
-  check_view(fn, "out", out, 4, "[B, Hq, Lq, Dv]", q.dtype, "q's dtype", q.device, "q's device");
-  check_shape(fn, "out", out, {d.B, d.Hq, d.Lq, d.Dv}, "[B, Hq, Lq, Dv]");
-  check_view(fn, "lse", lse, 3, "[B, Hq, Lq]", DType::f32, "lse is always f32", q.device,
-             "q's device");
-  check_shape(fn, "lse", lse, {d.B, d.Hq, d.Lq}, "[B, Hq, Lq]");
+  check_out_lse(fn, q, out, lse, d);
   a.q = q;
   a.k = k;
   a.v = v;

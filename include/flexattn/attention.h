@@ -8,7 +8,7 @@
 #include "block_mask.h"
 #include "detail/args.h"
 #include "detail/cpu/attention_bwd.h"
-#include "detail/cpu/attention_fwd.h"
+#include "detail/cpu/attention_paged.h"
 #include "detail/cuda/dispatch.h"
 #include "mods.h"
 #include "tensor.h"
@@ -48,7 +48,7 @@ void flex_attention_into(const TensorView& q, const TensorView& k, const TensorV
   const detail::FwdArgs args =
       detail::make_forward_args(q, k, v, out, lse, block_mask.data(), opts);
   if (args.q.device == Device::cpu) {
-    detail::cpu::forward(args, score_mod, block_mask.mask_mod());
+    detail::cpu::forward_any_lq(args, score_mod, block_mask.mask_mod());
   } else {
     detail::cuda::forward(args, score_mod, block_mask.mask_mod());
   }

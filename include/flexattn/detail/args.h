@@ -50,6 +50,9 @@ struct PagedArgs {
   TensorView q, k_pages, v_pages, page_table, kv_len, out, lse;
   AttnDims dims;
   int64_t num_pages = 0, page_size = 0, max_pages = 0;
+  // false (paged calls): q holds each sequence's newest Lq tokens, q_idx = kv_len[b] - Lq + i.
+  // true (a contiguous call the CPU runs through the paged path): q_idx = i, every row real.
+  bool q_from_start = false;
   void* stream = nullptr;
 };
 

@@ -59,6 +59,14 @@ inline constexpr int64_t kMinPartKeys = 512;
 // decode tiles: query-major is ~2.5x faster at 4 rows, ~10% faster at 16, slower at 32.
 inline constexpr int kQueryMajorMaxRows = 16;
 
+// Rows of a (b, kv head) group that are real tokens, per query head, and the q_idx of query row 0.
+inline int64_t valid_rows(const PagedArgs& a, int64_t len) {
+  return a.q_from_start ? a.dims.Lq : std::min(a.dims.Lq, len);
+}
+inline int64_t q_offset(const PagedArgs& a, int64_t len) {
+  return a.q_from_start ? 0 : len - a.dims.Lq;
+}
+
 // page_table[b][p].
 inline int32_t table_at(const TensorView& t, int64_t b, int64_t p) {
   return static_cast<const int32_t*>(t.data)[b * t.stride[0] + p * t.stride[1]];
@@ -135,7 +143,7 @@ inline Plan make_plan(const PagedArgs& a, const std::vector<int64_t>& len, int t
                        : ps >= kMaxChunkKV ? ps
                                            : ps * ((kMaxChunkKV + ps - 1) / ps);
   auto tiles_of = [&](int64_t l) {  // (tiles, rows per tile) of a group of sequence length l
-    const int64_t rows = G * std::min(d.Lq, l);
+    const int64_t rows = G * valid_rows(a, l);
     const int64_t tiles = (rows + kMaxTileQ - 1) / kMaxTileQ;
     return std::pair{tiles, tiles ? (rows + tiles - 1) / tiles : 0};
   };
@@ -149,8 +157,8 @@ inline Plan make_plan(const PagedArgs& a, const std::vector<int64_t>& len, int t
   for (int64_t b = 0; b < d.B; ++b) {
     const int64_t l = len[static_cast<size_t>(b)];
     const auto [ntiles, trows] = tiles_of(l);
-    const int64_t rows = G * std::min(d.Lq, l);
-    const bool invalid = l < d.Lq;  // rows with q_idx < 0 exist
+    const int64_t rows = G * valid_rows(a, l);
+    const bool invalid = valid_rows(a, l) < d.Lq;  // rows with q_idx < 0 exist
     const int64_t parts =
         plan.part_keys ? std::max<int64_t>(1, (l + plan.part_keys - 1) / plan.part_keys) : 1;
     for (int64_t hk = 0; hk < d.Hkv; ++hk) {
@@ -210,13 +218,13 @@ struct PagedJob {
     int64_t h, i;
   };
   RowAt row_at(int64_t b, int64_t hk, int64_t r) const {
-    const int64_t nv = std::min(a.dims.Lq, len[static_cast<size_t>(b)]);
+    const int64_t nv = valid_rows(a, len[static_cast<size_t>(b)]);
     return {hk * a.dims.group() + r / nv, a.dims.Lq - nv + r % nv};
   }
 
   void clear_invalid(int64_t b, int64_t hk) const {
     static constexpr float kZeros[256] = {};  // Dv <= 256 (args.cpp)
-    const int64_t nv = std::min(a.dims.Lq, len[static_cast<size_t>(b)]);
+    const int64_t nv = valid_rows(a, len[static_cast<size_t>(b)]);
     for (int64_t g = 0; g < a.dims.group(); ++g) {
       const int64_t h = hk * a.dims.group() + g;
       for (int64_t i = 0; i < a.dims.Lq - nv; ++i) {
@@ -245,7 +253,7 @@ struct PagedJob {
     if (it.rows == 0) return;
     const int b = static_cast<int>(it.b), m = it.rows;
     const int64_t D = d.D, Dv = d.Dv, ps = a.page_size;
-    const int64_t q_off = len[static_cast<size_t>(it.b)] - d.Lq;  // q_idx of query row i: q_off + i
+    const int64_t q_off = q_offset(a, len[static_cast<size_t>(it.b)]);  // q_idx of row i: q_off + i
 
     const fwd::Tile t(layout, scratch + tid * layout.total, m, D, Dv, m > kQueryMajorMaxRows);
     // The tile's runs of rows of one head: columns [c0, c1) of head h, column c holding
@@ -386,6 +394,54 @@ void paged_forward(const PagedArgs& a, const ScoreMod& score_mod, const MaskMod&
     parallel_for(static_cast<int64_t>(plan.merges.size()),
                  [&job](int64_t i, int) { job.merge(job.plan.merges[static_cast<size_t>(i)]); });
   }
+}
+
+// Contiguous calls with at most this many query rows take the paged path (GQA packing, split-KV,
+// query-major tiles); the GPU routes the same calls to its decode kernel.
+inline constexpr int64_t kDecodeMaxLq = 16;
+
+// The contiguous forward. A decode-shaped call (Lq <= kDecodeMaxLq) whose mask_mod has a tile
+// rule runs as a paged call over K / V seen as one page per sequence (page_size Lkv, page b of
+// sequence b) with q_idx = i; the rule then stands in for the BlockMask's lists, which
+// create_block_mask derived from the same mask_mod (a mask without a rule keeps the lists' walk).
+template <class ScoreMod, class MaskMod>
+void forward_any_lq(const FwdArgs& a, const ScoreMod& score_mod, const MaskMod& mask_mod) {
+  if constexpr (HasTileRule<MaskMod>) {
+    if (a.dims.Lq <= kDecodeMaxLq) {
+      const AttnDims& d = a.dims;
+      std::vector<int32_t> table(static_cast<size_t>(d.B)), lens(static_cast<size_t>(d.B));
+      for (int64_t b = 0; b < d.B; ++b) {
+        table[static_cast<size_t>(b)] = static_cast<int32_t>(b);
+        lens[static_cast<size_t>(b)] = static_cast<int32_t>(d.Lkv);
+      }
+      auto index_view = [&](std::vector<int32_t>& v, int rank) {
+        TensorView t;
+        t.data = v.data();
+        t.dtype = DType::i32;
+        t.rank = rank;
+        t.shape[0] = d.B;
+        t.stride[0] = 1;
+        t.stride[1] = 1;
+        return t;
+      };
+      PagedArgs p;
+      p.q = a.q;
+      p.k_pages = a.k;
+      p.v_pages = a.v;
+      p.page_table = index_view(table, 2);  // [B, 1]
+      p.kv_len = index_view(lens, 1);       // [B]
+      p.out = a.out;
+      p.lse = a.lse;
+      p.dims = d;
+      p.num_pages = d.B;
+      p.page_size = d.Lkv;
+      p.max_pages = 1;
+      p.q_from_start = true;
+      paged_forward(p, score_mod, mask_mod);
+      return;
+    }
+  }
+  forward(a, score_mod, mask_mod);
 }
 
 // append_kv on the CPU (src/cpu/append_kv.cpp).
