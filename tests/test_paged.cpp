@@ -574,5 +574,15 @@ TEST(PagedErrors, DtypesShapesAndDevices) {
   }
 }
 
+// A default-constructed cache (no tensors at all) is refused by name, never dereferenced.
+TEST(PagedErrors, EmptyCacheIsRefusedByName) {
+  std::mt19937_64 rng(reference::fresh_seed());
+  const std::vector<float> qv = reference::random_normal(2 * 2 * 1 * 8, rng);
+  const Tensor q = Tensor::from_host(qv.data(), {2, 2, 1, 8}, DType::f32);
+  PagedKV empty;
+  expect_error_from("flex_attention", [&] { flex_attention(q, empty); }, {"k_pages"});
+  expect_error_from("append_kv", [&] { append_kv(empty, q, q); }, {"k_pages"});
+}
+
 }  // namespace
 }  // namespace flexattn::testing
