@@ -172,6 +172,14 @@ void check_paged(const PagedInputs& in, const std::vector<float>& out,
   expect_paged_matches(in, out, lse, ref, naive, dt);
 }
 
+// The options a paged case runs with: GQA on when the heads differ, `scale` (0: 1/sqrt(D)).
+inline AttentionOptions options_for(const PagedShape& s, float scale = 0.0f) {
+  AttentionOptions opts;
+  opts.enable_gqa = s.Hq != s.Hkv;
+  opts.scale = scale;
+  return opts;
+}
+
 inline float resolved_scale(const AttentionOptions& opts, int64_t D) {
   return opts.scale != 0.0f ? opts.scale : 1.0f / std::sqrt(float(D));
 }
