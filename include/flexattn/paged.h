@@ -11,7 +11,9 @@
 // keys t >= kv_len[b] do not exist (no functor sees them, whatever their rows hold).
 //
 // A query row whose q_idx is negative (kv_len[b] < Lq: the row is not a token of the sequence)
-// and every row of a sequence with kv_len 0 get out = 0, lse = -inf, and reach no functor.
+// and every row of a sequence with kv_len 0 get out = 0, lse = -inf, and no functor sees their
+// indices (a kernel may evaluate a functor on such a lane with a real row's indices, then drop
+// the result, as for lanes past the end of a contiguous sequence).
 //
 // Kernels: when Lq is small the GPU splits each sequence's keys across CTAs and merges the parts
 // (split-KV), and the query heads of one GQA group share one tile, so each K/V byte is read once
