@@ -108,14 +108,18 @@ TEST_P(StockVariant, SquareOddLength) {
 }
 
 // Few query rows take the split-KV decode kernel (launch_decode.cuh): one row against a long K/V
-// (split, GQA packed), and 5 rows of 8 heads sharing 2 kv heads (two m-blocks); the backward then
-// runs on the decode kernel's out and lse.
+// (split, GQA packed), 5 rows of 8 heads sharing 2 kv heads (two m-blocks), and the same with a
+// BlockMask per head; the backward then runs on the decode kernel's out and lse.
 TEST_P(StockVariant, DecodeShapes) {
   CaseOptions c;
   c.dtype = GetParam().dtype;
   c.shape = shape(2, 8, 2, 1, 3001, 128);
   check_stock(GetParam().variant, c);
   c.shape = shape(3, 8, 2, 5, 700, 64);
+  check_stock(GetParam().variant, c);
+  // A BlockMask per query head: the heads of a group have their own lists, so the decode kernel
+  // gives each head its own tile (no packing).
+  c.mask_H = c.shape.Hq;
   check_stock(GetParam().variant, c);
 }
 
