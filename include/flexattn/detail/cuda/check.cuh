@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <cstdint>
 #include <string>
 
 #include "../../tensor.h"
@@ -20,15 +21,28 @@ inline void check(cudaError_t e, const char* what) {
   }
 }
 
+// The kernels move rows in 16-byte chunks (cp.async, bulk copies, vector loads and stores): every
+// base pointer 16-byte aligned and the batch, head and row strides multiples of 8 elements (the
+// last stride is 1, checked by the argument layer). `fn` names the called function.
+inline void check_vector_layout(const TensorView& t, const char* fn, const char* name) {
+  bool ok = reinterpret_cast<uintptr_t>(t.data) % 16 == 0;
+  for (int d = 0; d < 3; ++d) ok = ok && (t.stride[d] % 8 == 0 || t.shape[d] == 1);
+  if (!ok) {
+    throw Error(std::string(fn) + " on Device::cuda needs " + name +
+                " 16-byte aligned with its batch, head and row strides multiples of 8 elements");
+  }
+}
 
-// The attention kernels need sm80 or newer. The answer is kept per device (a driver query per
-// call would cost a decode step microseconds).
-inline void check_device_arch() {
+// The attention kernels need sm80 or newer; returns the device's compute capability major. The
+// answer is kept per device (a driver query per call would cost a decode step microseconds).
+inline int check_device_arch() {
   constexpr int kMaxDevices = 64;
   static std::atomic<int> cached[kMaxDevices] = {};
   int dev = 0, major = 0;
   check(cudaGetDevice(&dev), "cudaGetDevice");
-  if (dev < kMaxDevices && cached[dev].load(std::memory_order_relaxed) != 0) return;
+  if (dev < kMaxDevices) {
+    if (const int known = cached[dev].load(std::memory_order_relaxed)) return known;
+  }
   check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev),
         "cudaDeviceGetAttribute");
   if (major < 8) {
@@ -36,6 +50,7 @@ inline void check_device_arch() {
                 "this one has compute capability " + std::to_string(major) + ".x");
   }
   if (dev < kMaxDevices) cached[dev].store(major, std::memory_order_relaxed);
+  return major;
 }
 
 }  // namespace flexattn::detail::cuda

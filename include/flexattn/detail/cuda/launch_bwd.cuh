@@ -63,23 +63,15 @@ inline std::string backward_unsupported_reason(DType dtype, int64_t D, int64_t D
 
 namespace bwd_launch_detail {
 
-// cp.async and the 16-byte loads / stores of the pre/postprocess move 16-byte chunks of rows.
-inline void check_vector_layout(const TensorView& t, const char* name) {
-  bool ok = reinterpret_cast<uintptr_t>(t.data) % 16 == 0;
-  for (int d = 0; d < 3; ++d) ok = ok && (t.stride[d] % 8 == 0 || t.shape[d] == 1);
-  if (!ok) {
-    throw Error(std::string("flex_attention_backward on Device::cuda needs ") + name +
-                " 16-byte aligned with its batch, head and row strides multiples of 8 elements");
-  }
-}
-
 // MaskData is BlockMaskData, a template parameter only so that this header needs no complete type
 // (block_mask.h includes dispatch.h, which includes this file).
 template <class MaskData>
 BwdParams make_params(const BwdArgs& a, const MaskData& m) {
   const char* names[] = {"q", "k", "v", "out", "dout", "dq", "dk", "dv"};
   const TensorView* views[] = {&a.q, &a.k, &a.v, &a.out, &a.dout, &a.dq, &a.dk, &a.dv};
-  for (int i = 0; i < 8; ++i) check_vector_layout(*views[i], names[i]);
+  for (int i = 0; i < 8; ++i) {
+    check_vector_layout(*views[i], "flex_attention_backward", names[i]);
+  }
   if (a.dims.Lq >= (int64_t{1} << 30) || a.dims.Lkv >= (int64_t{1} << 30)) {
     throw Error("flex_attention_backward on Device::cuda takes sequence lengths below 2^30");
   }

@@ -68,15 +68,6 @@ inline DecodePlan decode_plan(int64_t B, int64_t Hq, int64_t group, int64_t Lq, 
 
 namespace decode_launch_detail {
 
-inline void check_layout(const TensorView& t, const char* name) {
-  bool ok = reinterpret_cast<uintptr_t>(t.data) % 16 == 0;
-  for (int d = 0; d < 3; ++d) ok = ok && (t.stride[d] % 8 == 0 || t.shape[d] == 1);
-  if (!ok) {
-    throw Error(std::string("flexattn::flex_attention: on Device::cuda the decode kernel needs ") + name +
-                " 16-byte aligned with its first three strides multiples of 8 elements");
-  }
-}
-
 inline void set_out(DecodeParams& p, const TensorView& q, const TensorView& out,
                     const TensorView& lse, const AttnDims& d) {
   p.q = q.data;
@@ -157,11 +148,22 @@ void launch_decode_kernel(DecodeParams p, bool pack_heads, void* stream_ptr,
   FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention decode kernel");
   note_launch(plan.splits > 1 ? "decode_split" : "decode");
   if (plan.splits > 1) {
+    // One CTA per row; on sm90+ a programmatic dependent launch (combine_decode.cuh): its launch
+    // overlaps the decode kernel's last CTAs instead of waiting for the kernel boundary.
     const int64_t rows = static_cast<int64_t>(p.B) * p.Hq * p.Lq;
-    const int64_t blocks = (rows + kCombineWarps - 1) / kCombineWarps;
-    decode_combine_kernel<D, T, Unit><<<static_cast<unsigned>(blocks), kCombineWarps * 32, 0,
-                                        stream>>>(p);
-    FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention decode merge kernel");
+    if (rows > INT32_MAX) {
+      throw Error("flexattn::flex_attention: on Device::cuda the decode kernel takes at most "
+                  "2^31 - 1 query rows (B x Hq x Lq)");
+    }
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(static_cast<unsigned>(rows));
+    cfg.blockDim = dim3(kCombineThreads);
+    cfg.stream = stream;
+    cudaLaunchAttribute pdl{};
+    pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    pdl.val.programmaticStreamSerializationAllowed = 1;
+    if (check_device_arch() >= 9) cfg.attrs = &pdl, cfg.numAttrs = 1;
+    FLEXATTN_CUDA_CHECK(cudaLaunchKernelEx(&cfg, decode_combine_kernel<D, T, Unit>, p));
   }
 }
 
@@ -194,10 +196,7 @@ template <unsigned kDims, class Unit, class ScoreMod, class MaskMod, class MaskD
 bool launch_decode_contiguous(const FwdArgs& a, const MaskData& m, const ScoreMod& score_mod,
                               const MaskMod& mask_mod) {
   using namespace decode_launch_detail;
-  for (const auto& [t, name] : {std::pair{a.q, "q"}, {a.k, "k"}, {a.v, "v"}, {a.out, "out"}}) {
-    check_layout(t, name);
-  }
-  DecodeParams p{};
+  DecodeParams p{};  // the views' layout was checked by the forward's make_params
   static_cast<MaskLists&>(p) = mask_lists(m);
   set_out(p, a.q, a.out, a.lse, a.dims);
   p.k = a.k.data;
@@ -217,7 +216,7 @@ void launch_paged_forward_for(const PagedArgs& a, const ScoreMod& score_mod,
   if (!why.empty()) throw Error(why);
   for (const auto& [t, name] :
        {std::pair{a.q, "q"}, {a.k_pages, "k_pages"}, {a.v_pages, "v_pages"}, {a.out, "out"}}) {
-    check_layout(t, name);
+    check_vector_layout(t, "flexattn::flex_attention", name);
   }
   check_device_arch();
   DecodeParams p{};

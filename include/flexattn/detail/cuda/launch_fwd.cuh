@@ -84,28 +84,16 @@ FwdKernelChoice select_forward_kernel(const FwdArgs& a, const MaskData& mask) {
 
 namespace fwd_launch_detail {
 
-// cp.async moves 16-byte chunks of a row: every base pointer 16-byte aligned and every stride of
-// the four views a multiple of 8 elements (the last stride is 1, checked by make_forward_args).
-inline void check_vector_layout(const TensorView& t, const char* name) {
-  bool ok = reinterpret_cast<uintptr_t>(t.data) % 16 == 0;
-  for (int d = 0; d < 3; ++d) ok = ok && (t.stride[d] % 8 == 0 || t.shape[d] == 1);
-  if (!ok) {
-    throw Error(std::string("flex_attention on Device::cuda needs ") + name +
-                " 16-byte aligned with its batch, head and row strides multiples of 8 elements");
-  }
-}
-
-
 template <class MaskData>
 FwdParams make_params(const FwdArgs& a, const MaskData& m) {
   if (m.device != Device::cuda) {
     throw Error("flex_attention on Device::cuda needs the BlockMask on Device::cuda too "
                 "(BlockMaskOptions.device = Device::cuda)");
   }
-  check_vector_layout(a.q, "q");
-  check_vector_layout(a.k, "k");
-  check_vector_layout(a.v, "v");
-  check_vector_layout(a.out, "out");
+  check_vector_layout(a.q, "flex_attention", "q");
+  check_vector_layout(a.k, "flex_attention", "k");
+  check_vector_layout(a.v, "flex_attention", "v");
+  check_vector_layout(a.out, "flex_attention", "out");
   if (a.dims.Lq >= (int64_t{1} << 31) || a.dims.Lkv >= (int64_t{1} << 31)) {
     throw Error("flex_attention on Device::cuda takes sequence lengths below 2^31");
   }

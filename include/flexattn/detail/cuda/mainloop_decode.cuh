@@ -23,6 +23,7 @@
 #include <type_traits>
 
 #include "../merge.h"
+#include "combine_decode.cuh"
 #include "kernel_traits_decode.cuh"
 #include "mainloop_fwd_sm80.cuh"
 #include "mask.cuh"
@@ -33,44 +34,6 @@
 
 namespace flexattn::detail::cuda {
 
-// One packed row of the CTA: query head h, logical query index q. `ok` false for padding rows and
-// rows before the sequence start (q < 0); their h and q are clamped to the CTA's first real row so
-// that a functor evaluated on them (and then discarded) sees real indices.
-struct DecodeRow {
-  int h, q;
-  bool ok;
-};
-
-// score_mod / mask_mod on a warp's 16 x 16 scores (mask.cuh's score_and_mask, with a head and a
-// query index per row instead of one head and consecutive rows).
-template <bool kNoopScore, bool kPartial, bool kBounds, int NT, class ScoreMod, class MaskMod>
-FLEXATTN_DEV void decode_score_and_mask(float (&s)[1][NT][4], const ScoreMod& score_mod,
-                                        const MaskMod& mask_mod, int b, const DecodeRow (&rows)[2],
-                                        int n0, int kv_end, float scale, bool partial) {
-  const int t = static_cast<int>(threadIdx.x % 4);
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const DecodeRow row = rows[half];
-#pragma unroll
-    for (int ni = 0; ni < NT; ++ni) {
-#pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const int kv = n0 + ni * 8 + 2 * t + c;
-        const bool kv_in = !kBounds || kv < kv_end;
-        const int kc = kv_in ? kv : kv_end - 1;
-        float& x = s[0][ni][2 * half + c];
-        bool keep = !kBounds || (row.ok && kv_in);
-        if constexpr (kPartial) {
-          keep = keep && (!partial || static_cast<bool>(mask_mod(b, row.h, row.q, kc)));
-        }
-        float y = x;
-        if constexpr (!kNoopScore) y = static_cast<float>(score_mod(x * scale, b, row.h, row.q, kc));
-        x = keep ? y : thread::neg_inf();
-      }
-    }
-  }
-}
-
 template <class Traits, class T, class MaskMod>
 struct DecodeCta {
   static constexpr int kPitch = Traits::kSmemPitch;
@@ -80,22 +43,27 @@ struct DecodeCta {
   static constexpr int kIters = kBlockN * kChunks / Traits::kNThreads;  // rows per thread
   // Thread `tid` copies 16-byte chunk idx = it * threads + tid of a tile: row idx / kChunks.
   // Where the chunks of a row divide the threads (every head dim but 96 and 192) the thread keeps
-  // one chunk column and its rows step by kRowStep, so a row's address is one add from the last.
+  // one chunk column of a run of kIters consecutive rows starting at a multiple of kIters: row r
+  // of the run is one add from row r - 1, and where the page size is a multiple of kIters (page
+  // 16 at D = 64, 128, 256) the whole run lies in one page, one page id per tile. A warp's copy
+  // `it` still reads whole rows (32 / kChunks of them, 256 bytes each at D = 128).
   static constexpr bool kFixedColumn = Traits::kNThreads % kChunks == 0;
-  static constexpr int kRowStep = Traits::kNThreads / kChunks;
-
   const DecodeParams& p;
   int b, hk, kv_end;
   const T* k;  // contiguous: batch b's k; paged: k_pages (both at kv head hk)
   const T* v;
   bool bad = false;  // this thread met a page id outside [0, num_pages)
-  // Page ids of this thread's rows of the NEXT tile to load, read one tile ahead (fetch_pages):
-  // a cp.async whose address waited on its page-table load would stall the ring's issue.
-  int pages[kIters];
+  // Page ids of the NEXT tile to load, read one tile ahead (fetch_pages): a cp.async whose
+  // address waited on its page-table load would stall the ring's issue. Lane l of every warp
+  // holds the ids of page slots first_slot + l and first_slot + 32 + l (the second only for
+  // pages of one or two rows), and load_kv hands each thread its rows' ids by warp shuffles:
+  // one table read per lane and tile instead of one per row.
+  int ids[2] = {0, 0};
+  int first_slot = 0;
 
   FLEXATTN_DEV static int row_of(int it) {
     const int tid = static_cast<int>(threadIdx.x);
-    if constexpr (kFixedColumn) return it * kRowStep + tid / kChunks;
+    if constexpr (kFixedColumn) return tid / kChunks * kIters + it;
     return (it * Traits::kNThreads + tid) / kChunks;
   }
   FLEXATTN_DEV static int column_of(int it) {
@@ -112,37 +80,80 @@ struct DecodeCta {
     return p.page_shift >= 0 ? t & (p.page_size - 1) : t % p.page_size;
   }
 
+  // The ids of the pages tile [n0, n0 + BLOCK_N) touches (n0 < kv_end: the walk's tiles are).
   FLEXATTN_DEV void fetch_pages(int n0) {
     if (p.page_table == nullptr) return;
     const int32_t* table = p.page_table + b * p.pt_sb;
+    const int lane = static_cast<int>(threadIdx.x % 32);
+    first_slot = page_slot(n0);
+    const int last = page_slot(min(n0 + kBlockN, kv_end) - 1);
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int slot = first_slot + lane + 32 * j;
+      ids[j] = slot <= last ? __ldg(table + slot * p.pt_sp) : 0;
+    }
+  }
+  // The id of the page holding key t of the tile fetch_pages last read (all lanes call it).
+  FLEXATTN_DEV int page_of(int t) const {
+    const int rel = page_slot(t) - first_slot;  // 0..63
+    int page = __shfl_sync(0xffffffffu, ids[0], rel & 31);
+    if (p.page_size <= 2) {  // warp-uniform
+      const int second = __shfl_sync(0xffffffffu, ids[1], rel & 31);
+      if (rel >= 32) page = second;
+    }
+    return page;
+  }
+
+  // Whether the chunks this thread copied into `smem` (one V stage) hold a NaN / inf: read back
+  // after its own cp.async group completed (rows past the end were zero-filled).
+  FLEXATTN_DEV static bool own_chunks_nonfinite(const T* smem) {
+    bool bad_chunk = false;
 #pragma unroll
     for (int it = 0; it < kIters; ++it) {
-      const int t = n0 + row_of(it);
-      pages[it] = t < kv_end ? __ldg(table + page_slot(t) * p.pt_sp) : 0;
+      const T* chunk = smem + row_of(it) * kPitch + column_of(it) * 8;
+      bad_chunk = bad_chunk || has_nonfinite<T>(*reinterpret_cast<const uint4*>(chunk));
     }
+    return bad_chunk;
   }
 
   // K and V rows [n0, n0 + BLOCK_N) into one stage of the ring (fetch_pages(n0) came first); rows
   // past the end are zeros. Nothing here waits on memory: the page ids are in registers.
   FLEXATTN_DEV void load_kv(T* sK, T* sV, int n0) {
+    // One run: contiguous K/V, or a page size that keeps this thread's run of rows in one page
+    // (runs and tiles start at multiples of their lengths). Row r is then base + r * row stride
+    // with one page id for the run; otherwise every row looks its page up.
     const bool paged = p.page_table != nullptr;
+    const bool one_run = !paged || (kFixedColumn && p.page_size % kIters == 0);
+    int64_t kbase = 0, vbase = 0;  // element offsets of row 0 of the tile (a run: of the run)
+    bool in = true;
+    if (!paged) {  // contiguous: k_sb is already in k
+      kbase = static_cast<int64_t>(n0) * p.k_sr;
+      vbase = static_cast<int64_t>(n0) * p.v_sr;
+    } else if (one_run) {
+      const int t0 = n0 + row_of(0);
+      const int page = page_of(t0);
+      in = page >= 0 && page < p.num_pages;
+      const int64_t row0 = page_row(t0) - row_of(0);  // so that row r sits at base + r * stride
+      kbase = static_cast<int64_t>(page) * p.k_sb + row0 * p.k_sr;
+      vbase = static_cast<int64_t>(page) * p.v_sb + row0 * p.v_sr;
+    }
 #pragma unroll
     for (int it = 0; it < kIters; ++it) {
       const int r = row_of(it), c = column_of(it);
       const int t = n0 + r;
       bool ok = t < kv_end;
       int64_t ko, vo;
-      if (!paged) {  // contiguous: k_sb is already in k
-        ko = static_cast<int64_t>(t) * p.k_sr;
-        vo = static_cast<int64_t>(t) * p.v_sr;
+      if (one_run) {
+        ko = kbase + static_cast<int64_t>(r) * p.k_sr;
+        vo = vbase + static_cast<int64_t>(r) * p.v_sr;
       } else {
-        const int page = pages[it], row = page_row(t);
-        const bool in = page >= 0 && page < p.num_pages;
-        bad = bad || (ok && !in);
-        ok = ok && in;
+        const int page = page_of(t), row = page_row(t);
+        in = page >= 0 && page < p.num_pages;
         ko = static_cast<int64_t>(page) * p.k_sb + static_cast<int64_t>(row) * p.k_sr;
         vo = static_cast<int64_t>(page) * p.v_sb + static_cast<int64_t>(row) * p.v_sr;
       }
+      bad = bad || (ok && !in);
+      ok = ok && in;
       cta::cp_async_16_stream(smem_u32(sK + r * kPitch + c * 8), k + (ok ? ko : 0) + c * 8, ok);
       cta::cp_async_16_stream(smem_u32(sV + r * kPitch + c * 8), v + (ok ? vo : 0) + c * 8, ok);
     }
@@ -165,6 +176,8 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   T* sRing = sQ + Traits::kSmemQ;           // stage s: K (BLOCK_N, D) then V (BLOCK_N, D)
   __shared__ int s_lo, s_hi;
 
+  // The split merge (combine_decode.cuh) may be scheduled now: it waits for this grid's end.
+  grid::allow_dependents();
   const auto tile = DecodeTileScheduler::get(p.m_blocks);
   const int b = tile.b, h0 = tile.head_tile * p.heads_per_tile;
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
@@ -183,13 +196,13 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   auto row_at = [&](int r) {
     const int pr = r0 + r;
     const int h = h0 + pr / p.Lq, q = q_off + pr % p.Lq;
-    return DecodeRow{h, q, pr < rows_total && q >= 0};
+    return ScoreRow{h, q, pr < rows_total && q >= 0};
   };
   // The CTA's real rows: their heads and query range (inclusive), for the tile rule and clamping.
   int h_lo = 0, h_hi = -1, q_lo = 0, q_hi = -1;
   bool some_not_ok = false;  // padding rows, or rows before the sequence start (anywhere)
   for (int r = 0; r < kRows; ++r) {
-    const DecodeRow row = row_at(r);
+    const ScoreRow row = row_at(r);
     some_not_ok = some_not_ok || !row.ok;
     if (!row.ok) continue;
     if (h_hi < 0) h_lo = row.h, q_lo = row.q;
@@ -199,10 +212,11 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   }
   const bool any_row = h_hi >= 0 && kv_end > 0;
   const bool rows_ragged = some_not_ok;
-  DecodeRow rows[2];
+  // This thread's rows g and g + 8; rows that do not exist stand in as the first real row.
+  PackedRows rows;
   for (int half = 0; half < 2; ++half) {
-    rows[half] = row_at(lane / 4 + 8 * half);
-    if (!rows[half].ok) rows[half] = {h_lo, q_lo, false};
+    rows.rows[half] = row_at(lane / 4 + 8 * half);
+    if (!rows.rows[half].ok) rows.rows[half] = {h_lo, q_lo, false};
   }
 
   Cta cta{p, b, h0 / p.group, kv_end};
@@ -289,24 +303,16 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     // Tile `cur` visible to all, every warp done with the previous stage. A partial tile also
     // learns whether its V holds NaN / inf (masked_products.cuh).
     const bool v_bad =
-        __syncthreads_or(cur.partial && ML::template own_chunks_nonfinite<kBlockN>(sV)) != 0;
+        __syncthreads_or(cur.partial && Cta::own_chunks_nonfinite(sV)) != 0;
     load_next((stage + kStages - 1) % kStages);  // into the stage the previous tile used
     const int n0w = cur.n0 + warp * Traits::kKeysPerWarp;
     if (n0w < kv_end) {  // warp-uniform: a warp past the end has nothing to add
       float s[1][kNT][4];
       ML::gemm_qk(s, q_base, smem_u32(sK + warp * Traits::kKeysPerWarp * kPitch));
       if (units.prescale) scale_scores(s, p.scale_log2);
-      const bool ragged = rows_ragged || n0w + Traits::kKeysPerWarp > kv_end;
-      if (ragged) {
-        decode_score_and_mask<kNoopScore, true, true>(s, score_mod, mask_mod, b, rows, n0w,
-                                                      kv_end, p.scale, cur.partial);
-      } else if (cur.partial) {
-        decode_score_and_mask<kNoopScore, true, false>(s, score_mod, mask_mod, b, rows, n0w,
-                                                       kv_end, p.scale, true);
-      } else if constexpr (!kNoopScore) {
-        decode_score_and_mask<kNoopScore, false, false>(s, score_mod, mask_mod, b, rows, n0w,
-                                                        kv_end, p.scale, false);
-      }
+      score_and_mask_tile<kNoopScore>(s, score_mod, mask_mod, b, rows, n0w, cur.partial,
+                                      rows_ragged || n0w + Traits::kKeysPerWarp > kv_end, kv_end,
+                                      p.scale);
       softmax.template update<true>(s, o, units.mult);
       const T* sVw = sV + warp * Traits::kKeysPerWarp * kPitch;
       if (v_bad) {

@@ -199,9 +199,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocksPerSm)
     ML::gemm_qk(s, q_warp, k_base);
     if (units.prescale) scale_scores(s, p.scale_log2);
     const int row0 = m0 + wrow;
-    score_and_mask_tile<kNoopScore>(s, score_mod, mask_mod, b, h, row0, cur.n0, cur.partial,
-                                    q_ragged || cur.n0 + Traits::kBlockN > p.Lkv, p.Lq, p.Lkv,
-                                    p.scale);
+    score_and_mask_tile<kNoopScore>(s, score_mod, mask_mod, b, ConsecutiveRows{h, row0, p.Lq},
+                                    cur.n0, cur.partial,
+                                    q_ragged || cur.n0 + Traits::kBlockN > p.Lkv, p.Lkv, p.scale);
 
     cta::cp_async_wait<0>();
     // V[cur] visible to all; every warp is done with K[cur]. A partial tile also learns whether

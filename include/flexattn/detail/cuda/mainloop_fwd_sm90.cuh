@@ -219,9 +219,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     if (lane == 0) thread::mbar_arrive(bar.k_empty(st));
 
     if (units.prescale) scale_scores(s1, p.scale_log2);
-    score_and_mask_tile<kNoopScore>(s1, score_mod, mask_mod, b, h, m0 + warp_row, cur.n0,
-                                    cur.partial, q_ragged || cur.n0 + kBlockN > p.Lkv, p.Lq,
-                                    p.Lkv, p.scale);
+    score_and_mask_tile<kNoopScore>(s1, score_mod, mask_mod, b,
+                                    ConsecutiveRows{h, m0 + warp_row, p.Lq}, cur.n0, cur.partial,
+                                    q_ragged || cur.n0 + kBlockN > p.Lkv, p.Lkv, p.scale);
     softmax.update(s1, o1, units.mult);
 
     thread::mbar_wait(bar.v_full(st), parity);

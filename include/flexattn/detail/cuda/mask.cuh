@@ -52,27 +52,53 @@ FLEXATTN_DEV void scale_scores(float (&s)[MT][NT][4], float f) {
       for (int r = 0; r < 4; ++r) s[mi][ni][r] *= f;
 }
 
+// A query row of a thread's score fragment (rows g and g + 8 of each m16 slice, g = lane / 4):
+// head h and query index q as the functors see them, ok false for a row that does not exist
+// (past Lq, padding); such a row's h and q are stand-ins of a real row (no functor sees an index
+// outside the sequence) and its scores become -inf.
+struct ScoreRow {
+  int h, q;
+  bool ok;
+};
+// Where a fragment's rows come from, asked as rows.at<kBounds>(mi, half) (mi: the m16 slice,
+// half: row g or g + 8); without kBounds every row exists and nothing is clamped.
+//   ConsecutiveRows  the prefill kernels' tiles: rows row0, row0 + 1, ... of one head
+//   PackedRows       the decode kernel's tile (mainloop_decode.cuh): its own head and q per row
+struct ConsecutiveRows {
+  int h, row0, Lq;
+  template <bool kBounds>
+  FLEXATTN_DEV ScoreRow at(int mi, int half) const {
+    const int q = row0 + mi * 16 + static_cast<int>(threadIdx.x % 32) / 4 + 8 * half;
+    if constexpr (!kBounds) return {h, q, true};
+    return {h, q < Lq ? q : Lq - 1, q < Lq};
+  }
+};
+struct PackedRows {
+  ScoreRow rows[2];  // this thread's rows g and g + 8 of the one m16 slice
+  template <bool kBounds>
+  FLEXATTN_DEV ScoreRow at(int, int half) const {
+    return rows[half];
+  }
+};
+
 // The per-element path. Output units (what the softmax multiplies by its `mult` to get log2 units):
 //   kNoopScore: s is left as it is (raw q.k, or already scaled), only dropped scores become -inf;
 //   otherwise:  s = score_mod(scale * s, b, h, q_idx, kv_idx) in natural units (mult = log2 e).
 // kPartial evaluates mask_mod where `partial` (a run-time flag, for the one shared copy of the
-// ragged-tile path); kBounds drops lanes past Lq / Lkv (clamping their indices first). Each tile
-// kind compiles to its own straight-line code: a full tile inside the sequence pays for score_mod
-// alone.
+// ragged-tile path); kBounds drops rows that do not exist and keys past Lkv (clamping their
+// indices first). Each tile kind compiles to its own straight-line code: a full tile inside the
+// sequence pays for score_mod alone.
 template <bool kNoopScore, bool kPartial, bool kBounds, int MT, int NT, class ScoreMod,
-          class MaskMod>
+          class MaskMod, class Rows>
 FLEXATTN_DEV void score_and_mask(float (&s)[MT][NT][4], const ScoreMod& score_mod,
-                                 const MaskMod& mask_mod, int b, int h, int row0, int n0, int Lq,
-                                 int Lkv, float scale, bool partial) {
-  const int lane = threadIdx.x % 32;
-  const int g = lane / 4, t = lane % 4;
+                                 const MaskMod& mask_mod, int b, const Rows& rows, int n0, int Lkv,
+                                 float scale, bool partial) {
+  const int t = static_cast<int>(threadIdx.x % 4);
 #pragma unroll
   for (int mi = 0; mi < MT; ++mi) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const int q = row0 + mi * 16 + g + 8 * half;
-      const bool q_in = !kBounds || q < Lq;
-      const int qc = q_in ? q : Lq - 1;
+      const ScoreRow row = rows.template at<kBounds>(mi, half);
 #pragma unroll
       for (int ni = 0; ni < NT; ++ni) {
 #pragma unroll
@@ -81,12 +107,14 @@ FLEXATTN_DEV void score_and_mask(float (&s)[MT][NT][4], const ScoreMod& score_mo
           const bool kv_in = !kBounds || kv < Lkv;
           const int kc = kv_in ? kv : Lkv - 1;
           float& x = s[mi][ni][2 * half + c];
-          bool keep = q_in && kv_in;
+          bool keep = !kBounds || (row.ok && kv_in);
           if constexpr (kPartial) {
-            keep = keep && (!partial || static_cast<bool>(mask_mod(b, h, qc, kc)));
+            keep = keep && (!partial || static_cast<bool>(mask_mod(b, row.h, row.q, kc)));
           }
           float y = x;
-          if constexpr (!kNoopScore) y = static_cast<float>(score_mod(x * scale, b, h, qc, kc));
+          if constexpr (!kNoopScore) {
+            y = static_cast<float>(score_mod(x * scale, b, row.h, row.q, kc));
+          }
           x = keep ? y : thread::neg_inf();
         }
       }
@@ -98,19 +126,18 @@ FLEXATTN_DEV void score_and_mask(float (&s)[MT][NT][4], const ScoreMod& score_mo
 // shares one copy with a run-time partial flag: each extra inlined copy costs registers
 // everywhere (measured on the sm80 kernel: dropping the ragged copies alone sped document masks up
 // by 11% at D = 128). A full tile inside the sequence with no score_mod is left untouched.
-template <bool kNoopScore, int MT, int NT, class ScoreMod, class MaskMod>
+template <bool kNoopScore, int MT, int NT, class ScoreMod, class MaskMod, class Rows>
 FLEXATTN_DEV void score_and_mask_tile(float (&s)[MT][NT][4], const ScoreMod& score_mod,
-                                      const MaskMod& mask_mod, int b, int h, int row0, int n0,
-                                      bool partial, bool ragged, int Lq, int Lkv, float scale) {
+                                      const MaskMod& mask_mod, int b, const Rows& rows, int n0,
+                                      bool partial, bool ragged, int Lkv, float scale) {
   if (ragged) {
-    score_and_mask<kNoopScore, true, true>(s, score_mod, mask_mod, b, h, row0, n0, Lq, Lkv, scale,
+    score_and_mask<kNoopScore, true, true>(s, score_mod, mask_mod, b, rows, n0, Lkv, scale,
                                            partial);
   } else if (partial) {
-    score_and_mask<kNoopScore, true, false>(s, score_mod, mask_mod, b, h, row0, n0, Lq, Lkv,
-                                            scale, true);
+    score_and_mask<kNoopScore, true, false>(s, score_mod, mask_mod, b, rows, n0, Lkv, scale, true);
   } else if constexpr (!kNoopScore) {
-    score_and_mask<kNoopScore, false, false>(s, score_mod, mask_mod, b, h, row0, n0, Lq, Lkv,
-                                             scale, false);
+    score_and_mask<kNoopScore, false, false>(s, score_mod, mask_mod, b, rows, n0, Lkv, scale,
+                                             false);
   }
 }
 
