@@ -41,8 +41,8 @@ struct DecodeCta {
   static constexpr int kBlockN = Traits::kBlockN;
 
   static constexpr int kIters = kBlockN * kChunks / Traits::kNThreads;  // rows per thread
-  // Thread `tid` copies 16-byte chunk idx = it * threads + tid of a tile: row idx / kChunks.
-  // Where the chunks of a row divide the threads (every head dim but 96 and 192) the thread keeps
+  // Copy `it` of thread `tid` moves one 16-byte chunk of a tile. In general that is chunk
+  // idx = it * threads + tid (row idx / kChunks). Where the chunks of a row divide the threads (every head dim but 96 and 192) the thread keeps
   // one chunk column of a run of kIters consecutive rows starting at a multiple of kIters: row r
   // of the run is one add from row r - 1, and where the page size is a multiple of kIters (page
   // 16 at D = 64, 128, 256) the whole run lies in one page, one page id per tile. A warp's copy
