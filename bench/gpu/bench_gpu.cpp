@@ -19,6 +19,8 @@
 // front door, on contiguous K/V and on a PagedKV, timed the same way; their figure is the K/V
 // read bandwidth, TB/s = bytes of the K and V rows attended / time. --rows picks prefill (the
 // variants x shapes above), decode, or both (the default); --quick changes only the prefill rows.
+// Each decode row also prints the GPU's own time per call (calls queued behind a held stream, so
+// the host's validation, allocation and launches are out of it) and the host's enqueue time.
 #include <cuda_runtime.h>
 #include <flexattn/flexattn.h>
 
@@ -33,6 +35,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tools/stock_variants.h"
@@ -153,6 +156,37 @@ double median_ms(const std::function<void(int)>& fn, int warmup = 3, double targ
   cudaEventDestroy(b);
   std::nth_element(t.begin(), t.begin() + t.size() / 2, t.end());
   return t[t.size() / 2];
+}
+
+// The GPU's own time per call, without the host: a host function holds the stream for 100 ms
+// while `calls` calls are enqueued behind it, so they then run back to back; returns
+// {GPU ms per call, host enqueue us per call}. Where the eager median_ms is well above the
+// first, a call is bound by its host side (validation, allocation, launches), not the kernels.
+std::pair<double, double> queued_ms(const std::function<void(int)>& fn, int calls) {
+  cudaEvent_t a, b;
+  cuda_check(cudaEventCreate(&a), "cudaEventCreate");
+  cuda_check(cudaEventCreate(&b), "cudaEventCreate");
+  cuda_check(cudaLaunchHostFunc(
+                 nullptr,
+                 [](void*) {
+                   const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
+                   while (std::chrono::steady_clock::now() < until) {
+                   }
+                 },
+                 nullptr),
+             "cudaLaunchHostFunc");
+  cuda_check(cudaEventRecord(a, nullptr), "cudaEventRecord");
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < calls; ++i) fn(i);
+  const double host_us =
+      std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+  cuda_check(cudaEventRecord(b, nullptr), "cudaEventRecord");
+  cuda_check(cudaEventSynchronize(b), "cudaEventSynchronize");
+  float ms = 0.0f;
+  cuda_check(cudaEventElapsedTime(&ms, a, b), "cudaEventElapsedTime");
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return {double(ms) / calls, host_us / calls};
 }
 
 // Random values ~ uniform with unit variance, never all zero; xorshift keeps 100M values cheap.
@@ -353,6 +387,9 @@ int bench_decode(size_t l2_bytes, CsvOut& csv) {
                    const std::function<void(int)>& fn) {
       try {
         const double ms = median_ms(fn);
+        const auto [gpu_ms, host_us] = queued_ms(fn, 100);
+        std::printf("      %s %s B=%lld: GPU alone %.4f ms per call, host enqueue %.1f us per call\n",
+                    variant, dir.c_str(), (long long)B, gpu_ms, host_us);
         csv.add(Row{variant, int(D), L, B, Hq, dir, ms,
                     4.0 * double(B * Hq) * double(keys) * double(D) / (ms * 1e-3) / 1e12,
                     double(keys) / double(L), Hkv, decode_bytes(B, keys) / (ms * 1e-3) / 1e12});

@@ -22,22 +22,6 @@ namespace flexattn::detail::cuda {
 inline constexpr int kCombineThreads = 128;
 inline constexpr int kMaxSplits = 256;  // decode_plan's clamp
 
-namespace grid {
-// Programmatic dependent launch (PTX griddepcontrol, sm90+; nothing to do before): the
-// dependent kernel waits here until the grid before it has finished and its writes are visible;
-// the earlier kernel lets its dependents be scheduled early with allow_dependents().
-FLEXATTN_DEV void wait_for_prior_grid() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-FLEXATTN_DEV void allow_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-}  // namespace grid
-
 template <int D, class T, class Unit>
 __global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(const DecodeParams p) {
   constexpr int kCols = D / 4;                         // float4 columns of a row

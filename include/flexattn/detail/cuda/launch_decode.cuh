@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 
 #include "../../tensor.h"
@@ -123,7 +124,8 @@ void launch_decode_kernel(DecodeParams p, bool pack_heads, void* stream_ptr,
   using Traits = DecodeConfig<D>;
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
   auto* kernel = &decode_kernel<Traits, T, ScoreMod, MaskMod, Unit>;
-  const int slots = decode_launch_detail::kernel_slots<Traits, T, ScoreMod, MaskMod, Unit>();
+  const int slots = decode_launch_detail::kernel_slots<Traits, T, ScoreMod, MaskMod, Unit>() /
+                    (std::getenv("FLEXATTN_EXP_SLOTS_DIV") ? std::atoi(std::getenv("FLEXATTN_EXP_SLOTS_DIV")) : 1);  // EXPERIMENT: remove
   const DecodePlan plan = decode_plan(p.B, p.Hq, p.group, p.Lq, p.Lkv, pack_heads, Traits::kRows,
                                       Traits::kBlockN, slots);
   p.heads_per_tile = plan.heads_per_tile;
@@ -135,9 +137,13 @@ void launch_decode_kernel(DecodeParams p, bool pack_heads, void* stream_ptr,
     throw Error("flexattn::flex_attention: on Device::cuda the decode kernel takes at most 65535 "
                 "batches and kv head groups");
   }
+  const int64_t rows = static_cast<int64_t>(p.B) * p.Hq * p.Lq;  // the merge's grid
+  if (plan.splits > 1 && rows > INT32_MAX) {
+    throw Error("flexattn::flex_attention: on Device::cuda the decode kernel takes at most "
+                "2^31 - 1 query rows (B x Hq x Lq)");
+  }
   Buffer parts;  // the splits' (out, lse), freed in stream order once the merge is enqueued
   if (plan.splits > 1) {
-    const int64_t rows = static_cast<int64_t>(p.B) * p.Hq * p.Lq;
     parts = Buffer::allocate(static_cast<size_t>(plan.splits * rows * (D + 1)) * sizeof(float),
                              Device::cuda, stream_ptr);
     p.part_out = static_cast<float*>(parts.data());
@@ -150,11 +156,6 @@ void launch_decode_kernel(DecodeParams p, bool pack_heads, void* stream_ptr,
   if (plan.splits > 1) {
     // One CTA per row; on sm90+ a programmatic dependent launch (combine_decode.cuh): its launch
     // overlaps the decode kernel's last CTAs instead of waiting for the kernel boundary.
-    const int64_t rows = static_cast<int64_t>(p.B) * p.Hq * p.Lq;
-    if (rows > INT32_MAX) {
-      throw Error("flexattn::flex_attention: on Device::cuda the decode kernel takes at most "
-                  "2^31 - 1 query rows (B x Hq x Lq)");
-    }
     cudaLaunchConfig_t cfg{};
     cfg.gridDim = dim3(static_cast<unsigned>(rows));
     cfg.blockDim = dim3(kCombineThreads);
@@ -190,22 +191,25 @@ bool decode_takes(const FwdArgs& a, const MaskData& m) {
          decode_unsupported_reason(a.q.dtype, a.dims.D, a.dims.Dv).empty();
 }
 
-// The contiguous forward through the decode kernel (decode_takes() was true): walks the block
-// mask's lists; heads share a tile when the mask is the same for all of them.
+// The contiguous forward through the decode kernel (decode_takes() was true). A mask_mod with a
+// tile rule is walked by its rule, as the paged calls and the CPU's contiguous decode are (the
+// BlockMask's lists were derived from the same mask_mod by create_block_mask), and the query
+// heads of a group always share a tile; otherwise the kernel walks the block mask's lists, and
+// heads share a tile only when the mask is the same for all of them.
 template <unsigned kDims, class Unit, class ScoreMod, class MaskMod, class MaskData>
 bool launch_decode_contiguous(const FwdArgs& a, const MaskData& m, const ScoreMod& score_mod,
                               const MaskMod& mask_mod) {
   using namespace decode_launch_detail;
   DecodeParams p{};  // the views' layout was checked by the forward's make_params
-  static_cast<MaskLists&>(p) = mask_lists(m);
   set_out(p, a.q, a.out, a.lse, a.dims);
   p.k = a.k.data;
   p.v = a.v.data;
   p.k_sb = a.k.stride[0], p.k_sh = a.k.stride[1], p.k_sr = a.k.stride[2];
   p.v_sb = a.v.stride[0], p.v_sh = a.v.stride[1], p.v_sr = a.v.stride[2];
-  p.lists = true;
-  return launch_decode_for<kDims, Unit>(p, a.q.dtype, a.dims.D, m.H == 1, a.stream, score_mod,
-                                        mask_mod);
+  p.lists = !HasTileRule<MaskMod>;
+  if (p.lists) static_cast<MaskLists&>(p) = mask_lists(m);
+  return launch_decode_for<kDims, Unit>(p, a.q.dtype, a.dims.D, !p.lists || m.H == 1, a.stream,
+                                        score_mod, mask_mod);
 }
 
 template <unsigned kDims, class Unit, class ScoreMod, class MaskMod>

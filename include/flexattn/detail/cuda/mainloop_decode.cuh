@@ -5,16 +5,17 @@
 //
 // One CTA = 4 warps = one m16 tile of packed rows (row r: query row i of head h, i fastest) x the
 // keys of its split, streamed through a cp.async ring of kStages tiles of 64 keys. Warp w takes
-// keys [16 w, 16 w + 16) of every tile with its own online softmax (softmax.cuh), so the warps meet
-// only at the ring's barrier; at the end they merge through shared memory with the same merge as
-// the splits (detail/merge.h).
+// keys [16 w, 16 w + 16) of every tile with its own online softmax (softmax.cuh) and loads those
+// rows itself, so each warp runs its own slice of the ring (cp.async groups, __syncwarp) and no
+// warp waits on another inside the loop; at the end they merge through shared memory with the same
+// merge as the splits (detail/merge.h).
 //
 // Hazards:
 // - Keys at or past kv_len[b] are never loaded: their rows are zero-filled, so a cache's stale
 //   rows (NaN / inf included) cannot reach a product; their scores are forced to -inf with
 //   clamped indices (mask.cuh's rule: no functor sees an index past the end).
 // - Keys inside the sequence that mask_mod drops may hold garbage too: a partial tile checks its
-//   V in the ring's barrier and, when it holds NaN / inf, takes the exact product
+//   V (each warp its own rows) and, when they hold NaN / inf, takes the exact product
 //   (masked_products.cuh), as the prefill kernels do.
 // - A kv_len outside [0, capacity] or a page id outside [0, num_pages) cannot be reported from
 //   here: nothing is read through it, and the CTA writes NaN rows instead (paged.h documents it).
@@ -23,7 +24,6 @@
 #include <type_traits>
 
 #include "../merge.h"
-#include "combine_decode.cuh"
 #include "kernel_traits_decode.cuh"
 #include "mainloop_fwd_sm80.cuh"
 #include "mask.cuh"
@@ -38,38 +38,38 @@ template <class Traits, class T, class MaskMod>
 struct DecodeCta {
   static constexpr int kPitch = Traits::kSmemPitch;
   static constexpr int kChunks = Traits::kChunksPerRow;
-  static constexpr int kBlockN = Traits::kBlockN;
+  static constexpr int kWarpRows = Traits::kKeysPerWarp;  // the keys of a tile one warp uses
 
-  static constexpr int kIters = kBlockN * kChunks / Traits::kNThreads;  // rows per thread
-  // Copy `it` of thread `tid` moves one 16-byte chunk of a tile. In general that is chunk
-  // idx = it * threads + tid (row idx / kChunks). Where the chunks of a row divide the threads (every head dim but 96 and 192) the thread keeps
-  // one chunk column of a run of kIters consecutive rows starting at a multiple of kIters: row r
-  // of the run is one add from row r - 1, and where the page size is a multiple of kIters (page
-  // 16 at D = 64, 128, 256) the whole run lies in one page, one page id per tile. A warp's copy
-  // `it` still reads whole rows (32 / kChunks of them, 256 bytes each at D = 128).
-  static constexpr bool kFixedColumn = Traits::kNThreads % kChunks == 0;
+  // Each warp loads the rows it multiplies, rows [16 w, 16 w + 16) of every stage, and nothing
+  // else: the ring is one private ring per warp, and no warp waits on another inside the loop.
+  static constexpr int kIters = kWarpRows * kChunks / 32;  // 16-byte copies per lane per tile
+  // Copy `it` of lane l moves one 16-byte chunk of the warp's rows. In general that is chunk
+  // idx = it * 32 + l (row idx / kChunks). Where a row's chunks divide the warp (every head dim
+  // but 96 and 192) the lane keeps one chunk column of a run of kIters consecutive rows starting
+  // at a multiple of kIters: row r of the run is one add from row r - 1, and where the page size
+  // is a multiple of kIters (page 16 at every such head dim) the run lies in one page.
+  static constexpr bool kFixedColumn = 32 % kChunks == 0;
   const DecodeParams& p;
   int b, hk, kv_end;
   const T* k;  // contiguous: batch b's k; paged: k_pages (both at kv head hk)
   const T* v;
   bool bad = false;  // this thread met a page id outside [0, num_pages)
-  // Page ids of the NEXT tile to load, read one tile ahead (fetch_pages): a cp.async whose
-  // address waited on its page-table load would stall the ring's issue. Lane l of every warp
-  // holds the ids of page slots first_slot + l and first_slot + 32 + l (the second only for
-  // pages of one or two rows), and load_kv hands each thread its rows' ids by warp shuffles:
-  // one table read per lane and tile instead of one per row.
-  int ids[2] = {0, 0};
+  // Page ids of the warp's rows of the NEXT tile to load, read one tile ahead (fetch_pages): a
+  // cp.async whose address waited on its page-table load would stall the ring's issue. Lane l
+  // holds the id of page slot first_slot + l (16 rows span at most 16 pages), and load_kv hands
+  // each lane its rows' ids by warp shuffles: one table read per lane and tile, not per row.
+  int id = 0;
   int first_slot = 0;
 
+  FLEXATTN_DEV static int lane() { return static_cast<int>(threadIdx.x % 32); }
+  // Row (within the warp's 16) and chunk column of copy `it` of this lane.
   FLEXATTN_DEV static int row_of(int it) {
-    const int tid = static_cast<int>(threadIdx.x);
-    if constexpr (kFixedColumn) return tid / kChunks * kIters + it;
-    return (it * Traits::kNThreads + tid) / kChunks;
+    if constexpr (kFixedColumn) return lane() / kChunks * kIters + it;
+    return (it * 32 + lane()) / kChunks;
   }
   FLEXATTN_DEV static int column_of(int it) {
-    const int tid = static_cast<int>(threadIdx.x);
-    if constexpr (kFixedColumn) return tid % kChunks;
-    return (it * Traits::kNThreads + tid) % kChunks;
+    if constexpr (kFixedColumn) return lane() % kChunks;
+    return (it * 32 + lane()) % kChunks;
   }
   // Page slot and row within the page of key t: shifts for a power-of-two page size (the host
   // sets page_shift), a division otherwise.
@@ -80,32 +80,22 @@ struct DecodeCta {
     return p.page_shift >= 0 ? t & (p.page_size - 1) : t % p.page_size;
   }
 
-  // The ids of the pages tile [n0, n0 + BLOCK_N) touches (n0 < kv_end: the walk's tiles are).
+  // The ids of the pages keys [n0, n0 + 16) touch (n0 < kv_end: the warp loads only then).
   FLEXATTN_DEV void fetch_pages(int n0) {
     if (p.page_table == nullptr) return;
-    const int32_t* table = p.page_table + b * p.pt_sb;
-    const int lane = static_cast<int>(threadIdx.x % 32);
     first_slot = page_slot(n0);
-    const int last = page_slot(min(n0 + kBlockN, kv_end) - 1);
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int slot = first_slot + lane + 32 * j;
-      ids[j] = slot <= last ? __ldg(table + slot * p.pt_sp) : 0;
-    }
+    const int slot = first_slot + lane();
+    id = slot <= page_slot(min(n0 + kWarpRows, kv_end) - 1)
+             ? __ldg(p.page_table + b * p.pt_sb + slot * p.pt_sp)
+             : 0;
   }
-  // The id of the page holding key t of the tile fetch_pages last read (all lanes call it).
+  // The id of the page holding key t of the rows fetch_pages last read (all lanes call it).
   FLEXATTN_DEV int page_of(int t) const {
-    const int rel = page_slot(t) - first_slot;  // 0..63
-    int page = __shfl_sync(0xffffffffu, ids[0], rel & 31);
-    if (p.page_size <= 2) {  // warp-uniform
-      const int second = __shfl_sync(0xffffffffu, ids[1], rel & 31);
-      if (rel >= 32) page = second;
-    }
-    return page;
+    return __shfl_sync(0xffffffffu, id, (page_slot(t) - first_slot) & 31);
   }
 
-  // Whether the chunks this thread copied into `smem` (one V stage) hold a NaN / inf: read back
-  // after its own cp.async group completed (rows past the end were zero-filled).
+  // Whether the chunks this lane copied into `smem` (the warp's V rows of one stage) hold a NaN
+  // / inf: read back after its own cp.async group completed (rows past the end were zeroed).
   FLEXATTN_DEV static bool own_chunks_nonfinite(const T* smem) {
     bool bad_chunk = false;
 #pragma unroll
@@ -116,15 +106,16 @@ struct DecodeCta {
     return bad_chunk;
   }
 
-  // K and V rows [n0, n0 + BLOCK_N) into one stage of the ring (fetch_pages(n0) came first); rows
-  // past the end are zeros. Nothing here waits on memory: the page ids are in registers.
+  // K and V rows [n0, n0 + 16) into the warp's rows of one stage (sK, sV point at them;
+  // fetch_pages(n0) came first); rows past the end are zeros. Nothing here waits on memory: the
+  // page ids are in registers.
   FLEXATTN_DEV void load_kv(T* sK, T* sV, int n0) {
-    // One run: contiguous K/V, or a page size that keeps this thread's run of rows in one page
-    // (runs and tiles start at multiples of their lengths). Row r is then base + r * row stride
-    // with one page id for the run; otherwise every row looks its page up.
+    // One run: contiguous K/V, or a page size that keeps this lane's run of rows in one page
+    // (runs start at multiples of their length). Row r is then base + r * row stride with one
+    // page id for the run; otherwise every row looks its page up.
     const bool paged = p.page_table != nullptr;
     const bool one_run = !paged || (kFixedColumn && p.page_size % kIters == 0);
-    int64_t kbase = 0, vbase = 0;  // element offsets of row 0 of the tile (a run: of the run)
+    int64_t kbase = 0, vbase = 0;  // element offsets of row 0 of the rows (a run: of the run)
     bool in = true;
     if (!paged) {  // contiguous: k_sb is already in k
       kbase = static_cast<int64_t>(n0) * p.k_sr;
@@ -271,15 +262,18 @@ __global__ void __launch_bounds__(Traits::kNThreads)
       cta::cp_async_16(smem_u32(sQ + r * kPitch + c * 8), q + off + c * 8, ok);
     }
   }
-  auto stage_k = [&](int st) { return sRing + st * 2 * Traits::kSmemKV; };
-  auto stage_v = [&](int st) { return sRing + (st * 2 + 1) * Traits::kSmemKV; };
+  // The warp's rows of stage st: K (16, D) then, kSmemKV further, V.
+  const int wrow = warp * Traits::kKeysPerWarp;
+  auto stage_k = [&](int st) { return sRing + st * 2 * Traits::kSmemKV + wrow * kPitch; };
+  auto stage_v = [&](int st) { return sRing + (st * 2 + 1) * Traits::kSmemKV + wrow * kPitch; };
+  // A warp whose keys of a tile start at or past the end loads (and adds) nothing there.
   auto ld = walk.from(walk.begin);  // the next tile to load
-  if (ld.f < walk.end) cta.fetch_pages(ld.n0);
+  if (ld.f < walk.end && ld.n0 + wrow < kv_end) cta.fetch_pages(ld.n0 + wrow);
   auto load_next = [&](int st) {
     if (ld.f < walk.end) {
-      cta.load_kv(stage_k(st), stage_v(st), ld.n0);
+      if (ld.n0 + wrow < kv_end) cta.load_kv(stage_k(st), stage_v(st), ld.n0 + wrow);
       ld = walk.from(ld.f + 1);
-      if (ld.f < walk.end) cta.fetch_pages(ld.n0);
+      if (ld.f < walk.end && ld.n0 + wrow < kv_end) cta.fetch_pages(ld.n0 + wrow);
     }
     cta::cp_async_commit();
   };
@@ -294,31 +288,35 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   OnlineSoftmax<1> softmax;
   const ScoreUnits<kNoopScore> units(p.scale, p.scale_log2);
   const uint32_t q_base = smem_u32(sQ);
+  // Q is the only thing the warps share: once visible to all (it came with the first tile,
+  // which the loop's first wait would wait for anyway), the warps run on their own.
+  cta::cp_async_wait<kStages - 2>();
+  __syncthreads();
 
   int stage = 0;
   for (auto cur = walk.from(walk.begin); cur.f < walk.end; cur = walk.from(cur.f + 1)) {
     cta::cp_async_wait<kStages - 2>();
     T* sK = stage_k(stage);
     T* sV = stage_v(stage);
-    // Tile `cur` visible to all, every warp done with the previous stage. A partial tile also
-    // learns whether its V holds NaN / inf (masked_products.cuh).
-    const bool v_bad =
-        __syncthreads_or(cur.partial && Cta::own_chunks_nonfinite(sV)) != 0;
+    const int n0w = cur.n0 + wrow;
+    // The warp's rows of tile `cur` visible to all its lanes, every lane done with the previous
+    // stage. A partial tile also learns whether its V holds NaN / inf (masked_products.cuh).
+    const bool v_bad = __any_sync(0xffffffffu, cur.partial && n0w < kv_end &&
+                                                   Cta::own_chunks_nonfinite(sV));
+    __syncwarp();
     load_next((stage + kStages - 1) % kStages);  // into the stage the previous tile used
-    const int n0w = cur.n0 + warp * Traits::kKeysPerWarp;
     if (n0w < kv_end) {  // warp-uniform: a warp past the end has nothing to add
       float s[1][kNT][4];
-      ML::gemm_qk(s, q_base, smem_u32(sK + warp * Traits::kKeysPerWarp * kPitch));
+      ML::gemm_qk(s, q_base, smem_u32(sK));
       if (units.prescale) scale_scores(s, p.scale_log2);
       score_and_mask_tile<kNoopScore>(s, score_mod, mask_mod, b, rows, n0w, cur.partial,
                                       rows_ragged || n0w + Traits::kKeysPerWarp > kv_end, kv_end,
                                       p.scale);
       softmax.template update<true>(s, o, units.mult);
-      const T* sVw = sV + warp * Traits::kKeysPerWarp * kPitch;
       if (v_bad) {
-        add_pv_exact(o, s, [&](int kv, int col) { return static_cast<float>(sVw[kv * kPitch + col]); });
+        add_pv_exact(o, s, [&](int kv, int col) { return static_cast<float>(sV[kv * kPitch + col]); });
       } else {
-        ML::gemm_pv(o, s, smem_u32(sVw));
+        ML::gemm_pv(o, s, smem_u32(sV));
       }
     }
     stage = (stage + 1) % kStages;

@@ -183,4 +183,20 @@ FLEXATTN_DEV bool any(bool x, int id, int threads) {
 
 }  // namespace cta
 
+namespace grid {
+// Programmatic dependent launch (PTX griddepcontrol, sm90+; nothing to do before): the
+// dependent kernel waits here until the grid before it has finished and its writes are visible;
+// the earlier kernel lets its dependents be scheduled early with allow_dependents().
+FLEXATTN_DEV void wait_for_prior_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+FLEXATTN_DEV void allow_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+}  // namespace grid
+
 }  // namespace flexattn::detail::cuda
