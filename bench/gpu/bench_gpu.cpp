@@ -5,7 +5,7 @@
 //   flexattn_bench_gpu [--quick] [--csv PATH] [--dims 64,128] [--lens 16384,8192,2048]
 //                      [--tokens 16384] [--heads 16] [--variants noop,causal,...] [--no-bwd]
 //                      [--no-mask-build] [--no-front-door] [--budget-s 240] [--bwd-modes det,nd]
-//                      [--rows prefill,decode]
+//                      [--rows prefill,decode] [--decode-variants noop,sliding_window]
 //
 // Per (variant, D, L) with B = tokens / L, H = heads, bf16: forward, backward (the default,
 // deterministic) and backward with deterministic = false, each the median of CUDA-event timings
@@ -60,6 +60,7 @@ struct Args {
   double budget_s = 240.0;
   std::string csv;
   bool prefill = true, decode = true;  // --rows
+  std::vector<std::string> decode_variants = {"noop", "sliding_window"};  // the decode rows kept
 };
 
 template <class T>
@@ -113,6 +114,8 @@ Args parse(int argc, char** argv) {
       a.mask_build = false;
     } else if (s == "--budget-s") {
       a.budget_s = std::stod(next());
+    } else if (s == "--decode-variants") {
+      a.decode_variants = split_list<std::string>(next());
     } else if (s == "--rows") {
       a.prefill = a.decode = false;
       for (const auto& r : split_list<std::string>(next())) {
@@ -370,7 +373,7 @@ std::vector<fa::Tensor> shuffled_tables(int64_t B, int64_t L, int64_t P, int set
 
 // Returns the number of rows that failed (each is reported and the others still run: the paged
 // rows must not hide the contiguous ones).
-int bench_decode(size_t l2_bytes, CsvOut& csv) {
+int bench_decode(size_t l2_bytes, const std::vector<std::string>& variants, CsvOut& csv) {
   const int64_t Hq = kDecodeHq, Hkv = kDecodeHkv, D = kDecodeD;
   int failures = 0;
   fa::AttentionOptions opts;
@@ -385,6 +388,7 @@ int bench_decode(size_t l2_bytes, CsvOut& csv) {
     // Times fn(i) and writes the row, or reports the failure and goes on.
     auto row = [&](const char* variant, const std::string& dir, int64_t keys,
                    const std::function<void(int)>& fn) {
+      if (std::find(variants.begin(), variants.end(), variant) == variants.end()) return;
       try {
         const double ms = median_ms(fn);
         const auto [gpu_ms, host_us] = queued_ms(fn, 100);
@@ -499,7 +503,7 @@ int main(int argc, char** argv) {
     // Decode first: its rows are few and fixed, so the prefill rows' budget never skips them.
     if (args.decode) {
       try {
-        failures += bench_decode(size_t(prop.l2CacheSize), csv);
+        failures += bench_decode(size_t(prop.l2CacheSize), args.decode_variants, csv);
       } catch (const std::exception& e) {  // setting up the inputs failed
         std::printf("ours  decode FAILED: %s\n", e.what());
         ++failures;

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 
 #include "../../tensor.h"
@@ -31,6 +32,13 @@ inline void check_vector_layout(const TensorView& t, const char* fn, const char*
     throw Error(std::string(fn) + " on Device::cuda needs " + name +
                 " 16-byte aligned with its batch, head and row strides multiples of 8 elements");
   }
+}
+
+// Whether the environment variable FLEXATTN_CUDA_SM80 is 1: tests and benchmarks set it to run
+// the sm80 kernels (and the decode kernel's cp.async path) on a Hopper GPU too.
+inline bool sm80_forced() {
+  const char* e = std::getenv("FLEXATTN_CUDA_SM80");
+  return e != nullptr && e[0] == '1';
 }
 
 // The attention kernels need sm80 or newer; returns the device's compute capability major. The

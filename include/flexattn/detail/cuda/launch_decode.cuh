@@ -12,7 +12,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <cstdlib>
 #include <string>
 
 #include "../../tensor.h"
@@ -124,13 +123,13 @@ void launch_decode_kernel(DecodeParams p, bool pack_heads, void* stream_ptr,
   using Traits = DecodeConfig<D>;
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
   auto* kernel = &decode_kernel<Traits, T, ScoreMod, MaskMod, Unit>;
-  const int slots = decode_launch_detail::kernel_slots<Traits, T, ScoreMod, MaskMod, Unit>() /
-                    (std::getenv("FLEXATTN_EXP_SLOTS_DIV") ? std::atoi(std::getenv("FLEXATTN_EXP_SLOTS_DIV")) : 1);  // EXPERIMENT: remove
+  const int slots = decode_launch_detail::kernel_slots<Traits, T, ScoreMod, MaskMod, Unit>();
   const DecodePlan plan = decode_plan(p.B, p.Hq, p.group, p.Lq, p.Lkv, pack_heads, Traits::kRows,
                                       Traits::kBlockN, slots);
   p.heads_per_tile = plan.heads_per_tile;
   p.m_blocks = plan.m_blocks;
   p.splits = plan.splits;
+  p.bulk = check_device_arch() >= 9 && !sm80_forced();
   const int head_tiles = p.Hq / plan.heads_per_tile;
   if (static_cast<int64_t>(plan.m_blocks) * plan.splits > INT32_MAX || head_tiles > 65535 ||
       p.B > 65535) {

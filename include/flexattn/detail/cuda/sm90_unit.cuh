@@ -21,7 +21,6 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
-#include <cstdlib>
 
 #include "check.cuh"
 
@@ -40,7 +39,7 @@ __device__ int this_unit_has_sm90a = 0;
 // environment variable FLEXATTN_CUDA_SM80 is set to 1 (tests and benchmarks use it to run the
 // sm80 kernels on a Hopper GPU too).
 bool unit_runs_sm90a() {
-  if (const char* e = std::getenv("FLEXATTN_CUDA_SM80"); e != nullptr && e[0] == '1') return false;
+  if (sm80_forced()) return false;
   int dev = 0;
   FLEXATTN_CUDA_CHECK(cudaGetDevice(&dev));
   constexpr int kMaxDevices = 64;
