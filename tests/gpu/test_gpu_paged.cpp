@@ -100,9 +100,11 @@ TEST_F(GpuTest, PagedStockVariantsEveryPageSize) {
 }
 
 // One long sequence: the keys are split across CTAs and merged (decode_split), the sliding
-// window shares out only its own tiles, and a causal speculative step (Lq 4) too.
+// window shares out only its own tiles, and a causal speculative step (Lq 4) too. 313 tiles of
+// 64 keys: the tile rule's span is found over 10 chunks of 32 tiles (DecodeKvWalk::rule_span),
+// the window's in the last one, the document mask's kept tiles scattered over all of them.
 TEST_F(GpuTest, PagedSplitKvLongSequences) {
-  for (const std::string variant : {"noop", "sliding_window", "causal", "softcap"}) {
+  for (const std::string variant : {"noop", "sliding_window", "causal", "softcap", "document"}) {
     PagedShape s;
     s.B = 1;
     s.Hq = 32;

@@ -31,6 +31,7 @@ __global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(const D
   __shared__ float s_total;
   __shared__ float4 s_acc[kGroups][kCols];
   grid::wait_for_prior_grid();
+  grid::allow_dependents();  // the next decode step's kernel may be scheduled (it waits too)
 
   const int64_t rows = static_cast<int64_t>(p.B) * p.Hq * p.Lq;
   const int64_t row = blockIdx.x;

@@ -77,7 +77,6 @@ struct DecodeParams : MaskLists {
   int m_blocks;               // ceil(heads_per_tile * Lq / kRows)
   int splits;                 // CTAs per (m-block, head tile, batch) along the keys
   bool lists;
-  bool bulk;  // sm90+: K/V rows by bulk copies of the copy unit, else cp.async
   float scale, scale_log2;
   // splits > 1: the parts, [splits, B, Hq, Lq, D] and [splits, B, Hq, Lq] f32 (contiguous).
   float* part_out;

@@ -68,6 +68,25 @@ inline DecodePlan decode_plan(int64_t B, int64_t Hq, int64_t group, int64_t Lq, 
 
 namespace decode_launch_detail {
 
+// Launches `kernel` as a programmatic dependent of the work before it on the stream where
+// `pdl` (sm90+; the kernel calls grid::wait_for_prior_grid before touching memory): its CTAs
+// are scheduled while that work finishes instead of after the kernel boundary, which a decode
+// step of a few microseconds feels.
+template <class... KArgs, class... Args>
+void launch_dependent(void (*kernel)(KArgs...), dim3 grid, int threads, int smem,
+                      cudaStream_t stream, bool pdl, const Args&... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(static_cast<unsigned>(threads));
+  cfg.dynamicSmemBytes = static_cast<size_t>(smem);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  if (pdl) cfg.attrs = &attr, cfg.numAttrs = 1;
+  FLEXATTN_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
+}
+
 inline void set_out(DecodeParams& p, const TensorView& q, const TensorView& out,
                     const TensorView& lse, const AttnDims& d) {
   p.q = q.data;
@@ -104,6 +123,11 @@ int kernel_slots() {
   }
   FLEXATTN_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
+  // The merge kernel asks for the same shared-memory carve-out as the decode kernel: an SM that
+  // switches carve-outs between two kernels drains first, and the two alternate every step.
+  FLEXATTN_CUDA_CHECK(cudaFuncSetAttribute(decode_combine_kernel<Traits::kHeadDim, T, Unit>,
+                                           cudaFuncAttributePreferredSharedMemoryCarveout,
+                                           cudaSharedmemCarveoutMaxShared));
   int per_sm = 0, sms = 0;
   FLEXATTN_CUDA_CHECK(
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem_bytes));
@@ -129,7 +153,6 @@ void launch_decode_kernel(DecodeParams p, bool pack_heads, void* stream_ptr,
   p.heads_per_tile = plan.heads_per_tile;
   p.m_blocks = plan.m_blocks;
   p.splits = plan.splits;
-  p.bulk = check_device_arch() >= 9 && !sm80_forced();
   const int head_tiles = p.Hq / plan.heads_per_tile;
   if (static_cast<int64_t>(plan.m_blocks) * plan.splits > INT32_MAX || head_tiles > 65535 ||
       p.B > 65535) {
@@ -148,22 +171,15 @@ void launch_decode_kernel(DecodeParams p, bool pack_heads, void* stream_ptr,
     p.part_out = static_cast<float*>(parts.data());
     p.part_lse = p.part_out + plan.splits * rows * D;
   }
-  kernel<<<DecodeTileScheduler::grid(plan.m_blocks, plan.splits, head_tiles, p.B),
-           Traits::kNThreads, Traits::kSmemBytes, stream>>>(p, score_mod, mask_mod);
-  FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention decode kernel");
+  using decode_launch_detail::launch_dependent;
+  const bool pdl = check_device_arch() >= 9;
+  launch_dependent(kernel, DecodeTileScheduler::grid(plan.m_blocks, plan.splits, head_tiles, p.B),
+                   Traits::kNThreads, Traits::kSmemBytes, stream, pdl, p, score_mod, mask_mod);
   note_launch(plan.splits > 1 ? "decode_split" : "decode");
   if (plan.splits > 1) {
-    // One CTA per row; on sm90+ a programmatic dependent launch (combine_decode.cuh): its launch
-    // overlaps the decode kernel's last CTAs instead of waiting for the kernel boundary.
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = dim3(static_cast<unsigned>(rows));
-    cfg.blockDim = dim3(kCombineThreads);
-    cfg.stream = stream;
-    cudaLaunchAttribute pdl{};
-    pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    pdl.val.programmaticStreamSerializationAllowed = 1;
-    if (check_device_arch() >= 9) cfg.attrs = &pdl, cfg.numAttrs = 1;
-    FLEXATTN_CUDA_CHECK(cudaLaunchKernelEx(&cfg, decode_combine_kernel<D, T, Unit>, p));
+    // One CTA per row, scheduled while the decode kernel finishes (combine_decode.cuh).
+    launch_dependent(decode_combine_kernel<D, T, Unit>, dim3(static_cast<unsigned>(rows)),
+                     kCombineThreads, 0, stream, pdl, p);
   }
 }
 

@@ -30,7 +30,6 @@
 #include "masked_products.cuh"
 #include "softmax.cuh"
 #include "tile_scheduler.cuh"
-#include "tma.cuh"
 #include "utils.cuh"
 
 namespace flexattn::detail::cuda {
@@ -150,56 +149,6 @@ struct DecodeCta {
       cta::cp_async_16_stream(smem_u32(sV + r * kPitch + c * 8), v + (ok ? vo : 0) + c * 8, ok);
     }
   }
-
-  // sm90+: the same rows by the copy unit, one bulk copy per row (lane l: K row l, lane 16 + l:
-  // V row l), completing on the warp's barrier `bar` of this stage. Why: cp.async moves 16 bytes
-  // per request through the load/store unit, whose outstanding requests cap the bytes in flight
-  // per SM below what the memory's latency needs; a bulk copy is one request per row.
-  // Rows that are not copied (past the end, or a bad page) are zeroed by generic stores; the
-  // fence orders them (and this warp's earlier reads of the stage) before the next bulk write.
-  FLEXATTN_DEV void load_kv_bulk(T* sK, T* sV, int n0, uint64_t* bar) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    constexpr uint32_t kRowBytes = kChunks * 16;
-    const int l = lane(), r = l % kWarpRows;
-    const bool is_v = l >= kWarpRows;
-    const int t = n0 + r;
-    const bool ok = t < kv_end;
-    const int64_t sr = is_v ? p.v_sr : p.k_sr;
-    int64_t off = static_cast<int64_t>(t) * sr;
-    bool in = true;
-    if (p.page_table != nullptr) {  // uniform: every lane shuffles
-      const int page = page_of(t);
-      in = page >= 0 && page < p.num_pages;
-      off = static_cast<int64_t>(page) * (is_v ? p.v_sb : p.k_sb) +
-            static_cast<int64_t>(page_row(t)) * sr;
-    }
-    bad = bad || (ok && !in);
-    const bool copy = ok && in;
-    const uint32_t rows = __popc(__ballot_sync(0xffffffffu, copy));
-    if (l == 0) thread::mbar_arrive_expect_bytes(bar, rows * kRowBytes);
-    __syncwarp();
-    T* dst = (is_v ? sV : sK) + r * kPitch;
-    if (copy) {
-      thread::fence_proxy_async_shared();
-      thread::bulk_load(dst, (is_v ? v : k) + off, kRowBytes, bar);
-    } else {
-#pragma unroll
-      for (int c = 0; c < kChunks; ++c) reinterpret_cast<uint4*>(dst)[c] = make_uint4(0, 0, 0, 0);
-    }
-#else
-    (void)sK, (void)sV, (void)n0, (void)bar;
-    __trap();  // decode_kernel never takes the bulk path below sm90 (kCanBulk)
-#endif
-  }
-  // Waits for the phase `parity` of the warp's barrier of a stage (sm90+, as above).
-  FLEXATTN_DEV static void wait_bulk(uint64_t* bar, uint32_t parity) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    thread::mbar_wait(bar, parity);
-#else
-    (void)bar, (void)parity;
-    __trap();
-#endif
-  }
 };
 
 // Unit: the launching translation unit's tag (sm90_unit.cuh).
@@ -216,27 +165,15 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);  // (16, D)
   T* sRing = sQ + Traits::kSmemQ;           // stage s: K (BLOCK_N, D) then V (BLOCK_N, D)
-  __shared__ int s_lo, s_hi;
-  // The bulk path's barriers: one per warp and stage (each warp fills and drains its own rows).
-  __shared__ uint64_t s_full[Traits::kNWarps][kStages];
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  constexpr bool kCanBulk = true;
-#else
-  constexpr bool kCanBulk = false;
-#endif
-  const bool bulk = kCanBulk && p.bulk;
+  __shared__ int s_span[4];  // DecodeKvWalk::rule_span's scratch
 
-  // The split merge (combine_decode.cuh) may be scheduled now: it waits for this grid's end.
+  // sm90+: launched as a programmatic dependent of the work before it on the stream (which may
+  // write q, K/V, kv_len or the page table): nothing is read, and nothing written, before this
+  // wait, which returns once that work has finished and its writes are visible. The split merge
+  // (combine_decode.cuh) may then be scheduled: it waits for this grid's end in turn.
+  grid::wait_for_prior_grid();
   grid::allow_dependents();
   const auto tile = DecodeTileScheduler::get(p.m_blocks);
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (bulk && threadIdx.x == 0) {
-    for (int w = 0; w < Traits::kNWarps; ++w)
-      for (int st = 0; st < kStages; ++st) thread::mbar_init(&s_full[w][st], 1);
-    ::cuda::ptx::fence_mbarrier_init(::cuda::ptx::sem_release, ::cuda::ptx::scope_cluster);
-  }
-#endif
-  __syncthreads();  // the barriers initialised before any warp loads
   const int b = tile.b, h0 = tile.head_tile * p.heads_per_tile;
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
 
@@ -298,19 +235,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     const int tiles = (kv_end + kBlockN - 1) / kBlockN;
     hi = tiles;
     if constexpr (HasTileRule<MaskMod> && !std::is_same_v<MaskMod, NoopMask>) {
-      // First and last tile the rule keeps, so the splits share out only that span.
-      if (threadIdx.x == 0) s_lo = tiles, s_hi = -1;
-      __syncthreads();
-      int my_lo = tiles, my_hi = -1;
-      walk.end = tiles;
-      for (int f = static_cast<int>(threadIdx.x); f < tiles; f += kThreads) {
-        if (walk.at(f).n0 >= 0) my_lo = min(my_lo, f), my_hi = max(my_hi, f);
-      }
-      if (my_hi >= 0) atomicMin(&s_lo, my_lo), atomicMax(&s_hi, my_hi);
-      __syncthreads();
-      lo = s_lo;
-      hi = s_hi + 1;
-      if (hi <= lo) lo = hi = 0;
+      walk.template rule_span<kThreads>(tiles, s_span, lo, hi);  // the splits share only that
     }
   }
   const int per = (hi - lo + p.splits - 1) / p.splits;
@@ -338,10 +263,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   if (ld.f < walk.end && ld.n0 + wrow < kv_end) cta.fetch_pages(ld.n0 + wrow);
   auto load_next = [&](int st) {
     if (ld.f < walk.end) {
-      if (ld.n0 + wrow < kv_end) {
-        if (bulk) cta.load_kv_bulk(stage_k(st), stage_v(st), ld.n0 + wrow, &s_full[warp][st]);
-        else cta.load_kv(stage_k(st), stage_v(st), ld.n0 + wrow);
-      }
+      if (ld.n0 + wrow < kv_end) cta.load_kv(stage_k(st), stage_v(st), ld.n0 + wrow);
       ld = walk.from(ld.f + 1);
       if (ld.f < walk.end && ld.n0 + wrow < kv_end) cta.fetch_pages(ld.n0 + wrow);
     }
@@ -364,17 +286,11 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   __syncthreads();
 
   int stage = 0;
-  uint32_t parity = 0;  // bulk: bit st = the phase parity stage st completes next
   for (auto cur = walk.from(walk.begin); cur.f < walk.end; cur = walk.from(cur.f + 1)) {
+    cta::cp_async_wait<kStages - 2>();
     T* sK = stage_k(stage);
     T* sV = stage_v(stage);
     const int n0w = cur.n0 + wrow;
-    if (!bulk) {
-      cta::cp_async_wait<kStages - 2>();
-    } else if (n0w < kv_end) {  // the stage was filled (load_next's test)
-      Cta::wait_bulk(&s_full[warp][stage], (parity >> stage) & 1u);
-      parity ^= 1u << stage;
-    }
     // The warp's rows of tile `cur` visible to all its lanes, every lane done with the previous
     // stage. A partial tile also learns whether its V holds NaN / inf (masked_products.cuh).
     const bool v_bad = __any_sync(0xffffffffu, cur.partial && n0w < kv_end &&
