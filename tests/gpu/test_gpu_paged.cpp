@@ -101,8 +101,9 @@ TEST_F(GpuTest, PagedStockVariantsEveryPageSize) {
 
 // One long sequence: the keys are split across CTAs and merged (decode_split), the sliding
 // window shares out only its own tiles, and a causal speculative step (Lq 4) too. 313 tiles of
-// 64 keys: the tile rule's span is found over 10 chunks of 32 tiles (DecodeKvWalk::rule_span),
-// the window's in the last one, the document mask's kept tiles scattered over all of them.
+// 64 keys: the tile rule's span is found over 105 chunks of 3 tiles (DecodeKvWalk::rule_span),
+// the window's in the last ones, the document mask's kept tiles scattered over all of them (its
+// rule calls a chunk of mixed documents partial where none of its tiles keeps a key).
 TEST_F(GpuTest, PagedSplitKvLongSequences) {
   for (const std::string variant : {"noop", "sliding_window", "causal", "softcap", "document"}) {
     PagedShape s;

@@ -167,23 +167,25 @@ struct DecodeKvWalk {
   // Under a tile rule, every thread of the CTA together (a barrier inside): [lo, hi) from the
   // first to the last of tiles [0, tiles) that are not empty, lo = hi = 0 when all are. `span`:
   // 4 ints of shared memory.
-  // Two passes, so that a long context costs a few rule calls per thread, not tiles / threads
-  // of them (a sliding-window step at 128k keys, 2048 tiles: 22.1 -> 19.8 us on an H200): chunks of
-  // kSpanTiles tiles first (an `empty` answer is exact for any range), then the tiles of the
-  // first and the last chunk that is not empty. Where such a chunk holds no kept tile after all
-  // (its answer was partial or unknown), its own edge stands: the span may include empty tiles,
-  // which next() skips, and never leaves out a kept one.
+  // Two passes, so that a long context costs each thread about one rule call, not tiles /
+  // threads of them (a sliding-window step at 128k keys, 2048 tiles: 22.1 -> 19.8 us on an
+  // H200): chunks of ceil(tiles / threads) tiles first, one per thread (an `empty` answer is
+  // exact for any range; a rule that scans its range, as the document mask's does, reads no more
+  // per thread than one call per tile did), then the tiles of the first and the last chunk that
+  // is not empty, one per thread. Where such a chunk holds no kept tile after all (its answer
+  // was partial or unknown), its own edge stands: the span may include empty tiles, which next()
+  // skips, and never leaves out a kept one.
   template <int kThreads>
   FLEXATTN_DEV void rule_span(int tiles, int* span, int& lo, int& hi) const {
-    constexpr int kSpanTiles = 32;
-    static_assert(kThreads >= 2 * kSpanTiles, "one thread per tile of the two edge chunks");
+    // Chunks of at most kThreads / 2 tiles, so that the second pass is one tile per thread.
+    const int chunk = min((tiles + kThreads - 1) / kThreads, kThreads / 2);
     const int tid = static_cast<int>(threadIdx.x);
-    const int chunks = (tiles + kSpanTiles - 1) / kSpanTiles;
+    const int chunks = (tiles + chunk - 1) / chunk;
     if (tid == 0) span[0] = chunks, span[1] = -1, span[2] = tiles, span[3] = -1;
     __syncthreads();
     for (int c = tid; c < chunks; c += kThreads) {
-      const int k0 = c * kSpanTiles * kBlockN;
-      const int k1 = min(k0 + kSpanTiles * kBlockN, kv_end);
+      const int k0 = c * chunk * kBlockN;
+      const int k1 = min(k0 + chunk * kBlockN, kv_end);
       if (classify(k0, k1) != TileKind::empty) atomicMin(&span[0], c), atomicMax(&span[1], c);
     }
     __syncthreads();
@@ -192,19 +194,19 @@ struct DecodeKvWalk {
       lo = hi = 0;
       return;
     }
-    // Threads [0, kSpanTiles) look for the first kept tile of chunk c_lo, the next kSpanTiles
-    // threads for the last kept tile of chunk c_hi (the same chunk when c_lo == c_hi).
-    if (tid < 2 * kSpanTiles) {
-      const bool first = tid < kSpanTiles;
-      const int f = (first ? c_lo : c_hi) * kSpanTiles + tid % kSpanTiles;
+    // Threads [0, chunk) look for the first kept tile of chunk c_lo, the next `chunk` threads
+    // for the last kept tile of chunk c_hi (the same chunk when c_lo == c_hi).
+    if (tid < 2 * chunk) {
+      const bool first = tid < chunk;
+      const int f = (first ? c_lo : c_hi) * chunk + tid % chunk;
       if (f < tiles && at(f).n0 >= 0) {
         if (first) atomicMin(&span[2], f);
         else atomicMax(&span[3], f);
       }
     }
     __syncthreads();
-    lo = span[2] < tiles ? span[2] : c_lo * kSpanTiles;
-    hi = span[3] >= 0 ? span[3] + 1 : min((c_hi + 1) * kSpanTiles, tiles);
+    lo = span[2] < tiles ? span[2] : c_lo * chunk;
+    hi = span[3] >= 0 ? span[3] + 1 : min((c_hi + 1) * chunk, tiles);
   }
 
   // The first tile at flat index >= f that is not skipped.
