@@ -29,6 +29,7 @@
 #pragma once
 
 #include "config.h"
+#include "detail/device_std.h"
 
 #if !defined(__CUDACC_RTC__)
 #include <cmath>
@@ -48,7 +49,7 @@ struct Dual {
 namespace math_detail {
 // d * f', zero where d is zero whatever f' is (the chain-rule convention above).
 FLEXATTN_HD inline float chain(float d, float fprime) { return d == 0.0f ? 0.0f : d * fprime; }
-FLEXATTN_HD constexpr float inf() { return __builtin_huge_valf(); }
+FLEXATTN_HD constexpr float inf() { return fstd::numeric_limits<float>::infinity(); }
 // 1 / x with +inf at +-0 (the derivative of log at its domain edge; 1 / -0 would be -inf).
 FLEXATTN_HD inline float log_slope(float x) { return x == 0.0f ? inf() : 1.0f / x; }
 }  // namespace math_detail

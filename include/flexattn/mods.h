@@ -14,14 +14,12 @@
 // builder then evaluates that tile element by element).
 #pragma once
 
-#include <cstdint>
-
 #include "config.h"
+#include "detail/device_std.h"
 #include "math.h"
 
 #if !defined(__CUDACC_RTC__)
 #include <cmath>
-#include <concepts>
 #include <string>
 
 #include "tensor.h"  // flexattn::Error, thrown by the stock constructors below
@@ -31,29 +29,29 @@ namespace flexattn {
 
 enum class TileKind : unsigned char { empty = 0, partial = 1, full = 2, unknown = 3 };
 
-#if !defined(__CUDACC_RTC__)
 // ---- concepts -----------------------------------------------------------------------------------
 template <class F>
-concept ScoreModFunctor = std::copy_constructible<F> && requires(const F& f, float s, int i) {
-  { f(s, i, i, i, i) } -> std::convertible_to<float>;
+concept ScoreModFunctor = fstd::copy_constructible<F> && requires(const F& f, float s, int i) {
+  { f(s, i, i, i, i) } -> fstd::convertible_to<float>;
 };
 template <class F>
 concept DifferentiableScoreModFunctor = ScoreModFunctor<F> && requires(const F& f, Dual s, int i) {
-  { f(s, i, i, i, i) } -> std::convertible_to<Dual>;
+  { f(s, i, i, i, i) } -> fstd::convertible_to<Dual>;
 };
 template <class F>
-concept MaskModFunctor = std::copy_constructible<F> && requires(const F& f, int i) {
-  { f(i, i, i, i) } -> std::convertible_to<bool>;
+concept MaskModFunctor = fstd::copy_constructible<F> && requires(const F& f, int i) {
+  { f(i, i, i, i) } -> fstd::convertible_to<bool>;
 };
 template <class F>
 concept HasTileRule = requires(const F& f, int i) {
-  { f.tile_kind(i, i, i, i, i, i) } -> std::same_as<TileKind>;
+  { f.tile_kind(i, i, i, i, i, i) } -> fstd::same_as<TileKind>;
 };
 
+#if !defined(__CUDACC_RTC__)
 namespace detail {
 template <class S>
 constexpr void check_score_mod() {
-  static_assert(std::copy_constructible<S>, "flexattn: a score_mod must be copyable");
+  static_assert(fstd::copy_constructible<S>, "flexattn: a score_mod must be copyable");
   static_assert(ScoreModFunctor<S>,
                 "flexattn: score_mod must be callable as score_mod(float score, int b, int h, int "
                 "q_idx, int kv_idx) const and return the new score; write it as "
@@ -70,7 +68,7 @@ constexpr void check_differentiable_score_mod() {
 }
 template <class M>
 constexpr void check_mask_mod() {
-  static_assert(std::copy_constructible<M>, "flexattn: a mask_mod must be copyable");
+  static_assert(fstd::copy_constructible<M>, "flexattn: a mask_mod must be copyable");
   static_assert(MaskModFunctor<M>,
                 "flexattn: mask_mod must be callable as mask_mod(int b, int h, int q_idx, int "
                 "kv_idx) const and return bool (true keeps the score)");
@@ -216,34 +214,27 @@ namespace detail {
   throw Error(std::string("flexattn::") + fn + ": " + what);
 }
 }  // namespace detail
-#endif
 
 inline CausalMask causal() { return {}; }
 inline SlidingWindowMask sliding_window(int w) {
-#if !defined(__CUDACC_RTC__)
   if (w < 0) {
     detail::bad_mod_parameter("sliding_window", "w is " + std::to_string(w) + "; expected >= 0");
   }
-#endif
   return {w};
 }
 inline PrefixLMMask prefix_lm(int prefix_len) {
-#if !defined(__CUDACC_RTC__)
   if (prefix_len < 0) {
     detail::bad_mod_parameter("prefix_lm",
                               "prefix_len is " + std::to_string(prefix_len) + "; expected >= 0");
   }
-#endif
   return {prefix_len};
 }
 // doc_ids must hold max(q_len, kv_len) ids on the tensors' device; a null pointer is refused.
 inline DocumentMask document(const int32_t* doc_ids) {
-#if !defined(__CUDACC_RTC__)
   if (doc_ids == nullptr) {
     detail::bad_mod_parameter("document",
                               "doc_ids is null; expected a pointer to one int32 id per position");
   }
-#endif
   return {doc_ids};
 }
 inline NoopMask noop_mask() { return {}; }
@@ -270,6 +261,7 @@ template <class M>
 NotMask<M> not_mask(M m) {
   return {m};
 }
+#endif  // !__CUDACC_RTC__
 
 // ---- stock score_mods ---------------------------------------------------------------------------
 struct NoopScore {
@@ -345,30 +337,28 @@ struct Composed {
   }
 };
 
+#if !defined(__CUDACC_RTC__)  // the host-side constructors, as for the masks
 inline NoopScore noop_score() { return {}; }
 inline RelativePosition relative_position() { return {}; }
 inline Alibi alibi(int num_heads) {
-#if !defined(__CUDACC_RTC__)
   if (num_heads < 1) {
     detail::bad_mod_parameter("alibi",
                               "num_heads is " + std::to_string(num_heads) + "; expected >= 1");
   }
-#endif
   return {num_heads};
 }
 inline Softcap softcap(float cap) {
-#if !defined(__CUDACC_RTC__)
   // cap = 0 divides by zero (NaN gradients); a NaN or infinite cap is no cap at all.
   if (!std::isfinite(cap) || !(cap > 0.0f)) {
     detail::bad_mod_parameter("softcap", "cap is " + std::to_string(cap) +
                                              "; expected a finite value > 0");
   }
-#endif
   return {cap};
 }
 template <class F, class G>
 Composed<F, G> compose(F f, G g) {
   return {f, g};
 }
+#endif
 
 }  // namespace flexattn

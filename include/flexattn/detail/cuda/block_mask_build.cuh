@@ -18,13 +18,16 @@
 // synchronisation (the default pool trims to zero), more than the kernels themselves.
 #pragma once
 
+#include "../../mods.h"
+#include "../device_std.h"
+
+#if !defined(__CUDACC_RTC__)  // the host side: the launches
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cstdint>
 
-#include "../../mods.h"
 #include "check.cuh"
+#endif
 
 namespace flexattn::detail::cuda {
 
@@ -186,13 +189,15 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+#if !defined(__CUDACC_RTC__)
 // Grid for a grid-stride kernel: enough blocks to cover `work`, capped (the loop covers the rest).
 inline unsigned grid_for(int64_t work, int per_block) {
   return static_cast<unsigned>(std::clamp<int64_t>((work + per_block - 1) / per_block, 1, 1 << 20));
 }
-
+#endif
 }  // namespace block_mask_impl
 
+#if !defined(__CUDACC_RTC__)
 // Fills every list of `d` (allocated on the GPU by BlockMaskData::allocate) on `stream`
 // (a cudaStream_t; nullptr is the default stream). Returns before the kernels finish. `Unit`: the
 // calling translation unit's tag (ThisUnit in a user's .cu, LibraryUnit in the library).
@@ -219,5 +224,6 @@ void build_block_mask_device(const MaskMod& mask_mod, BlockMaskData& d, void* st
       i32(d.full_q_idx));
   FLEXATTN_CUDA_CHECK_LAUNCH("create_block_mask: column_lists_kernel");
 }
+#endif
 
 }  // namespace flexattn::detail::cuda

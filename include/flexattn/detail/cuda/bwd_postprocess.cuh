@@ -3,7 +3,7 @@
 // The scale is applied once here rather than to every partial sum the main kernel adds.
 #pragma once
 
-#include <cstdint>
+#include "../device_std.h"
 
 #include "kernel_traits_bwd.cuh"
 #include "utils.cuh"

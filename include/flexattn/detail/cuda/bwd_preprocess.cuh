@@ -10,7 +10,7 @@
 // exp2(-inf - (-inf)) would be NaN. Padding rows past Lq get the same +inf and delta 0.
 #pragma once
 
-#include <cstdint>
+#include "../device_std.h"
 
 #include "kernel_traits_bwd.cuh"
 #include "utils.cuh"

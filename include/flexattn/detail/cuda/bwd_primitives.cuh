@@ -9,8 +9,7 @@
 // the unrolled GEMM issues ldmatrix with immediate offsets and no address arithmetic.
 #pragma once
 
-#include <cstdint>
-#include <type_traits>
+#include "../device_std.h"
 
 #include "../../math.h"
 #include "launch_record.h"
@@ -169,17 +168,17 @@ FLEXATTN_DEV float prob_and_grad(float& x, const ScoreMod& score_mod, const Mask
   return p;
 }
 
-// Calls f(check, exact) with the flags as std::bool_constant: the three forms of a tile's
+// Calls f(check, exact) with the flags as fstd::bool_constant: the three forms of a tile's
 // probabilities. The exact form is rare, so it has one copy, with the checks (harmless on a
 // full tile: its partial flag is false and every index is in range).
 template <class F>
 FLEXATTN_DEV void with_prob_form(bool check, bool exact, const F& f) {
   if (exact) {
-    f(std::true_type{}, std::true_type{});
+    f(fstd::true_type{}, fstd::true_type{});
   } else if (check) {
-    f(std::true_type{}, std::false_type{});
+    f(fstd::true_type{}, fstd::false_type{});
   } else {
-    f(std::false_type{}, std::false_type{});
+    f(fstd::false_type{}, fstd::false_type{});
   }
 }
 

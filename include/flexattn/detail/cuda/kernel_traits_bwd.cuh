@@ -31,7 +31,7 @@
 // whose block_kv is not a multiple of BLOCK_N is still run correctly, densely (launch_bwd.cuh).
 #pragma once
 
-#include <cstdint>
+#include "../device_std.h"
 
 #include "../../config.h"
 #include "launch_record.h"

@@ -13,7 +13,7 @@
 // ldmatrix and cp.async without a swizzle.
 #pragma once
 
-#include <cstdint>
+#include "../device_std.h"
 
 #include "mask_lists.cuh"
 

@@ -20,7 +20,7 @@
 // registers, not shared memory, cap the CTAs per SM.
 #pragma once
 
-#include <cstdint>
+#include "../device_std.h"
 
 #include "mask_lists.cuh"
 

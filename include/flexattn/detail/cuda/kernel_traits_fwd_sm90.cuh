@@ -21,9 +21,8 @@
 // Other head dims take the sm80 kernel on Hopper too.
 #pragma once
 
-#include <cuda.h>
-
 #include "kernel_traits_fwd.cuh"
+#include "tensor_map.h"
 
 namespace flexattn::detail::cuda {
 

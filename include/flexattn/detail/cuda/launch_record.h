@@ -15,15 +15,11 @@
 // would make ptxas serialise the sm90 kernel's wgmma pipeline.
 #pragma once
 
+#if !defined(__CUDACC_RTC__)
 #include <string>
+#endif
 
 namespace flexattn::detail::cuda {
-
-// kernel_name must outlive every later last_launch() (a string literal): it is kept, not copied.
-void note_launch(const char* kernel_name);
-
-// The name of this thread's last note_launch; "" before the first.
-const char* last_launch();
 
 struct DqStallRecord {
   int stalled;  // 1 once a kernel wrote the fields below
@@ -31,11 +27,19 @@ struct DqStallRecord {
   int rank, counter;  // the turn the CTA waited for, the q tile's counter it saw
 };
 
+#if !defined(__CUDACC_RTC__)  // the host side; under NVRTC only the record's layout
+// kernel_name must outlive every later last_launch() (a string literal): it is kept, not copied.
+void note_launch(const char* kernel_name);
+
+// The name of this thread's last note_launch; "" before the first.
+const char* last_launch();
+
 // The record as the device writes it (allocated on the first call, never freed); nullptr when the
 // driver refuses the allocation (the watchdog then stops the kernel without a record).
 DqStallRecord* dq_stall_record();
 
 // "" until a kernel wrote the record; then "; " and a sentence for an Error message.
 std::string dq_stall_message();
+#endif
 
 }  // namespace flexattn::detail::cuda

@@ -38,8 +38,7 @@
 //  - empty rows (lse = -inf): lse2 = +inf (bwd_preprocess.cuh) makes P = 0, never NaN.
 #pragma once
 
-#include <cstdint>
-#include <type_traits>
+#include "../device_std.h"
 
 #include "../../math.h"
 #include "../../mods.h"
@@ -377,7 +376,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, Cfg::kMinBlocksPerSm)
           }
         }
       };
-      check ? form_ds(std::true_type{}) : form_ds(std::false_type{});
+      check ? form_ds(fstd::true_type{}) : form_ds(fstd::false_type{});
       __syncthreads();  // P and dS complete
 
       // ---- dV += P^T dO ---------------------------------------------------------------------

@@ -30,8 +30,7 @@
 // the barrier that publishes the tile.
 #pragma once
 
-#include <cstdint>
-#include <type_traits>
+#include "../device_std.h"
 
 #include "bwd_primitives.cuh"
 #include "epilogue_fwd.cuh"
@@ -354,7 +353,7 @@ __global__ void __launch_bounds__(Cfg::kNThreads, 1)
           }
         }
       };
-      check ? form_ds(std::true_type{}) : form_ds(std::false_type{});
+      check ? form_ds(fstd::true_type{}) : form_ds(fstd::false_type{});
       bwd90::to_a_fragments<T>(s, dsa);
 
       // ---- dV_w += P^T dO, dK_w += dS^T Q (in flight across the barrier and the dQ product) --

@@ -21,7 +21,7 @@
 //   here: nothing is read through it, and the CTA writes NaN rows instead (paged.h documents it).
 #pragma once
 
-#include <type_traits>
+#include "../device_std.h"
 
 #include "../merge.h"
 #include "kernel_traits_decode.cuh"
@@ -234,7 +234,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   } else if (any_row) {
     const int tiles = (kv_end + kBlockN - 1) / kBlockN;
     hi = tiles;
-    if constexpr (HasTileRule<MaskMod> && !std::is_same_v<MaskMod, NoopMask>) {
+    if constexpr (HasTileRule<MaskMod> && !fstd::is_same_v<MaskMod, NoopMask>) {
       walk.template rule_span<kThreads>(tiles, s_span, lo, hi);  // the splits share only that
     }
   }

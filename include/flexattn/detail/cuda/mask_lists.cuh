@@ -2,7 +2,7 @@
 // backward parameter blocks (both derive from it), filled in one place.
 #pragma once
 
-#include <cstdint>
+#include "../device_std.h"
 
 namespace flexattn::detail::cuda {
 
@@ -20,6 +20,7 @@ struct MaskLists {
   int nqb, nkvb, block_q, block_kv;
 };
 
+#if !defined(__CUDACC_RTC__)  // host side
 // MaskData is BlockMaskData, a template parameter only so that this header needs no complete type
 // (block_mask.h includes dispatch.h, which includes the launchers).
 template <class MaskData>
@@ -31,5 +32,6 @@ MaskLists mask_lists(const MaskData& m) {
                    static_cast<int>(m.H), static_cast<int>(m.nqb), static_cast<int>(m.nkvb),
                    m.block_q,           m.block_kv};
 }
+#endif
 
 }  // namespace flexattn::detail::cuda

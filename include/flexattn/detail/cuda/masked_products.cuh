@@ -17,8 +17,7 @@
 // is row 16 mi + g + 8 (r / 2), column 8 ni + 2 t + r % 2 of the warp's tile.
 #pragma once
 
-#include <cstdint>
-#include <type_traits>
+#include "../device_std.h"
 
 #include "utils.cuh"
 
@@ -28,7 +27,7 @@ namespace flexattn::detail::cuda {
 template <class T>
 FLEXATTN_DEV bool has_nonfinite(uint4 w) {
   static_assert(is_half_type<T>, "has_nonfinite: T is __half or __nv_bfloat16");
-  constexpr uint32_t e = std::is_same_v<T, __half> ? 0x7c00u : 0x7f80u;
+  constexpr uint32_t e = fstd::is_same_v<T, __half> ? 0x7c00u : 0x7f80u;
   auto bad = [](uint32_t x) { return (x & e) == e || ((x >> 16) & e) == e; };
   return bad(w.x) || bad(w.y) || bad(w.z) || bad(w.w);
 }

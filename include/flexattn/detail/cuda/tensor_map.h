@@ -4,6 +4,13 @@
 // no special load. Plain C++ (built by the host compiler in src/cuda/tma.cpp).
 #pragma once
 
+#if defined(__CUDACC_RTC__)
+// NVRTC has no <cuda.h>: the driver API's opaque type, with its layout (16 x 8 bytes, 64-byte
+// aligned), for the kernels' parameters; maps are built on the host only.
+typedef struct CUtensorMap_st {
+  alignas(64) unsigned long long opaque[16];
+} CUtensorMap;
+#else
 #include <cuda.h>  // CUtensorMap (a type only: nothing from the driver library is linked)
 
 #include <cstdint>
@@ -17,3 +24,4 @@ bool make_tile_map(CUtensorMap& map, const void* base, const int64_t (&shape)[4]
                    const int64_t (&stride)[4], int box_rows);
 
 }  // namespace flexattn::detail::cuda
+#endif

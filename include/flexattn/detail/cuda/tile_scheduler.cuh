@@ -7,8 +7,7 @@
 // BLOCK_N-wide kernel tiles. Skipped blocks are never listed, so never loaded.
 #pragma once
 
-#include <cstdint>
-#include <type_traits>
+#include "../device_std.h"
 
 #include "../../mods.h"
 #include "kernel_traits_decode.cuh"
@@ -22,7 +21,7 @@ namespace flexattn::detail::cuda {
 // q tiles run in reverse: under causal-like masks the last rows see the most keys, and starting
 // the heaviest tiles first keeps the SMs busy to the end instead of finishing on a long tail.
 struct FwdTileScheduler {
-  static dim3 grid(int num_m_tiles, int heads, int batch) {
+  FLEXATTN_HD static dim3 grid(int num_m_tiles, int heads, int batch) {
     return dim3(static_cast<unsigned>(num_m_tiles), static_cast<unsigned>(heads),
                 static_cast<unsigned>(batch));
   }
@@ -94,7 +93,7 @@ struct KvTileIter {
 // head), z = batch. The splits of one (head tile, batch) are neighbours, so their K/V ranges are
 // read close together in time.
 struct DecodeTileScheduler {
-  static dim3 grid(int m_blocks, int splits, int head_tiles, int batch) {
+  FLEXATTN_HD static dim3 grid(int m_blocks, int splits, int head_tiles, int batch) {
     return dim3(static_cast<unsigned>(m_blocks * splits), static_cast<unsigned>(head_tiles),
                 static_cast<unsigned>(batch));
   }
@@ -136,7 +135,7 @@ struct DecodeKvWalk {
   // Tile kind of keys [k0, k1) for every head of the CTA: empty if empty for all, full if full for
   // all, else partial (exact per element). Without a tile rule every tile is partial.
   FLEXATTN_DEV TileKind classify(int k0, int k1) const {
-    if constexpr (std::is_same_v<MaskMod, NoopMask>) {
+    if constexpr (fstd::is_same_v<MaskMod, NoopMask>) {
       return TileKind::full;
     } else if constexpr (HasTileRule<MaskMod>) {
       bool all_empty = true, all_full = true;

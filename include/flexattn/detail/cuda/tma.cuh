@@ -5,7 +5,7 @@
 // A copy is described by a CUtensorMap built on the host (tensor_map.h).
 #pragma once
 
-#include <cstdint>
+#include "../device_std.h"
 
 #include "tensor_map.h"
 #include "utils.cuh"

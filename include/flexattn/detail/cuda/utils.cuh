@@ -19,7 +19,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <cstdint>
+#include "../device_std.h"
 
 #define FLEXATTN_DEV __device__ __forceinline__
 
