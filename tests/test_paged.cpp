@@ -112,7 +112,9 @@ TEST_P(Paged, CustomFunctors) {
   check_case(s, dt, lambda_score(), lambda_mask());
   check_case(s, dt, CustomScore{}, KillRowsMask{});
   check_case(s, dt, noop_score(), NothingMask{});  // every row out 0, lse -inf
-  s.page_size = 16;  // 16-key chunks: the two heads of a tile see empty and partial chunks
+  // f32 reads these pages in place, a chunk per page (kInPlaceMinPage keys): the two heads of a
+  // tile see empty and partial chunks.
+  s.page_size = flexattn::detail::cpu::paged::kInPlaceMinPage;
   check_case(s, dt, lambda_score(), PerBatchHeadMask{});
   check_case(s, dt, alibi(6), HeadWindowMask{});
 }
@@ -211,13 +213,15 @@ TEST(PagedSplit, FewLongSequencesAreSplitAndMerged) {
   const ThreadCountGuard guard;
   for (int threads : {4, 1}) {
     flexattn::set_num_threads(threads);
-    for (auto [ps, dt] : {std::pair{16, DType::f32}, {5, DType::f32}, {64, DType::bf16}}) {
+    for (auto [ps, dt] :
+         {std::pair{32, DType::f32}, {16, DType::f32}, {5, DType::f32}, {64, DType::bf16}}) {
       PagedShape s{.B = 2, .Hq = 4, .Hkv = 1, .Lq = 2, .D = 32, .Dv = 16, .page_size = ps};
       s.kv_len = {3001, 0};
       SCOPED_TRACE("threads " + std::to_string(threads));
       const PagedInputs in = check_case(s, dt, noop_score(), causal());
       const auto plan = plan_for(in, s, dt);
-      EXPECT_EQ(plan.in_place, dt == DType::f32 && ps >= 16);
+      EXPECT_EQ(plan.in_place,
+                dt == DType::f32 && ps >= flexattn::detail::cpu::paged::kInPlaceMinPage);
       if (threads == 1) {
         EXPECT_EQ(plan.part_keys, 0) << "one thread never splits";
         continue;
