@@ -3,6 +3,8 @@
 #   scripts/test.sh              Release build in build/, every CTest test
 #   scripts/test.sh --sanitize   ASan+UBSan build of the core tests and a short fuzz run
 #                                (label fuzz, tests/fuzz/) in build-asan/ (CPU only)
+# FLEXATTN_CUDA_ARCHS (e.g. "90a", or "80;90a"): the CUDA architectures of the Release build,
+# when set; else the library's default (CMakeLists.txt). CI sets it (.ci/run says why).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh
@@ -14,6 +16,8 @@ if [ "${1:-}" = "--sanitize" ]; then
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
   exec ctest --test-dir build-asan -L 'core|fuzz' --output-on-failure -j "$jobs"
 fi
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+arch_args=()
+[[ -n "${FLEXATTN_CUDA_ARCHS:-}" ]] && arch_args=("-DCMAKE_CUDA_ARCHITECTURES=$FLEXATTN_CUDA_ARCHS")
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release "${arch_args[@]}" >/dev/null
 cmake --build build -j "$jobs"
 exec ctest --test-dir build --output-on-failure -j "$jobs"
