@@ -1,8 +1,8 @@
 // The few standard-library pieces that code compiled for the GPU uses - fixed-width integers in
-// the global namespace, numeric limits, type traits and concepts - from the C++ library under a host compiler and
-// nvcc, and from CCCL's libcu++ under NVRTC, which has no host headers (issue 11: kernels compiled
-// at run time from the same headers). Code that may be compiled by NVRTC names them through
-// flexattn::fstd, never std.
+// the global namespace, numeric limits, type traits and concepts - from the C++ library under a
+// host compiler and nvcc, and from CCCL's libcu++ under NVRTC, which has no host headers (issue
+// 11: kernels compiled at run time from the same headers). Code that may be compiled by NVRTC
+// names them through flexattn::fstd, never std.
 #pragma once
 
 #if defined(__CUDACC_RTC__)

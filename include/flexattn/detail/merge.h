@@ -11,6 +11,7 @@
 #pragma once
 
 #include "../config.h"
+#include "../math.h"
 #include "device_std.h"
 
 #if !defined(__CUDACC_RTC__)  // NVRTC has expf / logf built in
@@ -19,23 +20,18 @@
 
 namespace flexattn::detail {
 
-namespace merge_detail {
-FLEXATTN_HD constexpr float neg_inf() { return -fstd::numeric_limits<float>::infinity(); }
-FLEXATTN_HD constexpr float nan() { return fstd::numeric_limits<float>::quiet_NaN(); }
-}  // namespace merge_detail
-
 // lse of the merged row from the parts' lse values, lse_at(i) for i in [0, n).
 template <class LseAt>
 FLEXATTN_HD inline float merge_lse(int n, const LseAt& lse_at) {
-  float m = merge_detail::neg_inf();
+  float m = -math_detail::inf();
   bool nan = false;
   for (int i = 0; i < n; ++i) {
     const float l = lse_at(i);
     nan = nan || l != l;
     m = l > m ? l : m;
   }
-  if (nan) return merge_detail::nan();
-  if (m == merge_detail::neg_inf()) return m;
+  if (nan) return fstd::numeric_limits<float>::quiet_NaN();
+  if (m == -math_detail::inf()) return m;
   float sum = 0.0f;
   for (int i = 0; i < n; ++i) sum += expf(lse_at(i) - m);  // exp(-inf) = 0; the max part adds 1
   return m + logf(sum);
@@ -44,8 +40,8 @@ FLEXATTN_HD inline float merge_lse(int n, const LseAt& lse_at) {
 // Weight of a part with lse `part` in a row whose merged lse is `total`: 0 for an empty part
 // (never exp(-inf - -inf) = NaN), NaN when the row is NaN.
 FLEXATTN_HD inline float merge_weight(float part, float total) {
-  if (total != total) return merge_detail::nan();
-  return part == merge_detail::neg_inf() ? 0.0f : expf(part - total);
+  if (total != total) return fstd::numeric_limits<float>::quiet_NaN();
+  return part == -math_detail::inf() ? 0.0f : expf(part - total);
 }
 
 }  // namespace flexattn::detail

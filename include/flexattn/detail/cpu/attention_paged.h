@@ -280,6 +280,18 @@ struct PagedJob {
     }
     t.reset();
 
+    // Asks the caches for the K and V rows of token `tok` (below the part's end, so its page id
+    // was checked), line by line; the gather below calls it kPrefetchRows ahead.
+    const int64_t kbytes = D * static_cast<int64_t>(dtype_size(a.k_pages.dtype));
+    const int64_t vbytes = Dv * static_cast<int64_t>(dtype_size(a.v_pages.dtype));
+    auto prefetch_row = [&](int64_t tok) {
+      const int64_t page = table_at(a.page_table, it.b, tok / ps);
+      const char* k = fwd::at(a.k_pages, page, it.hk, tok % ps);
+      const char* v = fwd::at(a.v_pages, page, it.hk, tok % ps);
+      for (int64_t o = 0; o < kbytes; o += 64) __builtin_prefetch(k + o, 0, 3);
+      for (int64_t o = 0; o < vbytes; o += 64) __builtin_prefetch(v + o, 0, 3);
+    };
+
     TileKind kinds[kMaxTileQ];
     for (int64_t c0 = it.k0; c0 < it.k1;) {
       const int64_t c_end = std::min(it.k1, c0 + kMaxChunkKV);
@@ -312,7 +324,7 @@ struct PagedJob {
       } else {
         for (int n = 0; n < nc; ++n) {
           const int64_t tok = c0 + n, page = table_at(a.page_table, it.b, tok / ps);
-          if (tok + kPrefetchRows < it.k1) prefetch_row(it, tok + kPrefetchRows);
+          if (tok + kPrefetchRows < it.k1) prefetch_row(tok + kPrefetchRows);
           load_row(fwd::at(a.k_pages, page, it.hk, tok % ps), a.k_pages.dtype, t.kbuf + n * D, D);
           load_row(fwd::at(a.v_pages, page, it.hk, tok % ps), a.v_pages.dtype, t.vbuf + n * Dv, Dv);
         }
@@ -355,18 +367,6 @@ struct PagedJob {
         part[int64_t{m} * Dv + c] = lse;
       }
     }
-  }
-
-  // Asks the caches for the K and V rows of token `tok` (below the part's end, so its page id was
-  // checked), line by line.
-  void prefetch_row(const Item& it, int64_t tok) const {
-    const int64_t page = table_at(a.page_table, it.b, tok / a.page_size), row = tok % a.page_size;
-    const char* k = fwd::at(a.k_pages, page, it.hk, row);
-    const char* v = fwd::at(a.v_pages, page, it.hk, row);
-    const int64_t kbytes = a.dims.D * static_cast<int64_t>(dtype_size(a.k_pages.dtype));
-    const int64_t vbytes = a.dims.Dv * static_cast<int64_t>(dtype_size(a.v_pages.dtype));
-    for (int64_t o = 0; o < kbytes; o += 64) __builtin_prefetch(k + o, 0, 3);
-    for (int64_t o = 0; o < vbytes; o += 64) __builtin_prefetch(v + o, 0, 3);
   }
 
   // The parts of one split tile into out / lse, row by row.
