@@ -238,9 +238,12 @@ __global__ void __launch_bounds__(Traits::kNThreads)
       walk.template rule_span<kThreads>(tiles, s_span, lo, hi);  // the splits share only that
     }
   }
-  const int per = (hi - lo + p.splits - 1) / p.splits;
-  walk.begin = min(hi, lo + tile.split * per);
-  walk.end = min(hi, walk.begin + per);
+  // Split s takes tiles [lo + s n / S, lo + (s + 1) n / S): shares differ by one tile at most. (A
+  // ceil(n / S) share left the last split of 2048 tiles in 33 splits 32 tiles against the others'
+  // 63, and its SMs idle for the second half of a B = 1 step.)
+  const int64_t n = hi - lo;
+  walk.begin = lo + static_cast<int>(n * tile.split / p.splits);
+  walk.end = lo + static_cast<int>(n * (tile.split + 1) / p.splits);
 
   // ---- Q, then the ring's first kStages - 1 tiles ----
   {
