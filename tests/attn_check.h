@@ -396,8 +396,11 @@ struct ForwardReport {
   int64_t masked_rows = 0;  // rows the reference finds fully masked
 };
 
-template <class ScoreMod, class MaskMod>
-ForwardReport check_forward(const Problem& p, const ScoreMod& score_mod, const MaskMod& mask_mod) {
+// The library runs lib_score / lib_mask, the oracles score_mod / mask_mod: the same functors,
+// except for runtime variants (test_runtime.cpp), whose C++ twin the oracles evaluate.
+template <class LibScore, class LibMask, class ScoreMod, class MaskMod>
+ForwardReport check_forward_of(const Problem& p, const LibScore& lib_score, const LibMask& lib_mask,
+                               const ScoreMod& score_mod, const MaskMod& mask_mod) {
   const uint64_t seed = test_seed();
   SCOPED_TRACE(describe(p) + " seed=" + std::to_string(seed));
   std::mt19937_64 rng(seed);
@@ -407,7 +410,7 @@ ForwardReport check_forward(const Problem& p, const ScoreMod& score_mod, const M
   const std::vector<float> v = random_input(sh.v_numel(), p.dtype, rng);
 
   const CaseOperands c = CaseOperands::make(p, q, k, v, nullptr);
-  c.forward(score_mod, case_block_mask(p, mask_mod), case_options(p));
+  c.forward(lib_score, case_block_mask(p, lib_mask), case_options(p));
   const Operand &out = c.out, &lse = c.lse;
 
   const float scale = p.scale != 0.0f ? p.scale : 1.0f / std::sqrt(float(sh.D));
@@ -424,10 +427,18 @@ ForwardReport check_forward(const Problem& p, const ScoreMod& score_mod, const M
   return rep;
 }
 
+template <class ScoreMod, class MaskMod>
+ForwardReport check_forward(const Problem& p, const ScoreMod& score_mod, const MaskMod& mask_mod) {
+  return check_forward_of(p, score_mod, mask_mod, score_mod, mask_mod);
+}
+
 // ---- one backward check -------------------------------------------------------------------------
 // The library's own forward provides out and lse for its backward; the reference recomputes.
-template <class ScoreMod, class MaskMod>
-ForwardReport check_backward(const Problem& p, const ScoreMod& score_mod, const MaskMod& mask_mod) {
+// lib_score / lib_mask as in check_forward_of.
+template <class LibScore, class LibMask, class ScoreMod, class MaskMod>
+ForwardReport check_backward_of(const Problem& p, const LibScore& lib_score,
+                                const LibMask& lib_mask, const ScoreMod& score_mod,
+                                const MaskMod& mask_mod) {
   const uint64_t seed = test_seed();
   SCOPED_TRACE(describe(p) + " seed=" + std::to_string(seed));
   std::mt19937_64 rng(seed);
@@ -438,9 +449,9 @@ ForwardReport check_backward(const Problem& p, const ScoreMod& score_mod, const 
   const std::vector<float> dout = random_input(sh.out_numel(), p.dtype, rng);
 
   const CaseOperands c = CaseOperands::make(p, q, k, v, &dout);
-  const auto mask = case_block_mask(p, mask_mod);
-  c.forward(score_mod, mask, case_options(p));
-  c.backward(score_mod, mask, case_options(p));
+  const auto mask = case_block_mask(p, lib_mask);
+  c.forward(lib_score, mask, case_options(p));
+  c.backward(lib_score, mask, case_options(p));
   const Operand &out = c.out, &lse = c.lse, &dq = c.dq, &dk = c.dk, &dv = c.dv;
 
   const float scale = p.scale != 0.0f ? p.scale : 1.0f / std::sqrt(float(sh.D));
@@ -476,6 +487,10 @@ ForwardReport check_backward(const Problem& p, const ScoreMod& score_mod, const 
   EXPECT_EQ(dq.clobbered_padding() + dk.clobbered_padding() + dv.clobbered_padding(), 0)
       << "wrote outside the gradient views";
   return rep;
+}
+template <class ScoreMod, class MaskMod>
+ForwardReport check_backward(const Problem& p, const ScoreMod& score_mod, const MaskMod& mask_mod) {
+  return check_backward_of(p, score_mod, mask_mod, score_mod, mask_mod);
 }
 
 }  // namespace flexattn::testing

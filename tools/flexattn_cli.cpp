@@ -157,17 +157,45 @@ struct Config {
   int window = 256, prefix = 256, docs = 4;
   float cap = 30.0f;
   uint64_t seed = 0;  // 0: fresh from std::random_device
+  // --score-mod / --mask-mod / --tile-kind: a runtime variant (runtime.h) instead of --variant.
+  std::string score_src, mask_src, tile_src;
+  bool runtime() const { return !score_src.empty() || !mask_src.empty(); }
 };
 
 // The stock variants' names and functors: tools/stock_variants.h, the one table the GPU tests,
 // the benchmarks and the PyTorch cross-check share.
 const auto& kVariants = fa::stock::kStockVariantNames;
 
-// Calls f(score_mod, mask_mod_for_device, mask_mod_for_host). Two mask objects because the
-// document mask holds a pointer that must live on the tensors' device for the kernel and on the
-// host for the reference.
+// A runtime variant's score_mod / mask_mod as the float64 reference calls them: the CPU module's
+// own evaluation of the same source in double (detail::runtime::host_eval).
+struct EvalScore {
+  std::shared_ptr<const fa::detail::runtime::HostEval> e;
+  template <class T>
+  T operator()(T s, int b, int h, int q, int kv) const {
+    return T(e->score(double(s), b, h, q, kv));
+  }
+};
+struct EvalMask {
+  std::shared_ptr<const fa::detail::runtime::HostEval> e;
+  bool operator()(int b, int h, int q, int kv) const { return e->mask(b, h, q, kv); }
+};
+
+// Calls f(score_mod, score_mod_for_host, mask_mod_for_device, mask_mod_for_host). Two mask
+// objects because the document mask holds a pointer that must live on the tensors' device for the
+// kernel and on the host for the reference; two score_mods for runtime variants, whose source the
+// reference evaluates through the CPU module.
 template <class F>
 void with_variant(const Config& c, const int32_t* docs_dev, const int32_t* docs_host, F&& f) {
+  if (c.runtime()) {
+    const std::string score = c.score_src.empty() ? "score" : c.score_src;
+    const std::string mask = c.mask_src.empty() ? "true" : c.mask_src;
+    const fa::RuntimeScoreMod s(score);
+    const fa::RuntimeMaskMod m(mask, {}, c.tile_src);
+    auto e = std::make_shared<const fa::detail::runtime::HostEval>(
+        fa::detail::runtime::host_eval(&s.spec(), &m.spec()));
+    f(s, EvalScore{e}, m, EvalMask{e});
+    return;
+  }
   fa::cli::check_variant_name("--variant", c.variant);
   fa::stock::VariantParams p;
   p.window = c.window;
@@ -176,7 +204,9 @@ void with_variant(const Config& c, const int32_t* docs_dev, const int32_t* docs_
   p.num_heads = int(c.hq);
   p.doc_ids = docs_dev;
   p.doc_ids_host = docs_host;
-  fa::stock::visit_variant(c.variant, p, f);
+  fa::stock::visit_variant(c.variant, p, [&](auto score_mod, auto mask_dev, auto mask_host) {
+    f(score_mod, score_mod, mask_dev, mask_host);
+  });
 }
 
 // GPU calls are asynchronous: each timed call ends in synchronize() so the clock sees the kernels.
@@ -227,14 +257,16 @@ bool run_one(const Config& c) {
 
   bool ok = true;
   with_variant(c, static_cast<const int32_t*>(docs_dev.data()), docs_host.data(),
-               [&](auto score_mod, auto mask_dev, auto mask_host) {
+               [&](auto score_mod, auto score_host, auto mask_dev, auto mask_host) {
     const fa::BlockMaskOptions bo{c.block_q, c.block_kv, c.device};
     const auto t_mask0 = std::chrono::steady_clock::now();
-    auto bm = fa::create_block_mask(mask_dev, 1, 1, c.lq, c.lkv, bo);
+    // A stock mask is the same for every (b, h); a runtime one may read b and h.
+    const int64_t mb = c.runtime() ? c.b : 1, mh = c.runtime() ? c.hq : 1;
+    auto bm = fa::create_block_mask(mask_dev, mb, mh, c.lq, c.lkv, bo);
     fa::synchronize();
     const double mask_ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_mask0).count();
-    const double density = fa::detail::kept_fraction(bm.data().to_cpu(), mask_host, 1, 1);
+    const double density = fa::detail::kept_fraction(bm.data().to_cpu(), mask_host, mb, mh);
 
     std::vector<double> q64, k64, v64, do64;
     fa::Tensor q = random_tensor({c.b, c.hq, c.lq, c.d}, c, rng, &q64);
@@ -254,7 +286,7 @@ bool run_one(const Config& c) {
     const fa::reference::Shape sh{c.b, c.hq, c.hkv, c.lq, c.lkv, c.d, c.dv};
     const double scale = fa::reference::default_scale(c.d);
     if (check) {
-      const auto ref = fa::reference::forward(sh, q64, k64, v64, scale, score_mod, mask_host);
+      const auto ref = fa::reference::forward(sh, q64, k64, v64, scale, score_host, mask_host);
       const Err eo = rel_err(o.out.to_host(), ref.out), el = rel_err(o.lse.to_host(), ref.lse);
       const bool pass = !eo.nan && !el.nan && eo.rel <= tolerance(c.dtype, false) &&
                         el.rel <= tolerance(c.dtype, false);
@@ -275,7 +307,8 @@ bool run_one(const Config& c) {
                 fa::to_string(c.device), fa::to_string(c.dtype), bwd_ms,
                 2.5 * fwd_flops / bwd_ms * 1e-6);
     if (check) {
-      const auto ref = fa::reference::backward(sh, q64, k64, v64, do64, scale, score_mod, mask_host);
+      const auto ref =
+          fa::reference::backward(sh, q64, k64, v64, do64, scale, score_host, mask_host);
       const Err eq = rel_err(g.dq.to_host(), ref.dq), ek = rel_err(g.dk.to_host(), ref.dk),
                 ev = rel_err(g.dv.to_host(), ref.dv);
       const double tol = tolerance(c.dtype, true);
@@ -345,6 +378,9 @@ int usage(std::FILE* to, int code) {
                "                    [--check] [--backward] [--repeats N] [--block-q N]\n"
                "                    [--block-kv N] [--window N] [--prefix N] [--docs N]\n"
                "                    [--cap X] [--seed N]\n"
+               "                    [--score-mod SRC] [--mask-mod SRC] [--tile-kind SRC]\n"
+               "                      a variant from source (runtime.h; in scope: score, b, h,\n"
+               "                      q_idx, kv_idx), compiled at run time, instead of --variant\n"
                "%s"
                "       flexattn variants\n"
                "       flexattn --help\n",
@@ -382,6 +418,9 @@ int run(int argc, char** argv) {
     else if (a == "--docs") c.docs = int(size());
     else if (a == "--cap") c.cap = fa::cli::parse_positive_float(a, next());
     else if (a == "--seed") c.seed = fa::cli::parse_u64(a, next());
+    else if (a == "--score-mod") c.score_src = next();
+    else if (a == "--mask-mod") c.mask_src = next();
+    else if (a == "--tile-kind") c.tile_src = next();
     else if (a == "--check") c.check = true;
     else if (a == "--backward") c.backward = true;
     else if (a == "--dtype") c.dtype = fa::cli::parse_dtype(a, next());
@@ -390,6 +429,7 @@ int run(int argc, char** argv) {
       throw fa::Error("unknown argument " + a);
     }
   }
+  if (c.runtime()) c.variant = "runtime";
   if (c.hkv == 0) c.hkv = c.hq;
   if (c.lkv == 0) c.lkv = c.lq;
   if (c.dv == 0) c.dv = c.d;

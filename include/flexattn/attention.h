@@ -10,6 +10,7 @@
 #include "detail/cpu/attention_bwd.h"
 #include "detail/cpu/attention_paged.h"
 #include "detail/cuda/dispatch.h"
+#include "detail/runtime/dispatch.h"
 #include "mods.h"
 #include "tensor.h"
 
@@ -47,7 +48,11 @@ void flex_attention_into(const TensorView& q, const TensorView& k, const TensorV
   detail::check_mask_mod<MaskMod>();
   const detail::FwdArgs args =
       detail::make_forward_args(q, k, v, out, lse, block_mask.data(), opts);
-  if (args.q.device == Device::cpu) {
+  if constexpr (detail::runtime::involves_runtime<ScoreMod, MaskMod>) {
+    detail::runtime::check_pair<ScoreMod, MaskMod>();
+    detail::runtime::forward(args, detail::runtime::spec_of(score_mod),
+                             detail::runtime::spec_of(block_mask.mask_mod()));
+  } else if (args.q.device == Device::cpu) {
     detail::cpu::forward_any_lq(args, score_mod, block_mask.mask_mod());
   } else {
     detail::cuda::forward(args, score_mod, block_mask.mask_mod());
@@ -65,7 +70,11 @@ void flex_attention_backward_into(const TensorView& q, const TensorView& k, cons
   detail::check_mask_mod<MaskMod>();
   const detail::BwdArgs args = detail::make_backward_args(q, k, v, out, lse, dout, dq, dk, dv,
                                                           block_mask.data(), opts);
-  if (args.q.device == Device::cpu) {
+  if constexpr (detail::runtime::involves_runtime<ScoreMod, MaskMod>) {
+    detail::runtime::check_pair<ScoreMod, MaskMod>();
+    detail::runtime::backward(args, detail::runtime::spec_of(score_mod),
+                              detail::runtime::spec_of(block_mask.mask_mod()));
+  } else if (args.q.device == Device::cpu) {
     detail::cpu::backward(args, score_mod, block_mask.mask_mod());
   } else {
     detail::cuda::backward(args, score_mod, block_mask.mask_mod());

@@ -121,6 +121,7 @@ void check_block_mask_args(int64_t B, int64_t H, int64_t q_len, int64_t kv_len,
 
 #include "detail/block_mask_cpu.h"
 #include "detail/cuda/dispatch.h"
+#include "detail/runtime/dispatch.h"
 
 namespace flexattn {
 
@@ -131,7 +132,10 @@ BlockMask<MaskMod> create_block_mask(MaskMod mask_mod, int64_t B, int64_t H, int
   detail::check_block_mask_args(B, H, q_len, kv_len, opts);
   BlockMaskData data = BlockMaskData::allocate(B, H, q_len, kv_len, opts.block_q, opts.block_kv,
                                                opts.device, opts.stream);
-  if (opts.device == Device::cpu) {
+  if constexpr (is_runtime_mod<MaskMod>) {
+    detail::runtime::check_pair<NoopScore, MaskMod>();
+    detail::runtime::build_block_mask(mask_mod.spec(), data, opts.stream);
+  } else if (opts.device == Device::cpu) {
     detail::cpu::build_block_mask(mask_mod, data);
   } else {
     detail::cuda::build_block_mask(mask_mod, data, opts.stream);

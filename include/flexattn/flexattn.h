@@ -6,5 +6,6 @@
 #include "math.h"
 #include "mods.h"
 #include "paged.h"
+#include "runtime.h"
 #include "tensor.h"
 #include "threads.h"

@@ -47,31 +47,43 @@ concept HasTileRule = requires(const F& f, int i) {
   { f.tile_kind(i, i, i, i, i, i) } -> fstd::same_as<TileKind>;
 };
 
+// Marks flexattn::RuntimeScoreMod / RuntimeMaskMod (runtime.h): source text compiled at run time,
+// which the public templates route to the runtime backend instead of instantiating kernels.
+template <class F>
+inline constexpr bool is_runtime_mod = requires { requires F::kRuntimeMod; };
+
 #if !defined(__CUDACC_RTC__)
 namespace detail {
+// (A runtime mod's source is checked by its compiler when it is first used.)
 template <class S>
 constexpr void check_score_mod() {
-  static_assert(fstd::copy_constructible<S>, "flexattn: a score_mod must be copyable");
-  static_assert(ScoreModFunctor<S>,
-                "flexattn: score_mod must be callable as score_mod(float score, int b, int h, int "
-                "q_idx, int kv_idx) const and return the new score; write it as "
-                "`template <class T> FLEXATTN_HD T operator()(T score, int b, int h, int q_idx, "
-                "int kv_idx) const`");
+  if constexpr (!is_runtime_mod<S>) {
+    static_assert(fstd::copy_constructible<S>, "flexattn: a score_mod must be copyable");
+    static_assert(ScoreModFunctor<S>,
+                  "flexattn: score_mod must be callable as score_mod(float score, int b, int h, "
+                  "int q_idx, int kv_idx) const and return the new score; write it as "
+                  "`template <class T> FLEXATTN_HD T operator()(T score, int b, int h, int q_idx, "
+                  "int kv_idx) const`");
+  }
 }
 template <class S>
 constexpr void check_differentiable_score_mod() {
-  check_score_mod<S>();
-  static_assert(DifferentiableScoreModFunctor<S>,
-                "flexattn: the backward pass calls score_mod with flexattn::Dual to differentiate "
-                "it; make operator() a template in the score type T (not float-only) and use "
-                "flexattn::exp/tanh/... so it accepts Dual");
+  if constexpr (!is_runtime_mod<S>) {
+    check_score_mod<S>();
+    static_assert(DifferentiableScoreModFunctor<S>,
+                  "flexattn: the backward pass calls score_mod with flexattn::Dual to "
+                  "differentiate it; make operator() a template in the score type T (not "
+                  "float-only) and use flexattn::exp/tanh/... so it accepts Dual");
+  }
 }
 template <class M>
 constexpr void check_mask_mod() {
-  static_assert(fstd::copy_constructible<M>, "flexattn: a mask_mod must be copyable");
-  static_assert(MaskModFunctor<M>,
-                "flexattn: mask_mod must be callable as mask_mod(int b, int h, int q_idx, int "
-                "kv_idx) const and return bool (true keeps the score)");
+  if constexpr (!is_runtime_mod<M>) {
+    static_assert(fstd::copy_constructible<M>, "flexattn: a mask_mod must be copyable");
+    static_assert(MaskModFunctor<M>,
+                  "flexattn: mask_mod must be callable as mask_mod(int b, int h, int q_idx, int "
+                  "kv_idx) const and return bool (true keeps the score)");
+  }
 }
 }  // namespace detail
 #endif

@@ -75,7 +75,11 @@ void flex_attention_into(const TensorView& q, const PagedKV& kv, const TensorVie
   detail::check_score_mod<ScoreMod>();
   detail::check_mask_mod<MaskMod>();
   const detail::PagedArgs args = detail::make_paged_args(q, kv, out, lse, opts);
-  if (args.q.device == Device::cpu) {
+  if constexpr (detail::runtime::involves_runtime<ScoreMod, MaskMod>) {
+    detail::runtime::check_pair<ScoreMod, MaskMod>();
+    detail::runtime::paged_forward(args, detail::runtime::spec_of(score_mod),
+                                   detail::runtime::spec_of(mask_mod));
+  } else if (args.q.device == Device::cpu) {
     detail::cpu::paged_forward(args, score_mod, mask_mod);
   } else {
     detail::cuda::paged_forward(args, score_mod, mask_mod);
@@ -101,10 +105,11 @@ template <class Mod, class Unit = detail::CompilerUnit>
   requires(!std::same_as<Mod, AttentionOptions>)
 AttentionOutput flex_attention(const Tensor& q, const PagedKV& kv, Mod mod,
                                AttentionOptions opts = {}) {
-  static_assert(ScoreModFunctor<Mod> || MaskModFunctor<Mod>,
+  static_assert(ScoreModFunctor<Mod> || MaskModFunctor<Mod> || is_runtime_mod<Mod>,
                 "flexattn: flex_attention(q, paged_kv, mod) takes a score_mod (score, b, h, q_idx, "
                 "kv_idx) or a mask_mod (b, h, q_idx, kv_idx)");
-  if constexpr (MaskModFunctor<Mod> && !ScoreModFunctor<Mod>) {
+  if constexpr (std::same_as<Mod, RuntimeMaskMod> ||
+                (MaskModFunctor<Mod> && !ScoreModFunctor<Mod>)) {
     return flex_attention<NoopScore, Mod, Unit>(q, kv, NoopScore{}, mod, opts);
   } else {
     return flex_attention<Mod, NoopMask, Unit>(q, kv, mod, NoopMask{}, opts);
