@@ -1,17 +1,11 @@
-// Runtime variants on Device::cuda where this library cannot run them: every call says why.
+// Runtime variants on Device::cuda in a build without the CUDA backend: every call says so.
 #include "internal.h"
 
 namespace flexattn::detail::runtime {
 namespace {
 [[noreturn]] void no_cuda(const char* fn) {
-#if defined(FLEXATTN_WITH_CUDA)
-  throw Error(std::string("flexattn::") + fn +
-              ": runtime variants (RuntimeScoreMod / RuntimeMaskMod) run on Device::cpu only in "
-              "this version; on Device::cuda compile the variant as a functor in a .cu file");
-#else
   throw Error(std::string("flexattn::") + fn +
               ": this flexattn was built without CUDA; runtime variants run on Device::cpu only");
-#endif
 }
 }  // namespace
 

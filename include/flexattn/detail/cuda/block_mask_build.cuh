@@ -27,6 +27,7 @@
 #include <algorithm>
 
 #include "check.cuh"
+#include "kernel_ref.cuh"
 #endif
 
 namespace flexattn::detail::cuda {
@@ -194,6 +195,45 @@ __global__ void __launch_bounds__(kThreads)
 inline unsigned grid_for(int64_t work, int per_block) {
   return static_cast<unsigned>(std::clamp<int64_t>((work + per_block - 1) / per_block, 1, 1 << 20));
 }
+
+// The three kernels of Unit: compiled in, or Unit's run-time ones (kernel_ref.cuh).
+inline std::string rt_kernel(const char* name, std::initializer_list<std::string> args) {
+  return rt_template_id(std::string("flexattn::detail::cuda::block_mask_impl::") + name, args);
+}
+template <class Unit, class MaskMod>
+KernelRef<MaskMod, int, int, int, int, int, int, int, int64_t, unsigned char*> classify_kernel() {
+  using Ref = KernelRef<MaskMod, int, int, int, int, int, int, int, int64_t, unsigned char*>;
+  if constexpr (RuntimeKernelUnit<Unit>) {
+    return runtime_kernel<Ref, Unit>(
+        rt_kernel("classify_tiles_kernel", {rt_name<Unit>(), rt_name<MaskMod>()}));
+  } else {
+    return static_kernel<Ref>(&classify_tiles_kernel<Unit, MaskMod>);
+  }
+}
+template <class Unit>
+KernelRef<const unsigned char*, int64_t, int, int32_t*, int32_t*, int32_t*, int32_t*>
+row_kernel() {
+  using Ref = KernelRef<const unsigned char*, int64_t, int, int32_t*, int32_t*, int32_t*, int32_t*>;
+  if constexpr (RuntimeKernelUnit<Unit>) {
+    return runtime_kernel<Ref, Unit>(
+        rt_kernel("row_lists_kernel", {std::to_string(kListThreads), rt_name<Unit>()}));
+  } else {
+    return static_kernel<Ref>(&row_lists_kernel<kListThreads, Unit>);
+  }
+}
+template <class Unit>
+KernelRef<int64_t, int, int, const int32_t*, const int32_t*, const int32_t*, const int32_t*,
+          int32_t*, int32_t*, int32_t*, int32_t*>
+column_kernel() {
+  using Ref = KernelRef<int64_t, int, int, const int32_t*, const int32_t*, const int32_t*,
+                        const int32_t*, int32_t*, int32_t*, int32_t*, int32_t*>;
+  if constexpr (RuntimeKernelUnit<Unit>) {
+    return runtime_kernel<Ref, Unit>(
+        rt_kernel("column_lists_kernel", {std::to_string(kListThreads), rt_name<Unit>()}));
+  } else {
+    return static_kernel<Ref>(&column_lists_kernel<kListThreads, Unit>);
+  }
+}
 #endif
 }  // namespace block_mask_impl
 
@@ -210,18 +250,21 @@ void build_block_mask_device(const MaskMod& mask_mod, BlockMaskData& d, void* st
   // The kinds are parked in q_idx (4 * tiles bytes) until kernel 3 writes the q lists there.
   auto* kinds = static_cast<unsigned char*>(d.q_idx.data());
 
-  classify_tiles_kernel<Unit><<<grid_for(tiles, kClassifyWarps), kClassifyWarps * 32, 0, s>>>(
-      mask_mod, static_cast<int>(d.H), static_cast<int>(d.q_len), static_cast<int>(d.kv_len),
-      d.block_q, d.block_kv, static_cast<int>(d.nqb), static_cast<int>(d.nkvb), tiles, kinds);
+  // Launch errors are the thread's last error too, which each FLEXATTN_CUDA_CHECK_LAUNCH reads
+  // (kernel_ref.cuh).
+  (void)launch_kernel(classify_kernel<Unit, MaskMod>(), grid_for(tiles, kClassifyWarps),
+                      kClassifyWarps * 32, 0, s, false, mask_mod, static_cast<int>(d.H),
+                      static_cast<int>(d.q_len), static_cast<int>(d.kv_len), d.block_q, d.block_kv,
+                      static_cast<int>(d.nqb), static_cast<int>(d.nkvb), tiles, kinds);
   FLEXATTN_CUDA_CHECK_LAUNCH("create_block_mask: classify_tiles_kernel");
-  row_lists_kernel<kListThreads, Unit><<<grid_for(rows, 1), kListThreads, 0, s>>>(
-      kinds, rows, static_cast<int>(d.nkvb), i32(d.kv_num), i32(d.kv_idx), i32(d.full_kv_num),
-      i32(d.full_kv_idx));
+  (void)launch_kernel(row_kernel<Unit>(), grid_for(rows, 1), kListThreads, 0, s, false, kinds,
+                      rows, static_cast<int>(d.nkvb), i32(d.kv_num), i32(d.kv_idx),
+                      i32(d.full_kv_num), i32(d.full_kv_idx));
   FLEXATTN_CUDA_CHECK_LAUNCH("create_block_mask: row_lists_kernel");
-  column_lists_kernel<kListThreads, Unit><<<grid_for(cols, 1), kListThreads, 0, s>>>(
-      cols, static_cast<int>(d.nqb), static_cast<int>(d.nkvb), i32(d.kv_num), i32(d.kv_idx),
-      i32(d.full_kv_num), i32(d.full_kv_idx), i32(d.q_num), i32(d.q_idx), i32(d.full_q_num),
-      i32(d.full_q_idx));
+  (void)launch_kernel(column_kernel<Unit>(), grid_for(cols, 1), kListThreads, 0, s, false, cols,
+                      static_cast<int>(d.nqb), static_cast<int>(d.nkvb), i32(d.kv_num),
+                      i32(d.kv_idx), i32(d.full_kv_num), i32(d.full_kv_idx), i32(d.q_num),
+                      i32(d.q_idx), i32(d.full_q_num), i32(d.full_q_idx));
   FLEXATTN_CUDA_CHECK_LAUNCH("create_block_mask: column_lists_kernel");
 }
 #endif

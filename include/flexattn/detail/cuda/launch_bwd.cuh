@@ -9,7 +9,8 @@
 //   launch_backward_for<mask>()    a chosen set of head dims (the library's prebuilt variants,
 //                                  src/cuda/prebuilt_bwd*.cu, FLEXATTN_CUDA_HEAD_DIMS)
 //   launch_backward()              every head dim (a user's .cu file: compile-time fusion)
-// Every launcher takes the unit tag `Unit` (sm90_unit.cuh), as in launch_fwd.cuh.
+// Every launcher takes the unit tag `Unit` (sm90_unit.cuh), as in launch_fwd.cuh; every kernel,
+// the mod-independent ones too, comes from the kernel helpers below (kernel_ref.cuh).
 //
 // Launch sequence on args.stream, all asynchronous:
 //   1. bwd_preprocess_kernel  delta = rowsum(dO * O), lse2 = lse * log2(e), dq_accum = 0 (unless
@@ -34,6 +35,7 @@
 #include "bwd_preprocess.cuh"
 #include "check.cuh"
 #include "head_dims.cuh"
+#include "kernel_ref.cuh"
 #include "kernel_traits_bwd.cuh"
 #include "launch_record.h"
 #include "mainloop_bwd_sm80.cuh"
@@ -108,6 +110,68 @@ BwdParams make_params(const BwdArgs& a, const MaskData& m) {
 
 inline size_t round_up(size_t x) { return (x + 255) / 256 * 256; }
 
+// The backward kernels of Unit: compiled in, or Unit's run-time ones (kernel_ref.cuh).
+inline std::string rt_kernel(const char* name, std::initializer_list<std::string> args) {
+  return rt_template_id(std::string("flexattn::detail::cuda::") + name, args);
+}
+using StatsKernel = KernelRef<BwdParams>;  // the pre- and postprocess, dQ mark and rank kernels
+
+template <class T, class Unit>
+StatsKernel preprocess_kernel() {
+  if constexpr (RuntimeKernelUnit<Unit>) {
+    return runtime_kernel<StatsKernel, Unit>(
+        rt_kernel("bwd_preprocess_kernel", {rt_name<T>(), rt_name<Unit>()}));
+  } else {
+    return static_kernel<StatsKernel>(&bwd_preprocess_kernel<T, Unit>);
+  }
+}
+template <int kBlockN, class Unit>
+StatsKernel dq_mark_kernel() {
+  if constexpr (RuntimeKernelUnit<Unit>) {
+    return runtime_kernel<StatsKernel, Unit>(
+        rt_kernel("bwd_dq_mark_kernel", {std::to_string(kBlockN), rt_name<Unit>()}));
+  } else {
+    return static_kernel<StatsKernel>(&bwd_dq_mark_kernel<kBlockN, Unit>);
+  }
+}
+template <class Unit>
+StatsKernel dq_rank_kernel() {
+  if constexpr (RuntimeKernelUnit<Unit>) {
+    return runtime_kernel<StatsKernel, Unit>(rt_kernel("bwd_dq_rank_kernel", {rt_name<Unit>()}));
+  } else {
+    return static_kernel<StatsKernel>(&bwd_dq_rank_kernel<Unit>);
+  }
+}
+template <class T, class DqLayout, class Unit>
+StatsKernel postprocess_kernel() {
+  if constexpr (RuntimeKernelUnit<Unit>) {
+    return runtime_kernel<StatsKernel, Unit>(rt_kernel(
+        "bwd_postprocess_kernel", {rt_name<T>(), rt_name<DqLayout>(), rt_name<Unit>()}));
+  } else {
+    return static_kernel<StatsKernel>(&bwd_postprocess_kernel<T, DqLayout, Unit>);
+  }
+}
+template <class Cfg, class T, class ScoreMod, class MaskMod, class Unit>
+KernelRef<BwdParams, BwdTileMaps, ScoreMod, MaskMod> sm90_kernel() {
+  using Ref = KernelRef<BwdParams, BwdTileMaps, ScoreMod, MaskMod>;
+  if constexpr (RuntimeKernelUnit<Unit>) {
+    return runtime_kernel<Ref, Unit>(
+        rt_type_id<Cfg, T, ScoreMod, MaskMod, Unit>("flexattn::detail::cuda::bwd_kernel_sm90"));
+  } else {
+    return static_kernel<Ref>(&bwd_kernel_sm90<Cfg, T, ScoreMod, MaskMod, Unit>);
+  }
+}
+template <class Cfg, class T, class ScoreMod, class MaskMod, class Unit>
+KernelRef<BwdParams, ScoreMod, MaskMod> sm80_kernel() {
+  using Ref = KernelRef<BwdParams, ScoreMod, MaskMod>;
+  if constexpr (RuntimeKernelUnit<Unit>) {
+    return runtime_kernel<Ref, Unit>(
+        rt_type_id<Cfg, T, ScoreMod, MaskMod, Unit>("flexattn::detail::cuda::bwd_kernel_sm80"));
+  } else {
+    return static_kernel<Ref>(&bwd_kernel_sm80<Cfg, T, ScoreMod, MaskMod, Unit>);
+  }
+}
+
 }  // namespace bwd_launch_detail
 
 // One tile config (BwdTraits / BwdTraitsSm90), one dtype, one main kernel: launch_main(p, grid,
@@ -160,10 +224,14 @@ void launch_bwd_cfg(BwdParams p, void* stream_ptr, const LaunchMain& launch_main
   p.dq_sem = p.deterministic ? reinterpret_cast<int*>(ws + off_sem) : nullptr;
   p.dq_rank = ranks ? reinterpret_cast<int*>(ws + off_rank) : nullptr;
 
+  // Launch errors are the thread's last error too, which each FLEXATTN_CUDA_CHECK_LAUNCH reads
+  // (kernel_ref.cuh).
+  using bwd_launch_detail::dq_mark_kernel, bwd_launch_detail::dq_rank_kernel,
+      bwd_launch_detail::postprocess_kernel, bwd_launch_detail::preprocess_kernel;
   const unsigned Hq = static_cast<unsigned>(p.Hq), B = static_cast<unsigned>(p.B);
-  bwd_preprocess_kernel<T, Unit>
-      <<<dim3((p.Lq_pad + kPreRowsPerCta - 1) / kPreRowsPerCta, Hq, B), kPreThreads, 0,
-         stream>>>(p);
+  (void)launch_kernel(preprocess_kernel<T, Unit>(),
+                      dim3((p.Lq_pad + kPreRowsPerCta - 1) / kPreRowsPerCta, Hq, B), kPreThreads,
+                      0, stream, false, p);
   FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward preprocess kernel");
   if (p.deterministic) {
     FLEXATTN_CUDA_CHECK(cudaMemsetAsync(p.dq_sem, 0, m_tiles * sizeof(int), stream));
@@ -171,19 +239,21 @@ void launch_bwd_cfg(BwdParams p, void* stream_ptr, const LaunchMain& launch_main
   if (ranks) {
     FLEXATTN_CUDA_CHECK(cudaMemsetAsync(p.dq_rank, 0, rank_elems * sizeof(int), stream));
     const unsigned mh = static_cast<unsigned>(p.mask_h), mb = static_cast<unsigned>(p.mask_b);
-    bwd_dq_mark_kernel<Cfg::kBlockN, Unit><<<dim3(p.nkvb, mh, mb), kRankThreads, 0, stream>>>(p);
+    (void)launch_kernel(dq_mark_kernel<Cfg::kBlockN, Unit>(), dim3(p.nkvb, mh, mb), kRankThreads,
+                        0, stream, false, p);
     FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward dQ mark kernel");
     constexpr unsigned kRowsPerCta = kRankThreads / 32;
-    bwd_dq_rank_kernel<Unit>
-        <<<dim3((p.nqb + kRowsPerCta - 1) / kRowsPerCta, mh, mb), kRankThreads, 0, stream>>>(p);
+    (void)launch_kernel(dq_rank_kernel<Unit>(),
+                        dim3((p.nqb + kRowsPerCta - 1) / kRowsPerCta, mh, mb), kRankThreads, 0,
+                        stream, false, p);
     FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward dQ rank kernel");
   }
 
   launch_main(p, dim3(p.num_n_tiles, p.Hkv, B), stream);
 
-  bwd_postprocess_kernel<T, typename Cfg::DqLayout, Unit>
-      <<<dim3((p.Lq + kPostRowsPerCta - 1) / kPostRowsPerCta, Hq, B), kPostThreads, 0,
-         stream>>>(p);
+  (void)launch_kernel(postprocess_kernel<T, typename Cfg::DqLayout, Unit>(),
+                      dim3((p.Lq + kPostRowsPerCta - 1) / kPostRowsPerCta, Hq, B), kPostThreads,
+                      0, stream, false, p);
   FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward postprocess kernel");
 }
 
@@ -197,17 +267,19 @@ void launch_bwd_kernel(const BwdArgs& a, const BwdParams& p, const ScoreMod& sco
   if constexpr (kHasBwdSm90<D>) {
     using Cfg = BwdTraitsSm90<D>;
     BwdTileMaps maps;
-    if (unit_runs_sm90a() &&
+    if (unit_has_sm90a<Unit>() &&
         make_tile_map(maps.q, a.q.data, a.q.shape, a.q.stride, Cfg::kBlockM) &&
         make_tile_map(maps.k, a.k.data, a.k.shape, a.k.stride, Cfg::kBlockN) &&
         make_tile_map(maps.v, a.v.data, a.v.shape, a.v.stride, Cfg::kBlockN) &&
         make_tile_map(maps.dout, a.dout.data, a.dout.shape, a.dout.stride, Cfg::kBlockM)) {
       launch_bwd_cfg<Cfg, T, Unit>(p, a.stream, [&](const BwdParams& pw, dim3 grid,
                                                     cudaStream_t st) {
-        auto* kernel = &bwd_kernel_sm90<Cfg, T, ScoreMod, MaskMod, Unit>;
+        const auto kernel =
+            bwd_launch_detail::sm90_kernel<Cfg, T, ScoreMod, MaskMod, Unit>();
         FLEXATTN_CUDA_CHECK(cudaFuncSetAttribute(
-            kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
-        kernel<<<grid, Cfg::kNThreads, Cfg::kSmemBytes, st>>>(pw, maps, score_mod, mask_mod);
+            kernel.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
+        (void)launch_kernel(kernel, grid, Cfg::kNThreads, Cfg::kSmemBytes, st, false, pw, maps,
+                            score_mod, mask_mod);
         FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward main kernel (sm90)");
         note_launch("bwd_sm90");
       });
@@ -216,10 +288,11 @@ void launch_bwd_kernel(const BwdArgs& a, const BwdParams& p, const ScoreMod& sco
   }
   using Cfg = BwdConfig<D>;
   launch_bwd_cfg<Cfg, T, Unit>(p, a.stream, [&](const BwdParams& pw, dim3 grid, cudaStream_t st) {
-    auto* kernel = &bwd_kernel_sm80<Cfg, T, ScoreMod, MaskMod, Unit>;
-    FLEXATTN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             Cfg::kSmemBytes));
-    kernel<<<grid, Cfg::kNThreads, Cfg::kSmemBytes, st>>>(pw, score_mod, mask_mod);
+    const auto kernel = bwd_launch_detail::sm80_kernel<Cfg, T, ScoreMod, MaskMod, Unit>();
+    FLEXATTN_CUDA_CHECK(cudaFuncSetAttribute(
+        kernel.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
+    (void)launch_kernel(kernel, grid, Cfg::kNThreads, Cfg::kSmemBytes, st, false, pw, score_mod,
+                        mask_mod);
     FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention_backward main kernel (sm80)");
     note_launch("bwd_sm80");
   });

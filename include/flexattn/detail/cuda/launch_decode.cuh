@@ -12,13 +12,17 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <string>
+#include <tuple>
 
 #include "../../tensor.h"
 #include "../args.h"
 #include "check.cuh"
 #include "combine_decode.cuh"
 #include "head_dims.cuh"
+#include "kernel_ref.cuh"
 #include "kernel_traits_decode.cuh"
 #include "launch_record.h"
 #include "mainloop_decode.cuh"
@@ -68,23 +72,30 @@ inline DecodePlan decode_plan(int64_t B, int64_t Hq, int64_t group, int64_t Lq, 
 
 namespace decode_launch_detail {
 
-// Launches `kernel` as a programmatic dependent of the work before it on the stream where
-// `pdl` (sm90+; the kernel calls grid::wait_for_prior_grid before touching memory): its CTAs
-// are scheduled while that work finishes instead of after the kernel boundary, which a decode
-// step of a few microseconds feels.
-template <class... KArgs, class... Args>
-void launch_dependent(void (*kernel)(KArgs...), dim3 grid, int threads, int smem,
-                      cudaStream_t stream, bool pdl, const Args&... args) {
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(static_cast<unsigned>(threads));
-  cfg.dynamicSmemBytes = static_cast<size_t>(smem);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
-  if (pdl) cfg.attrs = &attr, cfg.numAttrs = 1;
-  FLEXATTN_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
+// The decode kernels of Unit: compiled in, or Unit's run-time ones (kernel_ref.cuh). Both are
+// launched as programmatic dependents of the work before them where the GPU has it (sm90+; they
+// call grid::wait_for_prior_grid before touching memory): a decode step of a few microseconds
+// feels the kernel boundary.
+template <class Traits, class T, class ScoreMod, class MaskMod, class Unit>
+KernelRef<DecodeParams, ScoreMod, MaskMod> main_kernel() {
+  using Ref = KernelRef<DecodeParams, ScoreMod, MaskMod>;
+  if constexpr (RuntimeKernelUnit<Unit>) {
+    return runtime_kernel<Ref, Unit>(rt_type_id<Traits, T, ScoreMod, MaskMod, Unit>(
+        "flexattn::detail::cuda::decode_kernel"));
+  } else {
+    return static_kernel<Ref>(&decode_kernel<Traits, T, ScoreMod, MaskMod, Unit>);
+  }
+}
+template <int D, class T, class Unit>
+KernelRef<DecodeParams> combine_kernel() {
+  using Ref = KernelRef<DecodeParams>;
+  if constexpr (RuntimeKernelUnit<Unit>) {
+    return runtime_kernel<Ref, Unit>(rt_template_id(
+        "flexattn::detail::cuda::decode_combine_kernel",
+        {std::to_string(D), rt_name<T>(), rt_name<Unit>()}));
+  } else {
+    return static_kernel<Ref>(&decode_combine_kernel<D, T, Unit>);
+  }
 }
 
 inline void set_out(DecodeParams& p, const TensorView& q, const TensorView& out,
@@ -104,37 +115,59 @@ inline void set_out(DecodeParams& p, const TensorView& q, const TensorView& out,
   p.Hq = static_cast<int>(d.Hq);
 }
 
-// CTA slots of one decode kernel on the current device (SMs x resident CTAs), asked once per
-// device: the driver queries (and the shared-memory opt-in) cost microseconds that a decode step
-// of a few tens of microseconds would feel.
-// HAZARD: the cache must be one per kernel: keyed by every template argument of decode_kernel
-// (its function type alone would be shared by every head dim and dtype, and the first one's
-// shared-memory opt-in would stand in for all of them).
-template <class Traits, class T, class ScoreMod, class MaskMod, class Unit>
-int kernel_slots() {
-  auto* kernel = &decode_kernel<Traits, T, ScoreMod, MaskMod, Unit>;
-  constexpr int smem_bytes = Traits::kSmemBytes, threads = Traits::kNThreads;
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cached[kMaxDevices] = {};
-  int dev = 0;
-  FLEXATTN_CUDA_CHECK(cudaGetDevice(&dev));
-  if (dev < kMaxDevices) {
-    if (const int v = cached[dev].load(std::memory_order_relaxed)) return v;
-  }
+// CTA slots of the decode kernel `kernel` on device `dev` (SMs x resident CTAs), after the
+// shared-memory opt-in it needs; `combine` is its split merge.
+inline int query_slots(const void* kernel, const void* combine, int threads, int smem_bytes,
+                       int dev) {
   FLEXATTN_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
   // The merge kernel asks for the same shared-memory carve-out as the decode kernel: an SM that
   // switches carve-outs between two kernels drains first, and the two alternate every step.
-  FLEXATTN_CUDA_CHECK(cudaFuncSetAttribute(decode_combine_kernel<Traits::kHeadDim, T, Unit>,
-                                           cudaFuncAttributePreferredSharedMemoryCarveout,
+  FLEXATTN_CUDA_CHECK(cudaFuncSetAttribute(combine, cudaFuncAttributePreferredSharedMemoryCarveout,
                                            cudaSharedmemCarveoutMaxShared));
   int per_sm = 0, sms = 0;
   FLEXATTN_CUDA_CHECK(
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem_bytes));
   FLEXATTN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  const int v = sms * std::max(per_sm, 1);
-  if (dev < kMaxDevices) cached[dev].store(v, std::memory_order_relaxed);
-  return v;
+  return sms * std::max(per_sm, 1);
+}
+
+// CTA slots of one decode kernel on the current device, asked once per device: the driver queries
+// (and the shared-memory opt-in) cost microseconds that a decode step of a few tens of
+// microseconds would feel.
+// HAZARD: the cache must be one per kernel. Compiled in: keyed by every template argument of
+// decode_kernel (its function type alone would be shared by every head dim and dtype, and the
+// first one's shared-memory opt-in would stand in for all of them). A runtime unit hands out a
+// different kernel per variant under the same template arguments (its functors are proxies), so
+// there the cache is keyed by the kernels themselves.
+template <class Traits, class T, class ScoreMod, class MaskMod, class Unit>
+int kernel_slots(const void* kernel, const void* combine) {
+  constexpr int smem_bytes = Traits::kSmemBytes, threads = Traits::kNThreads;
+  int dev = 0;
+  FLEXATTN_CUDA_CHECK(cudaGetDevice(&dev));
+  if constexpr (RuntimeKernelUnit<Unit>) {
+    static std::mutex mu;
+    static std::map<std::tuple<const void*, const void*, int>, int> cached;
+    const auto key = std::make_tuple(kernel, combine, dev);
+    {
+      const std::lock_guard<std::mutex> lock(mu);
+      if (const auto it = cached.find(key); it != cached.end()) return it->second;
+    }
+    // Outside the lock: two threads may both ask the driver once, with the same answer.
+    const int v = query_slots(kernel, combine, threads, smem_bytes, dev);
+    const std::lock_guard<std::mutex> lock(mu);
+    cached.emplace(key, v);
+    return v;
+  } else {
+    constexpr int kMaxDevices = 64;
+    static std::atomic<int> cached[kMaxDevices] = {};
+    if (dev < kMaxDevices) {
+      if (const int v = cached[dev].load(std::memory_order_relaxed)) return v;
+    }
+    const int v = query_slots(kernel, combine, threads, smem_bytes, dev);
+    if (dev < kMaxDevices) cached[dev].store(v, std::memory_order_relaxed);
+    return v;
+  }
 }
 
 }  // namespace decode_launch_detail
@@ -146,8 +179,10 @@ void launch_decode_kernel(DecodeParams p, bool pack_heads, void* stream_ptr,
                           const ScoreMod& score_mod, const MaskMod& mask_mod) {
   using Traits = DecodeConfig<D>;
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
-  auto* kernel = &decode_kernel<Traits, T, ScoreMod, MaskMod, Unit>;
-  const int slots = decode_launch_detail::kernel_slots<Traits, T, ScoreMod, MaskMod, Unit>();
+  const auto kernel = decode_launch_detail::main_kernel<Traits, T, ScoreMod, MaskMod, Unit>();
+  const auto combine = decode_launch_detail::combine_kernel<D, T, Unit>();
+  const int slots =
+      decode_launch_detail::kernel_slots<Traits, T, ScoreMod, MaskMod, Unit>(kernel.fn, combine.fn);
   const DecodePlan plan = decode_plan(p.B, p.Hq, p.group, p.Lq, p.Lkv, pack_heads, Traits::kRows,
                                       Traits::kBlockN, slots);
   p.heads_per_tile = plan.heads_per_tile;
@@ -171,15 +206,16 @@ void launch_decode_kernel(DecodeParams p, bool pack_heads, void* stream_ptr,
     p.part_out = static_cast<float*>(parts.data());
     p.part_lse = p.part_out + plan.splits * rows * D;
   }
-  using decode_launch_detail::launch_dependent;
+  // Programmatic dependents where the GPU has them (decode_launch_detail::main_kernel).
   const bool pdl = check_device_arch() >= 9;
-  launch_dependent(kernel, DecodeTileScheduler::grid(plan.m_blocks, plan.splits, head_tiles, p.B),
-                   Traits::kNThreads, Traits::kSmemBytes, stream, pdl, p, score_mod, mask_mod);
+  FLEXATTN_CUDA_CHECK(launch_kernel(
+      kernel, DecodeTileScheduler::grid(plan.m_blocks, plan.splits, head_tiles, p.B),
+      Traits::kNThreads, Traits::kSmemBytes, stream, pdl, p, score_mod, mask_mod));
   note_launch(plan.splits > 1 ? "decode_split" : "decode");
   if (plan.splits > 1) {
     // One CTA per row, scheduled while the decode kernel finishes (combine_decode.cuh).
-    launch_dependent(decode_combine_kernel<D, T, Unit>, dim3(static_cast<unsigned>(rows)),
-                     kCombineThreads, 0, stream, pdl, p);
+    FLEXATTN_CUDA_CHECK(launch_kernel(combine, dim3(static_cast<unsigned>(rows)), kCombineThreads,
+                                      0, stream, pdl, p));
   }
 }
 

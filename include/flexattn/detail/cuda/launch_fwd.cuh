@@ -10,7 +10,7 @@
 //                             src/cuda/prebuilt_fwd*.cu and FLEXATTN_CUDA_HEAD_DIMS)
 // Every launcher takes the unit tag `Unit` (sm90_unit.cuh: ThisUnit in a user's .cu, LibraryUnit
 // in the prebuilt files), so that no instantiation is shared between translation units compiled
-// with different architecture lists.
+// with different architecture lists; a runtime unit (kernel_ref.cuh) supplies its kernels itself.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -22,6 +22,7 @@
 #include "../args.h"
 #include "check.cuh"
 #include "head_dims.cuh"
+#include "kernel_ref.cuh"
 #include "kernel_traits_fwd.cuh"
 #include "launch_record.h"
 #include "launch_decode.cuh"
@@ -132,6 +133,28 @@ bool make_tile_maps(const FwdArgs& a, FwdTileMaps& maps) {
          make_tile_map(maps.v, a.v.data, a.v.shape, a.v.stride, Traits::kBlockN);
 }
 
+// The forward kernels of Unit: compiled in, or Unit's run-time ones (kernel_ref.cuh).
+template <class Traits, class T, class ScoreMod, class MaskMod, class Unit>
+KernelRef<FwdParams, FwdTileMaps, ScoreMod, MaskMod> sm90_kernel() {
+  using Ref = KernelRef<FwdParams, FwdTileMaps, ScoreMod, MaskMod>;
+  if constexpr (RuntimeKernelUnit<Unit>) {
+    return runtime_kernel<Ref, Unit>(rt_type_id<Traits, T, ScoreMod, MaskMod, Unit>(
+        "flexattn::detail::cuda::fwd_kernel_sm90"));
+  } else {
+    return static_kernel<Ref>(&fwd_kernel_sm90<Traits, T, ScoreMod, MaskMod, Unit>);
+  }
+}
+template <class Traits, class T, class ScoreMod, class MaskMod, class Unit>
+KernelRef<FwdParams, ScoreMod, MaskMod> sm80_kernel() {
+  using Ref = KernelRef<FwdParams, ScoreMod, MaskMod>;
+  if constexpr (RuntimeKernelUnit<Unit>) {
+    return runtime_kernel<Ref, Unit>(rt_type_id<Traits, T, ScoreMod, MaskMod, Unit>(
+        "flexattn::detail::cuda::fwd_kernel_sm80"));
+  } else {
+    return static_kernel<Ref>(&fwd_kernel_sm80<Traits, T, ScoreMod, MaskMod, Unit>);
+  }
+}
+
 }  // namespace fwd_launch_detail
 
 // Whether the Hopper kernel takes this call: a head dim it has tiles for, mask blocks its tiles
@@ -143,7 +166,7 @@ bool sm90_forward_usable(const FwdParams& p) {
   } else {
     using Traits = FwdConfigSm90<D>;
     return p.block_q % Traits::kBlockM == 0 && p.block_kv % Traits::kBlockN == 0 &&
-           unit_runs_sm90a();
+           unit_has_sm90a<Unit>();
   }
 }
 
@@ -157,26 +180,27 @@ void launch_fwd_kernel(const FwdArgs& a, const FwdParams& p, const ScoreMod& sco
     using Traits = FwdConfigSm90<D>;
     FwdTileMaps maps;
     if (sm90_forward_usable<D, Unit>(p) && fwd_launch_detail::make_tile_maps<Traits>(a, maps)) {
-      auto* kernel = &fwd_kernel_sm90<Traits, T, ScoreMod, MaskMod, Unit>;
+      const auto kernel = fwd_launch_detail::sm90_kernel<Traits, T, ScoreMod, MaskMod, Unit>();
       FLEXATTN_CUDA_CHECK(cudaFuncSetAttribute(
-          kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes));
+          kernel.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes));
       const int m_tiles = (p.Lq + Traits::kBlockM - 1) / Traits::kBlockM;
-      kernel<<<FwdTileScheduler::grid(m_tiles, heads, batch), Traits::kNThreads,
-               Traits::kSmemBytes, stream>>>(p, maps, score_mod, mask_mod);
+      // The error is the thread's last error too, which the check below reads (kernel_ref.cuh).
+      (void)launch_kernel(kernel, FwdTileScheduler::grid(m_tiles, heads, batch), Traits::kNThreads,
+                          Traits::kSmemBytes, stream, false, p, maps, score_mod, mask_mod);
       FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention forward kernel (sm90)");
       note_launch("fwd_sm90");
       return;
     }
   }
   using Traits = FwdConfig<D>;
-  auto* kernel = &fwd_kernel_sm80<Traits, T, ScoreMod, MaskMod, Unit>;
+  const auto kernel = fwd_launch_detail::sm80_kernel<Traits, T, ScoreMod, MaskMod, Unit>();
   if constexpr (Traits::kSmemBytes > 48 * 1024) {
     FLEXATTN_CUDA_CHECK(cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes));
+        kernel.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes));
   }
   const int m_tiles = (p.Lq + Traits::kBlockM - 1) / Traits::kBlockM;
-  kernel<<<FwdTileScheduler::grid(m_tiles, heads, batch), Traits::kNThreads, Traits::kSmemBytes,
-           stream>>>(p, score_mod, mask_mod);
+  (void)launch_kernel(kernel, FwdTileScheduler::grid(m_tiles, heads, batch), Traits::kNThreads,
+                      Traits::kSmemBytes, stream, false, p, score_mod, mask_mod);
   FLEXATTN_CUDA_CHECK_LAUNCH("flex_attention forward kernel (sm80)");
   note_launch("fwd_sm80");
 }

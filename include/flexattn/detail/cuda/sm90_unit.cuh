@@ -23,6 +23,7 @@
 #include <atomic>
 
 #include "check.cuh"
+#include "kernel_ref.cuh"
 
 namespace flexattn::detail::cuda {
 namespace {
@@ -56,6 +57,18 @@ bool unit_runs_sm90a() {
   }
   if (dev < kMaxDevices) known[dev].store(flag == 1 ? 2 : 1, std::memory_order_relaxed);
   return flag == 1;
+}
+
+// What the launchers ask: whether Unit's Hopper kernels can run on the current device. A runtime
+// unit (kernel_ref.cuh) answers for its own kernels; FLEXATTN_CUDA_SM80=1 turns them off too.
+// Here, with internal linkage, for the same reason as unit_runs_sm90a (see the top).
+template <class Unit>
+bool unit_has_sm90a() {
+  if constexpr (RuntimeKernelUnit<Unit>) {
+    return !sm80_forced() && Unit::runs_sm90a();
+  } else {
+    return unit_runs_sm90a();
+  }
 }
 
 }  // namespace
