@@ -12,6 +12,8 @@ and issue 9's decode rows (Lq=1, bf16, D=128, Hq=32, Hkv=8; TB/s of K/V read, se
   contiguous, no mask, B=1 Lkv=131072:  ours >= 0.9 x cuDNN
   paged (every page size), no mask:     >= 0.9 x our contiguous decode at the same shape
   sliding window 4096:                  >= 10 x faster than our no-mask row on the same path
+and issue 11's runtime twins (dirs *_rt: the variant from source, NVRTC-compiled):
+  every row                             >= 0.97 x the compiled-in variant's TFLOP/s
 
   merge_gpu.py OURS_CSV PEERS_CSV [--out-dir DIR]
 prints the table (markdown) and writes DIR/<date>-<card name>.md (card name from nvidia-smi).
@@ -29,6 +31,7 @@ TARGET_D, TARGET_L = 128, 16384
 # Issue 9: (B, Lkv) -> the ours/cuDNN bandwidth a contiguous no-mask decode must reach.
 DECODE_CUDNN_TARGETS = {(8, 32768): 0.95, (1, 131072): 0.9}
 DECODE_PAGED_TARGET, DECODE_WINDOW_SPEEDUP = 0.9, 10.0
+RUNTIME_TARGET = 0.97  # issue 11: a runtime twin within 3% of the compiled-in variant
 
 
 def load(path):
@@ -232,6 +235,27 @@ def main():
             front_ms = ms.get(("ours", v, D, L, d))
             out.append(f"| {D} | {L} | {v} | {base} | {f(into_ms, '{:.3f}')} | "
                        f"{f(front_ms, '{:.3f}')} | {f(r, '{:.3f}')} | {tcell} |")
+    # Issue 11: runtime twins (NVRTC, the same kernels) against the compiled-in variant.
+    rts = sorted({(v, D, L, d[:-3]) for (impl, v, D, L, d) in tf if impl == "ours" and d.endswith("_rt")},
+                 key=lambda x: (-x[1], -x[2], ORDER.index(x[0]) if x[0] in ORDER else 99, x[3]))
+    if rts:
+        out.append("")
+        out.append(f"## Runtime variants vs compiled in (TFLOP/s; target: runtime ≥ {RUNTIME_TARGET} × compiled)")
+        out.append("")
+        out.append("| D | L | variant | dir | compiled | runtime | runtime/compiled | target |")
+        out.append("|---:|---:|---|---|---:|---:|---:|---|")
+        for (v, D, L, d) in rts:
+            c, rt = tf.get(("ours", v, D, L, d)), tf.get(("ours", v, D, L, d + "_rt"))
+            r = ratio(rt, c)
+            tcell = ""
+            if r is not None:
+                total += 1
+                ok = r >= RUNTIME_TARGET
+                met += ok
+                tcell = f"≥ {RUNTIME_TARGET}: {'met' if ok else 'MISSED'}"
+                if not ok:
+                    misses.append(f"runtime {v} D={D} L={L} {d}: {r:.3f}x compiled")
+            out.append(f"| {D} | {L} | {v} | {d} | {f(c)} | {f(rt)} | {f(r, '{:.3f}')} | {tcell} |")
     out.append("")
     out.append("## Block mask build, L=16384, 128×128 tiles (µs)")
     out.append("")
@@ -251,7 +275,8 @@ def main():
         out.append(f"| {v} | {f(o * 1e3 if o is not None else None)} | "
                    f"{f(p * 1e3 if p is not None else None)} | {tcell} |")
     out.append("")
-    out.append(f"Targets (issues 3 and 8 at L={TARGET_L}, issue 9's decode rows): {met}/{total} met"
+    out.append(f"Targets (issues 3 and 8 at L={TARGET_L}, issue 9's decode rows, issue 11's "
+               f"runtime twins): {met}/{total} met"
                + (f"; missed: {'; '.join(misses)}" if misses else ""))
     text = "\n".join(out) + "\n"
     print(text)

@@ -93,6 +93,38 @@ void visit_variant(const std::string& name, const VariantParams& p, F&& f) {
   }
 }
 
+// The same variants as runtime sources (runtime.h), written as a user would: what the benchmark
+// times against the compiled-in functors above (issue 11: within 3%). Empty: that mod is absent
+// (NoopScore / NoopMask). The variants with captured document ids have none here.
+struct RuntimeSources {
+  std::string score, mask, tile_kind;
+};
+inline bool has_runtime_sources(const std::string& name) {
+  return name == "causal" || name == "sliding_window" || name == "alibi_causal" ||
+         name == "softcap";
+}
+inline RuntimeSources runtime_sources(const std::string& name, const VariantParams& p) {
+  const std::string causal_rule = "q1 - 1 < k0 ? empty : (k1 - 1 <= q0 ? full : partial)";
+  if (name == "causal") return {"", "kv_idx <= q_idx", causal_rule};
+  if (name == "sliding_window") {
+    const std::string w = std::to_string(p.window);
+    return {"", "q_idx - kv_idx >= 0 && q_idx - kv_idx <= " + w,
+            "long long dmin = (long long)q0 - (k1 - 1), dmax = (long long)(q1 - 1) - k0;\n"
+            "if (dmax < 0 || dmin > " + w + ") return empty;\n"
+            "return dmin >= 0 && dmax <= " + w + " ? full : partial;"};
+  }
+  if (name == "alibi_causal") {
+    return {"score + exp2(-8.0f * float(h + 1) / " + std::to_string(p.num_heads) +
+                ".0f) * float(kv_idx - q_idx)",
+            "kv_idx <= q_idx", causal_rule};
+  }
+  if (name == "softcap") {
+    const std::string cap = std::to_string(p.cap) + "f";
+    return {cap + " * fast_tanh(score * (1.0f / " + cap + "))", "", ""};
+  }
+  throw std::invalid_argument("no runtime sources for variant " + name);
+}
+
 // Kept fraction of the Lq x Lkv score matrix (design.md section 4 counts FLOPs on it).
 // doc_ids_host: the document ids on the host (document variants only).
 inline double kept_fraction(const std::string& name, int64_t Lq, int64_t Lkv,

@@ -126,6 +126,24 @@ bool write_atomically(const std::string& path, const std::string& bytes) {
   return true;
 }
 
+namespace {
+constexpr size_t kTrailerBytes = 19 + 16 + 1;  // the tag, 16 hex digits, a newline
+std::string trailer(const std::string& body, const std::string& key) {
+  return "\nflexattn-rt-check " + hex16(fnv1a(key, fnv1a(body))) + "\n";
+}
+}  // namespace
+
+bool write_entry(const std::string& path, const std::string& body, const std::string& key) {
+  return write_atomically(path, body + trailer(body, key));
+}
+
+bool read_entry(const std::string& path, const std::string& key, std::string& body) {
+  std::string bytes;
+  if (!read_file(path, bytes) || bytes.size() < kTrailerBytes) return false;
+  body = bytes.substr(0, bytes.size() - kTrailerBytes);
+  return bytes.compare(body.size(), kTrailerBytes, trailer(body, key)) == 0;
+}
+
 std::string make_temp_dir() {
   std::string base = env("TMPDIR");
   if (base.empty()) base = "/tmp";

@@ -14,9 +14,6 @@
 #ifndef FLEXATTN_RT_CXX
 #define FLEXATTN_RT_CXX "c++"
 #endif
-#ifndef FLEXATTN_VERSION_STRING
-#define FLEXATTN_VERSION_STRING "0"
-#endif
 
 namespace flexattn::detail::runtime {
 namespace {
@@ -88,21 +85,6 @@ std::string module_key(const ModSpec* score, const ModSpec* mask) {
          "\nheaders " + headers_fingerprint() + "\n" + pair_key(score, mask);
 }
 
-// A disk entry is the shared object followed by a trailer holding a hash of its bytes and its
-// key (the loader ignores bytes past the object's sections): a truncated or overwritten entry
-// fails the check before dlopen is asked to map it.
-constexpr const char* kTrailerTag = "\nflexattn-rt-check ";
-constexpr size_t kTrailerBytes = 19 + 16 + 1;
-std::string trailer(const std::string& object, const std::string& key) {
-  return kTrailerTag + hex16(fnv1a(key, fnv1a(object))) + "\n";
-}
-bool entry_intact(const std::string& path, const std::string& key) {
-  std::string bytes;
-  if (!read_file(path, bytes) || bytes.size() < kTrailerBytes) return false;
-  const std::string object = bytes.substr(0, bytes.size() - kTrailerBytes);
-  return bytes.compare(object.size(), kTrailerBytes, trailer(object, key)) == 0;
-}
-
 // Opens `path` and checks that it is a module for `key`; false (closed again) otherwise.
 bool open_module(const std::string& path, const std::string& key, Module& m) {
   void* h = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
@@ -162,14 +144,10 @@ Module build_module(const char* fn, const ModSpec* score, const ModSpec* mask,
                 compiler_message(log));
   }
   count_compiled();
-  // Into the cache with its trailer, written under a temporary name and renamed (atomic within
-  // one directory): a concurrent process sees no entry or a whole one.
+  // Into the cache (write_entry: atomic, so a concurrent process sees no entry or a whole one).
   std::string object;
   std::string load_from = out;
-  if (!path.empty() && read_file(out, object) &&
-      write_atomically(path, object + trailer(object, key))) {
-    load_from = path;
-  }
+  if (!path.empty() && read_file(out, object) && write_entry(path, object, key)) load_from = path;
   Module m;
   if (!open_module(load_from, key, m)) {
     const char* why = ::dlerror();
@@ -191,7 +169,8 @@ Module get_module(const char* fn, const ModSpec* score, const ModSpec* mask, boo
   const std::string& dir = cache_dir();
   const std::string path = dir.empty() ? "" : dir + "/cpu-" + hex16(fnv1a(key)) + ".so";
   Module m;
-  if (!rebuild && !path.empty() && entry_intact(path, key) && open_module(path, key, m)) {
+  std::string object;
+  if (!rebuild && !path.empty() && read_entry(path, key, object) && open_module(path, key, m)) {
     count_loaded_from_disk();
   } else {
     m = build_module(fn, score, mask, key, path);

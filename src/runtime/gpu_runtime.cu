@@ -11,6 +11,7 @@
 #include <cuda_runtime.h>
 #include <nvrtc.h>
 
+#include <future>
 #include <map>
 #include <mutex>
 #include <string>
@@ -23,9 +24,6 @@
 
 #ifndef FLEXATTN_RT_CUDA_INCLUDE_DIRS
 #define FLEXATTN_RT_CUDA_INCLUDE_DIRS ""
-#endif
-#ifndef FLEXATTN_VERSION_STRING
-#define FLEXATTN_VERSION_STRING "0"
 #endif
 
 namespace flexattn::detail::runtime {
@@ -117,18 +115,12 @@ std::string program_source(const Pair* pair, bool uses_mods) {
   return src + "namespace flexattn_rt {\nstruct Unit {};\n}  // namespace flexattn_rt\n";
 }
 
-// A disk entry: "flexattn-rt-gpu\n" <lowered name> "\n" <cubin>, then the checksum trailer of
-// the CPU entries (cpu_module.cpp): the cubin is loaded only when the trailer matches its key.
+// A disk entry's body (write_entry / read_entry add and check the trailer):
+// "flexattn-rt-gpu\n" <lowered name> "\n" <cubin>.
 constexpr const char* kMagic = "flexattn-rt-gpu\n";
-std::string entry_trailer(const std::string& body, const std::string& key) {
-  return "\nflexattn-rt-check " + hex16(fnv1a(key, fnv1a(body))) + "\n";
-}
-bool parse_entry(const std::string& bytes, const std::string& key, std::string& lowered,
-                 std::string& cubin) {
-  const size_t trailer = 19 + 16 + 1, magic = std::string(kMagic).size();
-  if (bytes.size() < magic + trailer || bytes.compare(0, magic, kMagic) != 0) return false;
-  const std::string body = bytes.substr(0, bytes.size() - trailer);
-  if (bytes.compare(body.size(), trailer, entry_trailer(body, key)) != 0) return false;
+bool parse_body(const std::string& body, std::string& lowered, std::string& cubin) {
+  const size_t magic = std::string(kMagic).size();
+  if (body.compare(0, magic, kMagic) != 0) return false;
   const size_t nl = body.find('\n', magic);
   if (nl == std::string::npos) return false;
   lowered = body.substr(magic, nl - magic);
@@ -142,10 +134,16 @@ void nvrtc_check(nvrtcResult r, const char* what) {
   }
 }
 
-// Compiles `name` (a kernel template-id) for `arch`; returns its lowered name and the cubin.
-void compile(const Pair* pair, bool uses_mods, const std::string& name, int arch,
-             std::string& lowered, std::string& cubin) {
-  const std::string src = program_source(pair, uses_mods);
+struct Compiled {
+  std::string lowered, cubin;
+};
+
+// Compiles `name` (a kernel template-id) in `src` for `arch`. Touches nothing shared: it runs on
+// prefetch threads too.
+Compiled compile(const std::string& src, const std::string& name, int arch) {
+  Compiled c;
+  std::string& lowered = c.lowered;
+  std::string& cubin = c.cubin;
   nvrtcProgram prog = nullptr;
   nvrtc_check(nvrtcCreateProgram(&prog, src.c_str(), "flexattn_variant.cu", 0, nullptr, nullptr),
               "nvrtcCreateProgram");
@@ -178,6 +176,7 @@ void compile(const Pair* pair, bool uses_mods, const std::string& name, int arch
   nvrtc_check(nvrtcGetCUBINSize(prog, &n), "nvrtcGetCUBINSize");
   cubin.assign(n, '\0');
   nvrtc_check(nvrtcGetCUBIN(prog, cubin.data()), "nvrtcGetCUBIN");
+  return c;
 }
 
 Loaded load(const std::string& lowered, const std::string& cubin) {
@@ -187,6 +186,10 @@ Loaded load(const std::string& lowered, const std::string& cubin) {
   FLEXATTN_CUDA_CHECK(cudaLibraryGetKernel(&l.kernel, l.lib, lowered.c_str()));
   return l;
 }
+
+// Compiles started by a prefetch batch, by key: the thread that asks for the kernel waits.
+std::map<std::string, std::shared_future<Compiled>> g_pending;
+thread_local bool t_prefetching = false;
 
 const void* runtime_kernel(const std::string& name) {
   const Pair* pair = t_pair;
@@ -198,25 +201,46 @@ const void* runtime_kernel(const std::string& name) {
                           nvrtc_identity() + "\nsm " + std::to_string(arch) + "\nheaders " +
                           headers_fingerprint() + "\n" + name + "\n" +
                           (uses_mods ? pair_key(pair->score, pair->mask) : std::string());
-  std::lock_guard<std::mutex> lock(g_mutex);
+  const std::string& dir = cache_dir();
+  const std::string path = dir.empty() ? "" : dir + "/gpu-" + hex16(fnv1a(key)) + ".cubin";
+  std::unique_lock<std::mutex> lock(g_mutex);
   if (auto it = g_kernels.find(key); it != g_kernels.end()) {
+    if (t_prefetching) return nullptr;
     count_memory_hit();
     return reinterpret_cast<const void*>(it->second.kernel);
   }
-  const std::string& dir = cache_dir();
-  const std::string path = dir.empty() ? "" : dir + "/gpu-" + hex16(fnv1a(key)) + ".cubin";
-  std::string lowered, cubin, bytes;
-  if (!path.empty() && read_file(path, bytes) && parse_entry(bytes, key, lowered, cubin)) {
+  Compiled c;
+  std::string body;
+  if (t_prefetching) {
+    // Start the compile unless it runs already or the disk has it (read when asked for).
+    if (g_pending.count(key) == 0 && !(!path.empty() && read_entry(path, key, body))) {
+      g_pending[key] = std::async(std::launch::async, [src = program_source(pair, uses_mods),
+                                                       name, arch, key, path] {
+                         Compiled r = compile(src, name, arch);
+                         count_compiled();
+                         if (!path.empty()) write_entry(path, kMagic + r.lowered + "\n" + r.cubin, key);
+                         return r;
+                       }).share();
+    }
+    return nullptr;
+  }
+  if (auto it = g_pending.find(key); it != g_pending.end()) {
+    const std::shared_future<Compiled> f = it->second;
+    g_pending.erase(it);
+    lock.unlock();
+    c = f.get();  // rethrows the compile's Error
+    lock.lock();
+  } else if (!path.empty() && read_entry(path, key, body) && parse_body(body, c.lowered, c.cubin)) {
     count_loaded_from_disk();
   } else {
-    compile(pair, uses_mods, name, arch, lowered, cubin);
+    c = compile(program_source(pair, uses_mods), name, arch);
     count_compiled();
-    if (!path.empty()) {
-      const std::string body = kMagic + lowered + "\n" + cubin;
-      write_atomically(path, body + entry_trailer(body, key));
-    }
+    if (!path.empty()) write_entry(path, kMagic + c.lowered + "\n" + c.cubin, key);
   }
-  const Loaded l = load(lowered, cubin);
+  if (auto it = g_kernels.find(key); it != g_kernels.end()) {  // another thread got there first
+    return reinterpret_cast<const void*>(it->second.kernel);
+  }
+  const Loaded l = load(c.lowered, c.cubin);
   g_kernels[key] = l;
   return reinterpret_cast<const void*>(l.kernel);
 }
@@ -229,6 +253,13 @@ struct RtUnit {
   static constexpr const char* kName = "flexattn_rt::Unit";
   static const void* kernel(const std::string& name) { return runtime_kernel(name); }
   static bool runs_sm90a() { return !cuda::sm80_forced() && device_arch() == 90; }
+  struct PrefetchBatch {
+    PrefetchBatch() { t_prefetching = true; }
+    ~PrefetchBatch() { t_prefetching = false; }
+    PrefetchBatch(const PrefetchBatch&) = delete;
+    PrefetchBatch& operator=(const PrefetchBatch&) = delete;
+  };
+  static PrefetchBatch prefetch_batch() { return {}; }
 };
 
 namespace {
@@ -294,6 +325,7 @@ void gpu_build_block_mask(const ModSpec& mask, BlockMaskData& data, void* stream
 void gpu_forget_modules() {
   std::lock_guard<std::mutex> lock(g_mutex);
   g_kernels.clear();  // the libraries stay loaded: a stream may still run their kernels
+  g_pending.clear();  // waits for prefetch compiles still running (a std::async future does)
 }
 
 }  // namespace flexattn::detail::runtime

@@ -8,6 +8,11 @@
 #include "flexattn/detail/runtime/captures.h"
 #include "flexattn/detail/runtime/dispatch.h"
 
+// CMakeLists.txt defines it for the library's sources: part of every cache key.
+#ifndef FLEXATTN_VERSION_STRING
+#error "FLEXATTN_VERSION_STRING must be defined (CMakeLists.txt does)"
+#endif
+
 namespace flexattn::detail::runtime {
 
 // ---- code generation (codegen.cpp) -----------------------------------------------------------
@@ -39,6 +44,12 @@ const std::string& headers_fingerprint();
 // Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
 // reader never sees a partial file. False (nothing written) on any failure.
 bool write_atomically(const std::string& path, const std::string& bytes);
+// A cache entry on disk: `body` followed by a trailer holding a hash of the body and its key,
+// written atomically. read_entry gives the body back only when the trailer matches: a truncated,
+// overwritten or foreign file reads as absent (and is rebuilt). Loaders ignore the trailer bytes
+// past a shared object's sections, so a CPU entry is dlopen'ed as it lies.
+bool write_entry(const std::string& path, const std::string& body, const std::string& key);
+bool read_entry(const std::string& path, const std::string& key, std::string& body);
 // Reads a whole file; false when it cannot.
 bool read_file(const std::string& path, std::string& bytes);
 // A fresh private directory under $TMPDIR (or /tmp) for one compile; removed by the caller.

@@ -250,6 +250,11 @@ void build_block_mask_device(const MaskMod& mask_mod, BlockMaskData& d, void* st
   // The kinds are parked in q_idx (4 * tiles bytes) until kernel 3 writes the q lists there.
   auto* kinds = static_cast<unsigned char*>(d.q_idx.data());
 
+  prefetch_kernels<Unit>([] {
+    (void)classify_kernel<Unit, MaskMod>();
+    (void)row_kernel<Unit>();
+    (void)column_kernel<Unit>();
+  });
   // Launch errors are the thread's last error too, which each FLEXATTN_CUDA_CHECK_LAUNCH reads
   // (kernel_ref.cuh).
   (void)launch_kernel(classify_kernel<Unit, MaskMod>(), grid_for(tiles, kClassifyWarps),

@@ -41,6 +41,11 @@ namespace flexattn::detail::cuda {
 //       (rt_template_id below builds them), as given to nvrtcAddNameExpression. It should
 //       throw when it has none: a null handle fails only at the launch, as "invalid argument".
 //       Called on every launch, with a freshly built string: worth a cache on its side.
+//   static auto prefetch_batch();
+//       an RAII object: while it lives on this thread, kernel(name) only starts compiling `name`
+//       in the background and returns null. A launcher that runs several kernels names them all
+//       in one batch first (prefetch_kernels below), so a cold call compiles them in parallel
+//       instead of one after the other.
 //   static bool runs_sm90a();
 //       whether its Hopper (sm_90a) kernels can run on the current device.
 //   static constexpr const char* kName;
@@ -192,6 +197,17 @@ template <class Ref, class Unit>
   requires RuntimeKernelUnit<Unit>
 Ref runtime_kernel(const std::string& name_expression) {
   return Ref{Unit::kernel(name_expression)};
+}
+
+// Has a runtime unit start compiling every kernel `name_them` asks for (it calls the launcher's
+// kernel helpers and drops their null results); nothing for a compile-time unit, whose kernels
+// are compiled in. A kernel named here and never launched costs a compile, nothing else.
+template <class Unit, class F>
+void prefetch_kernels(const F& name_them) {
+  if constexpr (RuntimeKernelUnit<Unit>) {
+    const auto batch = Unit::prefetch_batch();
+    name_them();
+  }
 }
 
 // ---- launches -----------------------------------------------------------------------------------

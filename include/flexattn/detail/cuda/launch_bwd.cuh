@@ -175,9 +175,18 @@ KernelRef<BwdParams, ScoreMod, MaskMod> sm80_kernel() {
 }  // namespace bwd_launch_detail
 
 // One tile config (BwdTraits / BwdTraitsSm90), one dtype, one main kernel: launch_main(p, grid,
-// stream) launches it with the workspaces filled in.
-template <class Cfg, class T, class Unit, class LaunchMain>
-void launch_bwd_cfg(BwdParams p, void* stream_ptr, const LaunchMain& launch_main) {
+// stream) launches it with the workspaces filled in. name_main() asks for the main kernel (a
+// runtime unit compiles it with the others at once: prefetch_kernels).
+template <class Cfg, class T, class Unit, class NameMain, class LaunchMain>
+void launch_bwd_cfg(BwdParams p, void* stream_ptr, const NameMain& name_main,
+                    const LaunchMain& launch_main) {
+  prefetch_kernels<Unit>([&] {
+    (void)name_main();
+    (void)bwd_launch_detail::preprocess_kernel<T, Unit>();
+    (void)bwd_launch_detail::dq_mark_kernel<Cfg::kBlockN, Unit>();
+    (void)bwd_launch_detail::dq_rank_kernel<Unit>();
+    (void)bwd_launch_detail::postprocess_kernel<T, typename Cfg::DqLayout, Unit>();
+  });
   constexpr int D = Cfg::kHeadDim;
   using bwd_launch_detail::round_up;
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
@@ -272,10 +281,10 @@ void launch_bwd_kernel(const BwdArgs& a, const BwdParams& p, const ScoreMod& sco
         make_tile_map(maps.k, a.k.data, a.k.shape, a.k.stride, Cfg::kBlockN) &&
         make_tile_map(maps.v, a.v.data, a.v.shape, a.v.stride, Cfg::kBlockN) &&
         make_tile_map(maps.dout, a.dout.data, a.dout.shape, a.dout.stride, Cfg::kBlockM)) {
-      launch_bwd_cfg<Cfg, T, Unit>(p, a.stream, [&](const BwdParams& pw, dim3 grid,
-                                                    cudaStream_t st) {
-        const auto kernel =
-            bwd_launch_detail::sm90_kernel<Cfg, T, ScoreMod, MaskMod, Unit>();
+      const auto main = [] { return bwd_launch_detail::sm90_kernel<Cfg, T, ScoreMod, MaskMod, Unit>(); };
+      launch_bwd_cfg<Cfg, T, Unit>(p, a.stream, main, [&](const BwdParams& pw, dim3 grid,
+                                                          cudaStream_t st) {
+        const auto kernel = main();
         FLEXATTN_CUDA_CHECK(cudaFuncSetAttribute(
             kernel.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
         (void)launch_kernel(kernel, grid, Cfg::kNThreads, Cfg::kSmemBytes, st, false, pw, maps,
@@ -287,8 +296,10 @@ void launch_bwd_kernel(const BwdArgs& a, const BwdParams& p, const ScoreMod& sco
     }
   }
   using Cfg = BwdConfig<D>;
-  launch_bwd_cfg<Cfg, T, Unit>(p, a.stream, [&](const BwdParams& pw, dim3 grid, cudaStream_t st) {
-    const auto kernel = bwd_launch_detail::sm80_kernel<Cfg, T, ScoreMod, MaskMod, Unit>();
+  const auto main = [] { return bwd_launch_detail::sm80_kernel<Cfg, T, ScoreMod, MaskMod, Unit>(); };
+  launch_bwd_cfg<Cfg, T, Unit>(p, a.stream, main, [&](const BwdParams& pw, dim3 grid,
+                                                      cudaStream_t st) {
+    const auto kernel = main();
     FLEXATTN_CUDA_CHECK(cudaFuncSetAttribute(
         kernel.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
     (void)launch_kernel(kernel, grid, Cfg::kNThreads, Cfg::kSmemBytes, st, false, pw, score_mod,

@@ -179,6 +179,10 @@ void launch_decode_kernel(DecodeParams p, bool pack_heads, void* stream_ptr,
                           const ScoreMod& score_mod, const MaskMod& mask_mod) {
   using Traits = DecodeConfig<D>;
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
+  prefetch_kernels<Unit>([] {
+    (void)decode_launch_detail::main_kernel<Traits, T, ScoreMod, MaskMod, Unit>();
+    (void)decode_launch_detail::combine_kernel<D, T, Unit>();
+  });
   const auto kernel = decode_launch_detail::main_kernel<Traits, T, ScoreMod, MaskMod, Unit>();
   const auto combine = decode_launch_detail::combine_kernel<D, T, Unit>();
   const int slots =
