@@ -8,6 +8,7 @@
 // load it. Tests that need a cold compile put a nonce comment into their source.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -263,6 +264,22 @@ TEST(RuntimeErrors, SourceThatDoesNotCompileNamesTheUsersLine) {
   const std::string m3 = expect_error_from(
       "create_block_mask", [&] { (void)create_block_mask(bad_rule, 1, 1, 8, 8); }, {});
   EXPECT_NE(m3.find("tile_kind:1"), std::string::npos) << m3;
+}
+
+// A call whose variant does not compile leaves the caller's outputs as they were.
+TEST(RuntimeErrors, OutputsUntouchedWhenTheSourceDoesNotCompile) {
+  const Tensor q = Tensor::from_host(std::vector<float>(64, 0.5f).data(), {1, 1, 8, 8},
+                                     DType::f32);
+  Tensor out = Tensor::empty({1, 1, 8, 8}, DType::f32), lse = Tensor::empty({1, 1, 8}, DType::f32);
+  out.fill(kNaN);
+  lse.fill(kNaN);
+  const RuntimeScoreMod bad(nonce() + "score + )");
+  const auto bm = create_block_mask(NoopMask{}, 1, 1, 8, 8);
+  expect_error_from("flex_attention", [&] {
+    flex_attention_into(q.view(), q.view(), q.view(), out.view(), lse.view(), bad, bm);
+  }, {});
+  for (float x : out.to_host()) EXPECT_TRUE(std::isnan(x));
+  for (float x : lse.to_host()) EXPECT_TRUE(std::isnan(x));
 }
 
 TEST(RuntimeErrors, BadCapturesAreNamed) {
