@@ -361,6 +361,14 @@ int demo() {
       c.variant = v;
       ok = run_one(c) && ok;
     }
+    // A variant written as source and compiled at run time (runtime.h; the first run compiles,
+    // later ones load it from the cache): a per-head distance bias with a causal mask.
+    Config r = c;
+    r.score_src = "score + 0.05f * float(kv_idx - q_idx) / float(h + 1)";
+    r.mask_src = "kv_idx <= q_idx";
+    r.tile_src = "q1 - 1 < k0 ? empty : (k1 - 1 <= q0 ? full : partial)";
+    r.variant = "runtime";
+    ok = run_one(r) && ok;
     ok = fa::cli::decode_demo(dev) && ok;
     std::printf("\n");
   }
