@@ -57,6 +57,24 @@ Buffer Buffer::from_host(const void* src, size_t bytes, Device device, void* str
   return b;
 }
 
+Buffer Buffer::from_blob(void* data, size_t bytes, Device device, std::shared_ptr<void> owner,
+                         void* stream) {
+  if (data == nullptr && bytes > 0) {
+    throw Error("flexattn: Buffer::from_blob: data is null; expected " + std::to_string(bytes) +
+                " bytes");
+  }
+  Buffer b;
+  b.bytes_ = bytes;
+  b.device_ = device;
+  b.stream_ = device == Device::cuda ? stream : nullptr;
+  // Aliasing constructor: shares `owner`'s count and points at `data`, so the buffer is defined
+  // (non-null) and releasing it releases `owner` only. A zero-byte blob with no data still needs
+  // a non-null pointer to count as defined: a static byte stands in for it (never read).
+  static char zero_bytes;
+  b.ptr_ = std::shared_ptr<void>(std::move(owner), data != nullptr ? data : &zero_bytes);
+  return b;
+}
+
 void Buffer::copy_to_host(void* dst, size_t bytes) const {
   if (bytes > bytes_) {
     throw Error("flexattn: Buffer::copy_to_host of " + std::to_string(bytes) +
@@ -126,6 +144,20 @@ Tensor Tensor::empty(std::vector<int64_t> shape, DType dtype, Device device, voi
   return t;
 }
 
+Tensor Tensor::from_blob(void* data, std::vector<int64_t> shape, DType dtype, Device device,
+                         std::shared_ptr<void> owner) {
+  const int64_t n = checked_numel("Tensor::from_blob", shape, dtype);
+  if (data == nullptr && n > 0) {
+    throw Error("flexattn::Tensor::from_blob: data is null; expected " + std::to_string(n) +
+                " elements");
+  }
+  Tensor t;
+  t.shape_ = std::move(shape);
+  t.dtype_ = dtype;
+  t.buffer_ = Buffer::from_blob(data, static_cast<size_t>(n) * dtype_size(dtype), device,
+                                std::move(owner));
+  return t;
+}
 
 Tensor Tensor::from_host(const float* src, std::vector<int64_t> shape, DType dtype, Device device) {
   refuse_i32("from_host", dtype, "Tensor::from_host(const int32_t*, shape, device)");

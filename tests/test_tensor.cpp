@@ -260,6 +260,34 @@ TEST(Tensor, Int32TensorsAreCopiedNotConverted) {
   }
 }
 
+// from_blob wraps foreign memory: reads and writes go to it, nothing is freed but the owner.
+TEST(Tensor, FromBlobSharesMemoryAndReleasesOnlyItsOwner) {
+  std::vector<float> storage = {1.5f, -2.0f, 3.25f, 0.0f, 7.0f, -1.0f};
+  auto released = std::make_shared<int>(0);
+  {
+    std::shared_ptr<void> owner(nullptr, [released](void*) { ++*released; });
+    Tensor t = Tensor::from_blob(storage.data(), {2, 3}, DType::f32, Device::cpu, owner);
+    owner.reset();
+    const Tensor copy = t;  // copies share the blob and its owner
+    EXPECT_EQ(t.data(), storage.data());
+    EXPECT_EQ(copy.shape(), (std::vector<int64_t>{2, 3}));
+    EXPECT_EQ(t.view().stride[0], 3);
+    EXPECT_EQ(copy.to_host(), storage);
+    t.fill(0.5f);  // writes land in the caller's memory
+    EXPECT_EQ(storage[4], 0.5f);
+    EXPECT_EQ(*released, 0);
+  }
+  EXPECT_EQ(*released, 1);
+  int32_t ids[3] = {4, 5, 6};
+  const Tensor i = Tensor::from_blob(ids, {3}, DType::i32, Device::cpu);
+  int32_t back[3] = {};
+  i.copy_to_host(back);
+  EXPECT_EQ(back[2], 6);
+  EXPECT_TRUE(Tensor::from_blob(nullptr, {0, 4}, DType::bf16, Device::cpu).defined());
+  EXPECT_THROW(Tensor::from_blob(nullptr, {2}, DType::f32, Device::cpu), Error);
+  EXPECT_THROW(Tensor::from_blob(storage.data(), {-1}, DType::f32, Device::cpu), Error);
+}
+
 TEST(Tensor, CudaWithoutCudaThrows) {
   if (cuda_available()) GTEST_SKIP() << "a CUDA device is present";
   EXPECT_THROW(Tensor::empty({4}, DType::f32, Device::cuda), Error);

@@ -76,6 +76,12 @@ class Buffer {
   // Copies `bytes` bytes from host memory into a new buffer on `device`; returns once the copy
   // has completed.
   static Buffer from_host(const void* src, size_t bytes, Device device, void* stream = nullptr);
+  // Wraps `bytes` bytes at `data` on `device` that someone else owns, without copying: nothing is
+  // freed when the last copy goes, except that `owner` (may be empty) is released then. The
+  // memory must stay valid while any copy lives; `owner` is the way to tie its life to them.
+  // Throws Error for a null `data` with bytes > 0.
+  static Buffer from_blob(void* data, size_t bytes, Device device, std::shared_ptr<void> owner,
+                          void* stream = nullptr);
   // Waits for the work queued on the buffer's stream, then copies into host memory.
   void copy_to_host(void* dst, size_t bytes) const;
 
@@ -140,6 +146,13 @@ class Tensor {
   // An i32 tensor holding a copy of numel() int32 values. Error for a null src with elements.
   static Tensor from_host(const int32_t* src, std::vector<int64_t> shape,
                           Device device = Device::cpu);
+  // A tensor over memory another framework owns (zero copy), e.g. a runtime mod's capture taken
+  // from a PyTorch tensor: `data` holds numel() elements of `dtype`, contiguous and row-major, on
+  // `device`. Buffer::from_blob's rules hold: `owner` (may be empty) is released with the last
+  // copy and nothing else is freed. Throws Error for a bad shape (as empty) or a null `data` with
+  // elements.
+  static Tensor from_blob(void* data, std::vector<int64_t> shape, DType dtype, Device device,
+                          std::shared_ptr<void> owner = {});
   // Converts to float32 into host memory of numel() floats. Error on an i32 tensor.
   void copy_to_host(float* dst) const;
   // Copies an i32 tensor's numel() values into dst. Error unless dtype() == i32.

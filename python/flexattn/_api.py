@@ -1,0 +1,396 @@
+"""flex_attention and create_block_mask with PyTorch's names and signatures, over flexattn._C."""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+import torch
+
+from . import _C
+from ._mods import PREBUILT_PAIRS
+from ._trace import trace
+
+FlexAttentionError = _C.FlexAttentionError
+
+_DEVICE_CODE = {"cpu": 0, "cuda": 1}
+
+
+def _device_code(device: torch.device) -> int:
+    code = _DEVICE_CODE.get(device.type)
+    if code is None:
+        raise FlexAttentionError(f"flexattn: tensors on {device} are not supported; expected cpu "
+                                 "or cuda")
+    return code
+
+
+def _stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+
+
+# ---- traced mods, cached per function -------------------------------------------------------------
+def _fingerprint(fn, depth=0):
+    """What a traced function's code depends on: its code and the identity of what it reads from
+    closures, globals and defaults (functions recursively). A rebound tensor means a retrace."""
+    code = getattr(fn, "__code__", None)
+    if code is None or depth > 4:
+        return (id(fn),)
+    parts = [code]
+    for cell in fn.__closure__ or ():
+        try:
+            parts.append(_fp_value(cell.cell_contents, depth))
+        except ValueError:  # empty cell
+            parts.append(None)
+    g = getattr(fn, "__globals__", {})
+    for name in code.co_names:
+        if name in g:
+            parts.append(_fp_value(g[name], depth))
+    parts.append(_fp_value(getattr(fn, "__defaults__", None), depth))
+    return tuple(parts)
+
+
+def _fp_value(v, depth):
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, tuple):
+        return tuple(_fp_value(x, depth) for x in v)
+    if isinstance(v, torch.Tensor):
+        return ("t", id(v))
+    if callable(v) and hasattr(v, "__code__"):
+        return _fingerprint(v, depth + 1)
+    return ("o", id(v))
+
+
+_CAPTURE_DTYPES = {torch.float32: torch.float32, torch.float16: torch.float16,
+                   torch.bfloat16: torch.bfloat16, torch.int32: torch.int32}
+
+
+def _prepare_capture(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A capture as the library reads it: on `device`, contiguous, f32/f16/bf16/i32, rank >= 1."""
+    t = t.detach()
+    if t.dim() == 0:
+        t = t.reshape(1)
+    dtype = _CAPTURE_DTYPES.get(t.dtype)
+    if dtype is None:
+        if t.is_floating_point():
+            dtype = torch.float32
+        else:
+            if t.numel() and (t.min() < -2**31 or t.max() >= 2**31):
+                raise FlexAttentionError("flexattn: a captured integer tensor has values beyond "
+                                         "int32")
+            dtype = torch.int32
+    return t.to(device=device, dtype=dtype).contiguous()
+
+
+class _Traced:
+    """One traced score_mod / mask_mod and its C++ objects per device."""
+
+    def __init__(self, fn, what):
+        self.what = what
+        self.fingerprint = _fingerprint(fn)
+        self.result = trace(fn, what)
+        self._per_device = {}
+
+    def cpp(self, device: torch.device):
+        caps = self.result.captures
+        versions = tuple(t._version for _, t in caps)
+        entry = self._per_device.get(device)
+        if entry is None or entry[0] != versions:
+            prepared = [(name, _prepare_capture(t, device)) for name, t in caps]
+            make = _C.runtime_score if self.what == "score_mod" else _C.runtime_mask
+            # `prepared` stays referenced beside the C++ object: it reads their memory.
+            entry = (versions, make(self.result.source, prepared), prepared)
+            self._per_device[device] = entry
+        return entry[1]
+
+
+_traced_weak = weakref.WeakKeyDictionary()
+_traced_strong = {}
+
+
+def _traced(fn, what) -> _Traced:
+    try:
+        cache, key = _traced_weak, fn
+        hit = cache.get(key)
+    except TypeError:  # not weak-referenceable
+        cache, key = _traced_strong, id(fn)
+        hit = cache.get(key)
+    if hit is not None and hit.what == what and hit.fingerprint == _fingerprint(fn):
+        return hit
+    t = _Traced(fn, what)
+    cache[key] = t
+    return t
+
+
+def _stock_of(fn):
+    return getattr(fn, "_flexattn_stock", None) if fn is not None else ("noop", None)
+
+
+_stock_scores = {}
+
+
+def _stock_score(tag):
+    name, param = tag
+    obj = _stock_scores.get(tag)
+    if obj is None:
+        obj = _C.stock_score(name, num_heads=param if name == "alibi" else 0,
+                             cap=param if name == "softcap" else 0.0)
+        _stock_scores[tag] = obj
+    return obj
+
+
+# ---- BlockMask --------------------------------------------------------------------------------------
+class BlockMask:
+    """The block-sparse structure of a mask_mod (as PyTorch's BlockMask), made by create_block_mask.
+
+    shape: (B, H, Q_LEN, KV_LEN) as given (None -> 1: broadcast over that dim);
+    BLOCK_SIZE: (Q_BLOCK_SIZE, KV_BLOCK_SIZE); mask_mod: the function it was built from.
+    """
+
+    def __init__(self, data, mask_mod, device, stock_mask, keep):
+        self._data = data
+        self.mask_mod = mask_mod
+        self.device = device
+        self._stock_mask = stock_mask  # (_C.Mask, stock name) or None
+        self._keep = keep  # tensors the C++ objects read
+        self._runtime_mask = None
+
+    @property
+    def shape(self):
+        return tuple(self._data.shape)
+
+    @property
+    def BLOCK_SIZE(self):
+        return tuple(self._data.block_size)
+
+    @property
+    def seq_lengths(self):
+        return self.shape[2], self.shape[3]
+
+    def sparsity(self) -> float:
+        """Percent of tiles skipped."""
+        return self._data.sparsity()
+
+    def to_string(self, grid_size=(20, 20), limit=4):
+        if isinstance(grid_size, int):
+            grid_size = (grid_size, grid_size)
+        return self._data.to_string(grid_size[0], grid_size[1], limit)
+
+    def __str__(self):
+        return (f"BlockMask(shape={self.shape}, sparsity={self.sparsity():.2f}%,\n"
+                f"{self.to_string()})")
+
+    __repr__ = __str__
+
+    def _mask_for(self, score_stock_name):
+        """The C++ mask to run with a score_mod: the stock functor when the pair is prebuilt,
+        else the traced mask_mod (the lists stay those built here)."""
+        if self._stock_mask is not None and (score_stock_name, self._stock_mask[1]) in PREBUILT_PAIRS:
+            return self._stock_mask[0], True
+        if self._stock_mask is not None and self._stock_mask[1] == "noop":
+            return _C.stock_mask("noop"), False
+        if self._runtime_mask is None:
+            self._runtime_mask = _traced(self.mask_mod, "mask_mod")
+        return self._runtime_mask.cpp(self.device), False
+
+
+def _norm_device(device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FlexAttentionError(f"flexattn: device {device} was asked for, but PyTorch sees no "
+                                 "CUDA device")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _stock_mask_obj(tag, device, keep):
+    name, param = tag
+    if name in ("document", "causal_document"):
+        ids = _prepare_capture(param, device)
+        keep.append(ids)
+        return _C.stock_mask(name, 0, ids)
+    return _C.stock_mask(name, param or 0)
+
+
+def create_block_mask(mask_mod, B, H, Q_LEN, KV_LEN, device="cuda", BLOCK_SIZE=128,
+                      _compile=False):
+    """Builds the BlockMask of mask_mod(b, h, q_idx, kv_idx) for a [B, H, Q_LEN, KV_LEN] score
+    grid (B or H None: 1, broadcast), in tiles of BLOCK_SIZE (an int, or (Q, KV)), on `device`.
+    mask_mod None keeps everything. `_compile` is accepted for PyTorch compatibility and ignored.
+    """
+    if mask_mod is None:
+        from ._mods import noop_mask as mask_mod
+    device = _norm_device(device)
+    bq, bkv = (BLOCK_SIZE, BLOCK_SIZE) if isinstance(BLOCK_SIZE, int) else tuple(BLOCK_SIZE)
+    B = 1 if B is None else B
+    H = 1 if H is None else H
+    tag = _stock_of(mask_mod)
+    keep = []
+    stock = None
+    if tag is not None:
+        stock = (_stock_mask_obj(tag, device, keep), tag[0])
+        builder = stock[0]
+    else:
+        builder = _traced(mask_mod, "mask_mod").cpp(device)
+    stream = _stream(device)
+    with _on_device(device):
+        data = _C.create_block_mask(builder, B, H, Q_LEN, KV_LEN, bq, bkv, _device_code(device),
+                                    stream)
+    return BlockMask(data, mask_mod, device, stock, keep)
+
+
+class _on_device:
+    """Makes `device` the current CUDA device for a call (the library allocates there)."""
+
+    def __init__(self, device):
+        self.device = device if device.type == "cuda" else None
+
+    def __enter__(self):
+        if self.device is not None and self.device.index != torch.cuda.current_device():
+            self.ctx = torch.cuda.device(self.device)
+            self.ctx.__enter__()
+        else:
+            self.ctx = None
+
+    def __exit__(self, *exc):
+        if self.ctx is not None:
+            self.ctx.__exit__(*exc)
+
+
+# ---- flex_attention ----------------------------------------------------------------------------------
+class _Plan:
+    """What one call runs: the C++ score and mask objects, the lists, the options."""
+
+    __slots__ = ("score", "mask", "lists", "scale", "gqa", "deterministic", "keep")
+
+    def __init__(self, score, mask, lists, scale, gqa, deterministic, keep):
+        self.score, self.mask, self.lists = score, mask, lists
+        self.scale, self.gqa, self.deterministic, self.keep = scale, gqa, deterministic, keep
+
+
+_NOOP_SCORE = None
+_NOOP_MASK = None
+
+
+def _plan(score_mod, block_mask, device, scale, enable_gqa, deterministic) -> _Plan:
+    global _NOOP_SCORE, _NOOP_MASK
+    if _NOOP_SCORE is None:
+        _NOOP_SCORE, _NOOP_MASK = _C.stock_score("noop"), _C.stock_mask("noop")
+    stock = _stock_of(score_mod)
+    mask_name = "noop"
+    if block_mask is not None:
+        if not isinstance(block_mask, BlockMask):
+            raise FlexAttentionError("flexattn: block_mask must be a flexattn.BlockMask (from "
+                                     f"flexattn.create_block_mask); got {type(block_mask).__name__}")
+        if block_mask.device != device:
+            raise FlexAttentionError(f"flexattn: block_mask is on {block_mask.device}, the query "
+                                     f"on {device}")
+        if block_mask._stock_mask is not None:
+            mask_name = block_mask._stock_mask[1]
+    if stock is not None and (stock[0], mask_name) in PREBUILT_PAIRS:
+        score = _NOOP_SCORE if stock[0] == "noop" else _stock_score(stock)
+        score_name = stock[0]
+    elif stock is not None and stock[0] == "noop":
+        score, score_name = _NOOP_SCORE, "noop"
+    else:
+        score, score_name = _traced(score_mod, "score_mod").cpp(device), None
+    if block_mask is None:
+        mask, lists = _NOOP_MASK, None
+    else:
+        mask, _ = block_mask._mask_for(score_name)
+        lists = block_mask._data
+    if scale is None:
+        scale = 0.0  # the library's default, 1 / sqrt(head dim)
+    elif scale == 0.0:
+        scale = 1e-45  # the library reads 0 as "default"; the smallest float is 0 in effect
+    return _Plan(score, mask, lists, float(scale), bool(enable_gqa), deterministic, block_mask)
+
+
+def _forward(q, k, v, plan):
+    B, Hq, Lq = q.shape[0], q.shape[1], q.shape[2]
+    out = torch.empty((B, Hq, Lq, v.shape[-1]), dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
+    with _on_device(q.device):
+        _C.forward(q, k, v, out, lse, plan.score, plan.mask, plan.lists, plan.scale, plan.gqa,
+                   _stream(q.device))
+    return out, lse
+
+
+class _FlexAttentionFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, plan):
+        out, lse = _forward(q, k, v, plan)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.plan = plan
+        ctx.set_materialize_grads(False)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        if grad_lse is not None and bool(torch.any(grad_lse != 0)):
+            raise FlexAttentionError("flexattn: gradients through the returned lse are not "
+                                     "supported; use lse detached")
+        q, k, v, out, lse = ctx.saved_tensors
+        if grad_out is None:
+            return None, None, None, None
+        plan = ctx.plan
+        grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        with _on_device(q.device):
+            _C.backward(q, k, v, out, lse, grad_out, dq, dk, dv, plan.score, plan.mask,
+                        plan.lists, plan.scale, plan.gqa, _stream(q.device), plan.deterministic)
+        return dq, dk, dv, None
+
+
+def _as_torch(x, name):
+    if isinstance(x, torch.Tensor):
+        return x, None
+    if hasattr(x, "__dlpack__"):
+        return torch.from_dlpack(x), type(x)
+    raise FlexAttentionError(f"flexattn: {name} must be a torch.Tensor or a DLPack array; got "
+                             f"{type(x).__name__}")
+
+
+def _back_to(kind, t):
+    """A result as the caller's array type (NumPy, CuPy, JAX, ...) through DLPack."""
+    module = __import__(kind.__module__.split(".")[0])
+    if kind.__module__.startswith("jax"):
+        import jax.dlpack
+        return jax.dlpack.from_dlpack(t)
+    return module.from_dlpack(t)
+
+
+def flex_attention(query, key, value, score_mod=None, block_mask=None, scale=None,
+                   enable_gqa=False, return_lse=False, kernel_options=None, *,
+                   deterministic=True):
+    """PyTorch's flex_attention: softmax(score_mod(scale * q k^T) masked by block_mask) v.
+
+    query [B, Hq, L, E], key [B, Hkv, S, E], value [B, Hkv, S, Ev]; torch tensors (or DLPack
+    arrays, forward only) of float32, float16 or bfloat16 on the CPU or a CUDA device. Returns
+    the output [B, Hq, L, Ev] in query's dtype, and with return_lse=True also the logsumexp
+    [B, Hq, L] (float32, natural log). Differentiable in query, key and value through flexattn's
+    backward (deterministic=False lets the GPU use atomics). kernel_options is accepted for
+    PyTorch compatibility and ignored.
+    """
+    q, kind = _as_torch(query, "query")
+    k, _ = _as_torch(key, "key")
+    v, _ = _as_torch(value, "value")
+    for name, t in (("query", q), ("key", k), ("value", v)):
+        if t.dim() != 4:
+            raise FlexAttentionError(f"flexattn: {name} must have 4 dims [B, H, L, D]; got "
+                                     f"shape {tuple(t.shape)}")
+        if t.device != q.device:
+            raise FlexAttentionError(f"flexattn: {name} is on {t.device}, query on {q.device}")
+    device = _norm_device(q.device)
+    _device_code(device)
+    plan = _plan(score_mod, block_mask, device, scale, enable_gqa, deterministic)
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or
+                                              v.requires_grad)
+    if needs_grad:
+        out, lse = _FlexAttentionFn.apply(q, k, v, plan)
+    else:
+        out, lse = _forward(q, k, v, plan)
+    if kind is not None:
+        out, lse = _back_to(kind, out), _back_to(kind, lse)
+    return (out, lse) if return_lse else out
