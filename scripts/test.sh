@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds flexattn (the CUDA sources too when nvcc is present) and runs the test suite.
-#   scripts/test.sh              Release build in build/, every CTest test
+#   scripts/test.sh              Release build in build/, every CTest test, then the Python
+#                                package's tests (scripts/test_python.sh: pip install . into
+#                                build/venv, pytest python/tests)
 #   scripts/test.sh --sanitize   ASan+UBSan build of the core tests and a short fuzz run
 #                                (label fuzz, tests/fuzz/) in build-asan/ (CPU only)
 # FLEXATTN_CUDA_ARCHS (e.g. "90a", or "80;90a"): the CUDA architectures of the Release build,
@@ -18,6 +20,11 @@ if [ "${1:-}" = "--sanitize" ]; then
 fi
 arch_args=()
 [[ -n "${FLEXATTN_CUDA_ARCHS:-}" ]] && arch_args=("-DCMAKE_CUDA_ARCHITECTURES=$FLEXATTN_CUDA_ARCHS")
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release "${arch_args[@]}" >/dev/null
+# The Python module is built here too, against this build's library (with its CUDA backend when
+# nvcc is found), so CI compiles the binding in both configurations.
+py=$(scripts/python_env.sh)
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release "${arch_args[@]}" -DFLEXATTN_PYTHON=ON \
+      -DPython_EXECUTABLE="$PWD/$py" >/dev/null
 cmake --build build -j "$jobs"
-exec ctest --test-dir build --output-on-failure -j "$jobs"
+ctest --test-dir build --output-on-failure -j "$jobs"
+exec scripts/test_python.sh

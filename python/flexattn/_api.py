@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import weakref
+from typing import Optional
 
 import torch
 
@@ -195,6 +195,8 @@ class BlockMask:
 
 
 def _norm_device(device) -> torch.device:
+    if isinstance(device, torch.device) and (device.type == "cpu" or device.index is not None):
+        return device  # the common case, a tensor's device: nothing to resolve
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise FlexAttentionError(f"flexattn: device {device} was asked for, but PyTorch sees no "
@@ -278,7 +280,7 @@ def _plan(score_mod, block_mask, device, scale, enable_gqa, deterministic) -> _P
     if _NOOP_SCORE is None:
         _NOOP_SCORE, _NOOP_MASK = _C.stock_score("noop"), _C.stock_mask("noop")
     stock = _stock_of(score_mod)
-    mask_name = "noop"
+    mask_name = "noop"  # the mask's stock name; None for a traced one
     if block_mask is not None:
         if not isinstance(block_mask, BlockMask):
             raise FlexAttentionError("flexattn: block_mask must be a flexattn.BlockMask (from "
@@ -286,8 +288,7 @@ def _plan(score_mod, block_mask, device, scale, enable_gqa, deterministic) -> _P
         if block_mask.device != device:
             raise FlexAttentionError(f"flexattn: block_mask is on {block_mask.device}, the query "
                                      f"on {device}")
-        if block_mask._stock_mask is not None:
-            mask_name = block_mask._stock_mask[1]
+        mask_name = block_mask._stock_mask[1] if block_mask._stock_mask is not None else None
     if stock is not None and (stock[0], mask_name) in PREBUILT_PAIRS:
         score = _NOOP_SCORE if stock[0] == "noop" else _stock_score(stock)
         score_name = stock[0]
@@ -309,8 +310,9 @@ def _plan(score_mod, block_mask, device, scale, enable_gqa, deterministic) -> _P
 
 def _forward(q, k, v, plan):
     B, Hq, Lq = q.shape[0], q.shape[1], q.shape[2]
-    out = torch.empty((B, Hq, Lq, v.shape[-1]), dtype=q.dtype, device=q.device)
-    lse = torch.empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
+    _device_code(q.device)
+    out = q.new_empty((B, Hq, Lq, v.shape[-1]))
+    lse = q.new_empty((B, Hq, Lq), dtype=torch.float32)
     with _on_device(q.device):
         _C.forward(q, k, v, out, lse, plan.score, plan.mask, plan.lists, plan.scale, plan.gqa,
                    _stream(q.device))
@@ -328,19 +330,84 @@ class _FlexAttentionFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_lse):
-        if grad_lse is not None and bool(torch.any(grad_lse != 0)):
-            raise FlexAttentionError("flexattn: gradients through the returned lse are not "
-                                     "supported; use lse detached")
-        q, k, v, out, lse = ctx.saved_tensors
+        _refuse_lse_grad(grad_lse)
         if grad_out is None:
             return None, None, None, None
-        plan = ctx.plan
-        grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        with _on_device(q.device):
-            _C.backward(q, k, v, out, lse, grad_out, dq, dk, dv, plan.score, plan.mask,
-                        plan.lists, plan.scale, plan.gqa, _stream(q.device), plan.deterministic)
-        return dq, dk, dv, None
+        return (*_backward(*ctx.saved_tensors, grad_out, ctx.plan), None)
+
+
+def _refuse_lse_grad(grad_lse):
+    if grad_lse is None:
+        return
+    if bool(torch.any(grad_lse != 0)):
+        raise FlexAttentionError("flexattn: gradients through the returned lse are not "
+                                 "supported; use lse detached")
+
+
+def _backward(q, k, v, out, lse, grad_out, plan):
+    grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    with _on_device(q.device):
+        _C.backward(q, k, v, out, lse, grad_out, dq, dk, dv, plan.score, plan.mask,
+                    plan.lists, plan.scale, plan.gqa, _stream(q.device), plan.deterministic)
+    return dq, dk, dv
+
+
+# ---- torch.compile: the same call as opaque custom ops ---------------------------------------------
+# Under torch.compile the plan (traced mods, C++ objects, lists) is made once at trace time and
+# kept in _PLANS; the graph holds only its key, a string, and calls the ops below, whose fake
+# implementations give the output shapes. Eager calls skip the dispatcher (it costs more than
+# the whole call's overhead budget) and use _FlexAttentionFn directly.
+_PLANS = {}
+
+
+@torch._dynamo.assume_constant_result
+def _plan_key(score_mod, block_mask, device, scale, enable_gqa, deterministic) -> str:
+    plan = _plan(score_mod, block_mask, device, scale, enable_gqa, deterministic)
+    key = f"plan{len(_PLANS)}"
+    _PLANS[key] = plan
+    return key
+
+
+@torch.library.custom_op("flexattn::flex_attention", mutates_args=())
+def _op_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                plan_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward(q, k, v, _PLANS[plan_key])
+
+
+@_op_forward.register_fake
+def _(q, k, v, plan_key):
+    B, Hq, Lq = q.shape[0], q.shape[1], q.shape[2]
+    return (q.new_empty((B, Hq, Lq, v.shape[-1])),
+            q.new_empty((B, Hq, Lq), dtype=torch.float32))
+
+
+@torch.library.custom_op("flexattn::flex_attention_backward", mutates_args=())
+def _op_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                 lse: torch.Tensor, grad_out: torch.Tensor, grad_lse: Optional[torch.Tensor],
+                 plan_key: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _refuse_lse_grad(grad_lse)  # here the values are real, also under torch.compile
+    return _backward(q, k, v, out, lse, grad_out, _PLANS[plan_key])
+
+
+@_op_backward.register_fake
+def _(q, k, v, out, lse, grad_out, grad_lse, plan_key):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _op_setup_context(ctx, inputs, output):
+    q, k, v, plan_key = inputs
+    ctx.save_for_backward(q, k, v, *output)
+    ctx.plan_key = plan_key
+
+
+def _op_autograd(ctx, grad_out, grad_lse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = _op_backward(q, k, v, out, lse, grad_out, grad_lse, ctx.plan_key)
+    return dq, dk, dv, None
+
+
+_op_forward.register_autograd(_op_autograd, setup_context=_op_setup_context)
 
 
 def _as_torch(x, name):
@@ -383,7 +450,10 @@ def flex_attention(query, key, value, score_mod=None, block_mask=None, scale=Non
         if t.device != q.device:
             raise FlexAttentionError(f"flexattn: {name} is on {t.device}, query on {q.device}")
     device = _norm_device(q.device)
-    _device_code(device)
+    if torch.compiler.is_compiling():
+        key = _plan_key(score_mod, block_mask, device, scale, enable_gqa, deterministic)
+        out, lse = torch.ops.flexattn.flex_attention(q, k, v, key)
+        return (out, lse) if return_lse else out
     plan = _plan(score_mod, block_mask, device, scale, enable_gqa, deterministic)
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or
                                               v.requires_grad)

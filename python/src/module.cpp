@@ -1,12 +1,11 @@
 // flexattn._C: the Python package's bridge to the C++ library (nanobind).
 //
-// Thin on purpose: tensors arrive as DLPack-capable objects (torch tensors, NumPy arrays, ...)
-// and become TensorViews without a copy; the mods arrive already decided by the Python layer
+// Thin on purpose: tensors arrive as torch tensors (the Python layer turns other DLPack arrays
+// into them) and become TensorViews without a copy; the mods arrive already decided by the Python layer
 // (flexattn/_dispatch.py): a stock functor the library has prebuilt, or runtime source text that
 // the library compiles and caches (runtime.h). Outputs are allocated by the caller (PyTorch's
 // allocator, on its current stream) and filled through the *_into layer.
 #include <nanobind/nanobind.h>
-#include <nanobind/ndarray.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
@@ -14,6 +13,7 @@
 
 #include <flexattn/flexattn.h>
 
+#include <chrono>
 #include <concepts>
 #include <string>
 #include <type_traits>
@@ -29,49 +29,61 @@ namespace {
 // callers written against PyTorch's flex_attention (which raises either for bad input) catch it.
 PyObject* g_error_class = nullptr;
 
-using Array = nb::ndarray<>;
+// The attention operands are torch tensors (the Python layer turns other DLPack arrays into
+// them): read through their attributes, about 0.5 us a tensor, where a DLPack import through
+// __dlpack__ costs 5 to 6 us - most of the package's budget per call.
+struct TorchNames {
+  nb::object data_ptr = nb::str("data_ptr"), shape = nb::str("shape"),
+             stride = nb::str("stride"), dtype = nb::str("dtype"), is_cuda = nb::str("is_cuda");
+  nb::object f32, f16, bf16, i32;
+};
+TorchNames* g_torch = nullptr;
 
-DType dtype_of(const nb::dlpack::dtype& t, const char* what) {
-  using code = nb::dlpack::dtype_code;
-  if (t.lanes == 1) {
-    if (t.code == uint8_t(code::Float) && t.bits == 32) return DType::f32;
-    if (t.code == uint8_t(code::Float) && t.bits == 16) return DType::f16;
-    if (t.code == uint8_t(code::Bfloat) && t.bits == 16) return DType::bf16;
-    if (t.code == uint8_t(code::Int) && t.bits == 32) return DType::i32;
-  }
-  throw Error(std::string("flexattn: ") + what + " has an unsupported dtype (code " +
-              std::to_string(t.code) + ", " + std::to_string(t.bits) +
-              " bits); expected float32, float16, bfloat16 (or int32 for indices)");
+int64_t tuple_int(PyObject* tuple, Py_ssize_t i) {
+  return PyLong_AsLongLong(PyTuple_GET_ITEM(tuple, i));
 }
 
-TensorView view_of(const Array& a, const char* what) {
+TensorView torch_view(nb::handle t, const char* what) {
+  const TorchNames& n = *g_torch;
   TensorView v;
-  if (a.ndim() > size_t(kMaxRank)) {
-    throw Error(std::string("flexattn: ") + what + " has " + std::to_string(a.ndim()) +
+  const nb::object shape = t.attr(n.shape);
+  const nb::object stride = t.attr(n.stride)();
+  if (!PyTuple_Check(shape.ptr()) || !PyTuple_Check(stride.ptr())) {
+    throw Error(std::string("flexattn: ") + what + " is not a torch tensor");
+  }
+  const Py_ssize_t rank = PyTuple_GET_SIZE(shape.ptr());
+  if (rank > kMaxRank) {
+    throw Error(std::string("flexattn: ") + what + " has " + std::to_string(rank) +
                 " dims; expected at most 4");
   }
-  v.rank = int(a.ndim());
-  v.dtype = dtype_of(a.dtype(), what);
-  if (a.device_type() == nb::device::cpu::value) {
-    v.device = Device::cpu;
-  } else if (a.device_type() == nb::device::cuda::value) {
-    v.device = Device::cuda;
+  v.rank = int(rank);
+  for (Py_ssize_t i = 0; i < rank; ++i) {
+    v.shape[i] = tuple_int(shape.ptr(), i);
+    v.stride[i] = tuple_int(stride.ptr(), i);
+  }
+  const nb::object dt = t.attr(n.dtype);
+  if (dt.is(n.f32)) {
+    v.dtype = DType::f32;
+  } else if (dt.is(n.bf16)) {
+    v.dtype = DType::bf16;
+  } else if (dt.is(n.f16)) {
+    v.dtype = DType::f16;
+  } else if (dt.is(n.i32)) {
+    v.dtype = DType::i32;
   } else {
-    throw Error(std::string("flexattn: ") + what + " is on an unsupported device (DLPack type " +
-                std::to_string(a.device_type()) + "); expected cpu or cuda");
+    throw Error(std::string("flexattn: ") + what + " has dtype " +
+                nb::cast<std::string>(nb::str(dt)) +
+                "; expected torch.float32, torch.float16 or torch.bfloat16");
   }
-  v.data = const_cast<void*>(a.data());
-  for (int i = 0; i < v.rank; ++i) {
-    v.shape[i] = int64_t(a.shape(size_t(i)));
-    v.stride[i] = int64_t(a.stride(size_t(i)));
-  }
+  v.device = nb::cast<bool>(t.attr(n.is_cuda)) ? Device::cuda : Device::cpu;
+  v.data = reinterpret_cast<void*>(nb::cast<uintptr_t>(t.attr(n.data_ptr)()));
   return v;
 }
 
 // A contiguous array as a Tensor over its memory (zero copy): a capture or document ids. The
 // Python object holding the memory is kept alive by the Python layer for the mod's life.
-Tensor tensor_of(const Array& a, const char* what) {
-  const TensorView v = view_of(a, what);
+Tensor tensor_of(nb::handle a, const char* what) {
+  const TensorView v = torch_view(a, what);
   std::vector<int64_t> shape(v.shape, v.shape + v.rank);
   int64_t expect = 1;
   for (int d = v.rank - 1; d >= 0; --d) {
@@ -83,7 +95,7 @@ Tensor tensor_of(const Array& a, const char* what) {
   return Tensor::from_blob(v.data, std::move(shape), v.dtype, v.device);
 }
 
-std::vector<Capture> captures_of(const std::vector<std::pair<std::string, Array>>& list) {
+std::vector<Capture> captures_of(const std::vector<std::pair<std::string, nb::handle>>& list) {
   std::vector<Capture> out;
   for (const auto& [name, a] : list) out.push_back({name, tensor_of(a, name.c_str())});
   return out;
@@ -106,10 +118,10 @@ Score stock_score(const std::string& name, int num_heads, float cap) {
   throw Error("flexattn: unknown stock score_mod " + name);
 }
 
-Mask stock_mask(const std::string& name, int param, const Array* ids) {
+Mask stock_mask(const std::string& name, int param, nb::handle ids) {
   auto doc = [&] {
-    if (ids == nullptr) throw Error("flexattn: stock mask " + name + " needs document ids");
-    const TensorView v = view_of(*ids, "document ids");
+    if (ids.is_none()) throw Error("flexattn: stock mask " + name + " needs document ids");
+    const TensorView v = torch_view(ids, "document ids");
     if (v.dtype != DType::i32 || v.rank != 1 || (v.shape[0] > 1 && v.stride[0] != 1)) {
       throw Error("flexattn: document ids must be a contiguous int32 vector");
     }
@@ -200,11 +212,12 @@ void check_rank4(const TensorView& v, const char* what) {
   }
 }
 
-void forward(const Array& q, const Array& k, const Array& v, const Array& out, const Array& lse,
+void forward(nb::handle q, nb::handle k, nb::handle v, nb::handle out, nb::handle lse,
              const Score& score, const Mask& mask, const PyBlockMask* bm, float scale, bool gqa,
              uintptr_t stream) {
-  const TensorView qv = view_of(q, "query"), kv = view_of(k, "key"), vv = view_of(v, "value");
-  const TensorView ov = view_of(out, "out"), lv = view_of(lse, "lse");
+  const TensorView qv = torch_view(q, "query"), kv = torch_view(k, "key"),
+                   vv = torch_view(v, "value");
+  const TensorView ov = torch_view(out, "out"), lv = torch_view(lse, "lse");
   check_rank4(qv, "query");
   check_rank4(kv, "key");
   const AttentionOptions opts = options(scale, gqa, stream, true);
@@ -215,15 +228,15 @@ void forward(const Array& q, const Array& k, const Array& v, const Array& out, c
   });
 }
 
-void backward(const Array& q, const Array& k, const Array& v, const Array& out, const Array& lse,
-              const Array& dout, const Array& dq, const Array& dk, const Array& dv,
-              const Score& score, const Mask& mask, const PyBlockMask* bm, float scale, bool gqa,
+void backward(nb::handle q, nb::handle k, nb::handle v, nb::handle out, nb::handle lse,
+              nb::handle dout, nb::handle dq, nb::handle dk, nb::handle dv, const Score& score, const Mask& mask, const PyBlockMask* bm, float scale, bool gqa,
               uintptr_t stream, bool deterministic) {
-  const TensorView qv = view_of(q, "query"), kv = view_of(k, "key"), vv = view_of(v, "value");
-  const TensorView ov = view_of(out, "out"), lv = view_of(lse, "lse");
-  const TensorView gv = view_of(dout, "grad_out");
-  const TensorView dqv = view_of(dq, "grad_query"), dkv = view_of(dk, "grad_key"),
-                   dvv = view_of(dv, "grad_value");
+  const TensorView qv = torch_view(q, "query"), kv = torch_view(k, "key"),
+                   vv = torch_view(v, "value");
+  const TensorView ov = torch_view(out, "out"), lv = torch_view(lse, "lse");
+  const TensorView gv = torch_view(dout, "grad_out");
+  const TensorView dqv = torch_view(dq, "grad_query"), dkv = torch_view(dk, "grad_key"),
+                   dvv = torch_view(dv, "grad_value");
   check_rank4(qv, "query");
   check_rank4(kv, "key");
   const AttentionOptions opts = options(scale, gqa, stream, deterministic);
@@ -235,10 +248,32 @@ void backward(const Array& q, const Array& k, const Array& v, const Array& out, 
   });
 }
 
+// For bench/python_overhead.py: `calls` calls of the C++ front door flex_attention(q, k, v,
+// score_mod, block_mask) - outputs allocated per call, as the Python call does - timed in this
+// process, GPU work synchronised once at the end; mean seconds per call.
+double time_front_door(nb::handle q, nb::handle k, nb::handle v, const Score& score,
+                       const Mask& mask, const PyBlockMask* bm, int calls) {
+  const Tensor qt = tensor_of(q, "query"), kt = tensor_of(k, "key"), vt = tensor_of(v, "value");
+  nb::gil_scoped_release unlocked;
+  const BlockMaskData lists = lists_for(bm, qt.view(), kt.view(), nullptr);
+  double seconds = 0.0;
+  visit_pair(score, mask, [&](const auto& sm, const auto& mm) {
+    const BlockMask block_mask(mm, lists);
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < calls; ++i) (void)flex_attention(qt, kt, vt, sm, block_mask);
+    synchronize();
+    seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  });
+  return seconds / calls;
+}
+
 }  // namespace
 
 NB_MODULE(_C, m) {
   m.doc() = "flexattn's C++ library (see the flexattn package for the Python API)";
+  // The package keeps C++ objects in module-level caches that live until interpreter exit,
+  // which nanobind's leak report would list at every exit.
+  nb::set_leak_warnings(false);
 
   nb::module_ builtins = nb::module_::import_("builtins");
   nb::object bases = nb::make_tuple(builtins.attr("ValueError"), builtins.attr("RuntimeError"));
@@ -252,25 +287,32 @@ NB_MODULE(_C, m) {
     }
   });
 
+  nb::module_ torch = nb::module_::import_("torch");
+  g_torch = new TorchNames;  // lives as long as the process (module globals are never freed)
+  g_torch->f32 = torch.attr("float32");
+  g_torch->f16 = torch.attr("float16");
+  g_torch->bf16 = torch.attr("bfloat16");
+  g_torch->i32 = torch.attr("int32");
+
   nb::class_<Score>(m, "Score");
   nb::class_<Mask>(m, "Mask");
   m.def("stock_score", &stock_score, nb::arg("name"), nb::arg("num_heads") = 0,
         nb::arg("cap") = 0.0f);
   m.def(
       "stock_mask",
-      [](const std::string& name, int param, const Array* ids) {
+      [](const std::string& name, int param, nb::handle ids) {
         return stock_mask(name, param, ids);
       },
-      nb::arg("name"), nb::arg("param") = 0, nb::arg("ids").none() = nb::none());
+      nb::arg("name"), nb::arg("param") = 0, nb::arg("ids") = nb::none());
   m.def(
       "runtime_score",
-      [](std::string source, const std::vector<std::pair<std::string, Array>>& caps) {
+      [](std::string source, const std::vector<std::pair<std::string, nb::handle>>& caps) {
         return Score{RuntimeScoreMod(std::move(source), captures_of(caps))};
       },
       nb::arg("source"), nb::arg("captures"));
   m.def(
       "runtime_mask",
-      [](std::string source, const std::vector<std::pair<std::string, Array>>& caps,
+      [](std::string source, const std::vector<std::pair<std::string, nb::handle>>& caps,
          std::string tile_kind) {
         return Mask{RuntimeMaskMod(std::move(source), captures_of(caps), std::move(tile_kind))};
       },
@@ -304,6 +346,8 @@ NB_MODULE(_C, m) {
         nb::arg("grad_v"), nb::arg("score"), nb::arg("mask"), nb::arg("block_mask").none(),
         nb::arg("scale"), nb::arg("enable_gqa"), nb::arg("stream"), nb::arg("deterministic"));
 
+  m.def("_time_front_door", &time_front_door, nb::arg("q"), nb::arg("k"), nb::arg("v"),
+        nb::arg("score"), nb::arg("mask"), nb::arg("block_mask").none(), nb::arg("calls"));
   m.def("cuda_available", &cuda_available);
   m.def("runtime_cache_dir", &runtime_cache_dir);
   m.def("runtime_cache_stats", [] {
