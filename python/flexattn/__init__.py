@@ -20,7 +20,8 @@ if _os.path.isdir(_headers):
     _os.environ.setdefault("FLEXATTN_INCLUDE_DIR", _headers)
 
 from . import _C  # noqa: E402
-from ._api import BlockMask, FlexAttentionError, create_block_mask, flex_attention  # noqa: E402
+from ._api import (AuxOutput, AuxRequest, BlockMask, FlexAttentionError,  # noqa: E402
+                   create_block_mask, flex_attention)
 from ._mods import (alibi, and_masks, causal, document, noop_mask, noop_score,  # noqa: E402
                     or_masks, prefix_lm, relative_position, sliding_window, softcap)
 from ._trace import UnsupportedConstruct  # noqa: E402
@@ -36,7 +37,7 @@ def runtime_cache_stats():
 runtime_cache_dir = _C.runtime_cache_dir
 cuda_available = _C.cuda_available
 
-__all__ = ["BlockMask", "FlexAttentionError", "UnsupportedConstruct", "alibi", "and_masks",
+__all__ = ["AuxOutput", "AuxRequest", "BlockMask", "FlexAttentionError", "UnsupportedConstruct", "alibi", "and_masks",
            "causal", "create_block_mask", "cuda_available", "document", "flex_attention",
            "noop_mask", "noop_score", "or_masks", "prefix_lm", "relative_position",
            "runtime_cache_dir", "runtime_cache_stats", "sliding_window", "softcap"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -215,12 +215,17 @@ def _stock_mask_obj(tag, device, keep):
     return _C.stock_mask(name, param or 0)
 
 
-def create_block_mask(mask_mod, B, H, Q_LEN, KV_LEN, device="cuda", BLOCK_SIZE=128,
-                      _compile=False):
+def create_block_mask(mask_mod, B, H, Q_LEN, KV_LEN, device=None, BLOCK_SIZE=128,
+                      _compile=False, separate_full_blocks=True, compute_dq_write_order=False,
+                      dq_kv_order=True):
     """Builds the BlockMask of mask_mod(b, h, q_idx, kv_idx) for a [B, H, Q_LEN, KV_LEN] score
-    grid (B or H None: 1, broadcast), in tiles of BLOCK_SIZE (an int, or (Q, KV)), on `device`.
-    mask_mod None keeps everything. `_compile` is accepted for PyTorch compatibility and ignored.
+    grid (B or H None: 1, broadcast), in tiles of BLOCK_SIZE (an int, or (Q, KV)), on `device`
+    (None: the current CUDA device when PyTorch sees one, else the CPU, as PyTorch does).
+    mask_mod None keeps everything. `_compile`, `separate_full_blocks`, `compute_dq_write_order`
+    and `dq_kv_order` are accepted for PyTorch compatibility and ignored.
     """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if mask_mod is None:
         from ._mods import noop_mask as mask_mod
     device = _norm_device(device)
@@ -428,9 +433,21 @@ def _back_to(kind, t):
     return module.from_dlpack(t)
 
 
+class AuxRequest(NamedTuple):
+    """Which auxiliary outputs flex_attention returns (PyTorch's AuxRequest)."""
+    lse: bool = False
+    max_scores: bool = False
+
+
+class AuxOutput(NamedTuple):
+    """flex_attention's auxiliary outputs (PyTorch's AuxOutput); None where not requested."""
+    lse: Optional[torch.Tensor] = None
+    max_scores: Optional[torch.Tensor] = None
+
+
 def flex_attention(query, key, value, score_mod=None, block_mask=None, scale=None,
                    enable_gqa=False, return_lse=False, kernel_options=None, *,
-                   deterministic=True):
+                   return_aux=None, deterministic=True):
     """PyTorch's flex_attention: softmax(score_mod(scale * q k^T) masked by block_mask) v.
 
     query [B, Hq, L, E], key [B, Hkv, S, E], value [B, Hkv, S, Ev]; torch tensors (or DLPack
@@ -440,6 +457,11 @@ def flex_attention(query, key, value, score_mod=None, block_mask=None, scale=Non
     backward (deterministic=False lets the GPU use atomics). kernel_options is accepted for
     PyTorch compatibility and ignored.
     """
+    if return_aux is not None:
+        if return_lse:
+            raise FlexAttentionError("flexattn: give return_lse or return_aux, not both")
+        if getattr(return_aux, "max_scores", False):
+            raise FlexAttentionError("flexattn: return_aux.max_scores is not supported")
     q, kind = _as_torch(query, "query")
     k, _ = _as_torch(key, "key")
     v, _ = _as_torch(value, "value")
@@ -453,7 +475,7 @@ def flex_attention(query, key, value, score_mod=None, block_mask=None, scale=Non
     if torch.compiler.is_compiling():
         key = _plan_key(score_mod, block_mask, device, scale, enable_gqa, deterministic)
         out, lse = torch.ops.flexattn.flex_attention(q, k, v, key)
-        return (out, lse) if return_lse else out
+        return _results(out, lse, return_lse, return_aux)
     plan = _plan(score_mod, block_mask, device, scale, enable_gqa, deterministic)
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or
                                               v.requires_grad)
@@ -463,4 +485,10 @@ def flex_attention(query, key, value, score_mod=None, block_mask=None, scale=Non
         out, lse = _forward(q, k, v, plan)
     if kind is not None:
         out, lse = _back_to(kind, out), _back_to(kind, lse)
+    return _results(out, lse, return_lse, return_aux)
+
+
+def _results(out, lse, return_lse, return_aux):
+    if return_aux is not None:
+        return out, AuxOutput(lse=lse if getattr(return_aux, "lse", False) else None)
     return (out, lse) if return_lse else out

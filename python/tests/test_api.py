@@ -258,6 +258,26 @@ def test_bad_inputs_raise_flexattention_error():
     assert issubclass(flexattn.FlexAttentionError, ValueError)
     assert issubclass(flexattn.FlexAttentionError, RuntimeError)
     if not torch.cuda.is_available():
-        with pytest.raises(flexattn.FlexAttentionError):
-            flexattn.create_block_mask(flexattn.causal, 1, 1, 32, 32)  # device="cuda" default
+        with pytest.raises(flexattn.FlexAttentionError, match="CUDA"):
+            flexattn.create_block_mask(flexattn.causal, 1, 1, 32, 32, device="cuda")
 
+
+
+def test_return_aux_and_default_device():
+    from torch.nn.attention.flex_attention import AuxRequest as TorchAuxRequest
+
+    q, k, v = rand(1, 2, 40, 16), rand(1, 2, 40, 16), rand(1, 2, 40, 16)
+    ref_out, ref_lse = reference(q, k, v, my_softcap)
+    for request in (flexattn.AuxRequest(lse=True), TorchAuxRequest(lse=True)):
+        out, aux = flexattn.flex_attention(q, k, v, score_mod=my_softcap, return_aux=request)
+        assert aux.max_scores is None
+        check_close(out, aux.lse, ref_out, ref_lse, torch.float32)
+    out, aux = flexattn.flex_attention(q, k, v, return_aux=flexattn.AuxRequest())
+    assert aux.lse is None
+    with pytest.raises(flexattn.FlexAttentionError, match="max_scores"):
+        flexattn.flex_attention(q, k, v, return_aux=flexattn.AuxRequest(max_scores=True))
+    with pytest.raises(flexattn.FlexAttentionError, match="not both"):
+        flexattn.flex_attention(q, k, v, return_lse=True, return_aux=flexattn.AuxRequest())
+    # device=None: the current CUDA device when PyTorch sees one, else the CPU (as PyTorch)
+    bm = flexattn.create_block_mask(flexattn.causal, None, None, 40, 40)
+    assert bm.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
