@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from typing import NamedTuple, Optional
 
@@ -247,22 +248,28 @@ def create_block_mask(mask_mod, B, H, Q_LEN, KV_LEN, device=None, BLOCK_SIZE=128
     return BlockMask(data, mask_mod, device, stock, keep)
 
 
-class _on_device:
-    """Makes `device` the current CUDA device for a call (the library allocates there)."""
+class _CudaDevice:
+    """Makes a CUDA device current for a call (the library allocates on the current one)."""
 
     def __init__(self, device):
-        self.device = device if device.type == "cuda" else None
+        self.device = device
 
     def __enter__(self):
-        if self.device is not None and self.device.index != torch.cuda.current_device():
+        self.ctx = None
+        if self.device.index != torch.cuda.current_device():
             self.ctx = torch.cuda.device(self.device)
             self.ctx.__enter__()
-        else:
-            self.ctx = None
 
     def __exit__(self, *exc):
         if self.ctx is not None:
             self.ctx.__exit__(*exc)
+
+
+_NO_DEVICE_SWITCH = contextlib.nullcontext()
+
+
+def _on_device(device):
+    return _CudaDevice(device) if device.type == "cuda" else _NO_DEVICE_SWITCH
 
 
 # ---- flex_attention ----------------------------------------------------------------------------------
@@ -465,12 +472,10 @@ def flex_attention(query, key, value, score_mod=None, block_mask=None, scale=Non
     q, kind = _as_torch(query, "query")
     k, _ = _as_torch(key, "key")
     v, _ = _as_torch(value, "value")
-    for name, t in (("query", q), ("key", k), ("value", v)):
+    for name, t in (("query", q), ("key", k), ("value", v)):  # devices: checked by the library
         if t.dim() != 4:
             raise FlexAttentionError(f"flexattn: {name} must have 4 dims [B, H, L, D]; got "
                                      f"shape {tuple(t.shape)}")
-        if t.device != q.device:
-            raise FlexAttentionError(f"flexattn: {name} is on {t.device}, query on {q.device}")
     device = _norm_device(q.device)
     if torch.compiler.is_compiling():
         key = _plan_key(score_mod, block_mask, device, scale, enable_gqa, deterministic)

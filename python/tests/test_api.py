@@ -281,3 +281,12 @@ def test_return_aux_and_default_device():
     # device=None: the current CUDA device when PyTorch sees one, else the CPU (as PyTorch)
     bm = flexattn.create_block_mask(flexattn.causal, None, None, 40, 40)
     assert bm.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_mixed_devices_and_dtypes_are_refused():
+    q = rand(1, 2, 16, 16)
+    with pytest.raises(flexattn.FlexAttentionError, match="dtype"):
+        flexattn.flex_attention(q, q.bfloat16(), q)
+    if torch.cuda.is_available():
+        with pytest.raises(flexattn.FlexAttentionError, match="device"):
+            flexattn.flex_attention(q, q.cuda(), q.cuda())
