@@ -373,12 +373,18 @@ def _backward(q, k, v, out, lse, grad_out, plan):
 _PLANS = {}
 
 
-@torch._dynamo.assume_constant_result
 def _plan_key(score_mod, block_mask, device, scale, enable_gqa, deterministic) -> str:
     plan = _plan(score_mod, block_mask, device, scale, enable_gqa, deterministic)
     key = f"plan{len(_PLANS)}"
     _PLANS[key] = plan
     return key
+
+
+# What torch.compiler.assume_constant_result(_plan_key) does (dynamo calls the function at trace
+# time and bakes its result into the graph), without importing torch._dynamo here: that import
+# costs ~2 s, and a program that never compiles should not pay it. test_compile.py's fullgraph
+# test fails if a PyTorch release stops honouring the marker.
+_plan_key._dynamo_marked_constant = True
 
 
 @torch.library.custom_op("flexattn::flex_attention", mutates_args=())
