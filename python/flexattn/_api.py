@@ -83,6 +83,16 @@ def _prepare_capture(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device=device, dtype=dtype).contiguous()
 
 
+def _version_of(t: torch.Tensor):
+    """What tells a changed capture: its version counter (in-place updates bump it). Tensors
+    made under torch.inference_mode have none and cannot be updated in place outside it: their
+    storage identity is enough."""
+    try:
+        return t._version
+    except RuntimeError:
+        return ("inference", t.data_ptr())
+
+
 class _Traced:
     """One traced score_mod / mask_mod and its C++ objects per device."""
 
@@ -94,7 +104,7 @@ class _Traced:
 
     def cpp(self, device: torch.device):
         caps = self.result.captures
-        versions = tuple(t._version for _, t in caps)
+        versions = tuple(_version_of(t) for _, t in caps)
         entry = self._per_device.get(device)
         if entry is None or entry[0] != versions:
             prepared = [(name, _prepare_capture(t, device)) for name, t in caps]

@@ -418,6 +418,10 @@ class Sym:
     def where(self, cond, other): return _where(self._other(cond), self, self._other(other))
     def __repr__(self): return f"Sym({self.kind}: {self.expr})"
 
+    @property
+    def dtype(self):
+        return {_INT: torch.int32, _FLOAT: torch.float32, _BOOL: torch.bool}[self.kind]
+
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -530,6 +534,8 @@ def trace(fn, what: str) -> TraceResult:
         result = fn(*args)
     except UnsupportedConstruct:
         raise
+    except AttributeError as e:  # a tensor method the tracer does not know
+        raise UnsupportedConstruct(f"flexattn: the {what} uses {e}") from e
     except TypeError as e:
         if "argument" in str(e):
             sig = "(b, h, q_idx, kv_idx)" if what == "mask_mod" else "(score, b, h, q_idx, kv_idx)"

@@ -290,3 +290,22 @@ def test_mixed_devices_and_dtypes_are_refused():
     if torch.cuda.is_available():
         with pytest.raises(flexattn.FlexAttentionError, match="device"):
             flexattn.flex_attention(q, q.cuda(), q.cuda())
+
+
+def test_inference_mode_captures_and_unknown_methods():
+    with torch.inference_mode():
+        table = torch.randn(40)
+
+        def tabled(score, b, h, q_idx, kv_idx):
+            return score + torch.zeros_like(score, dtype=score.dtype) + table[kv_idx]
+
+        q, k, v = rand(1, 1, 40, 16), rand(1, 1, 40, 16), rand(1, 1, 40, 16)
+        out = flexattn.flex_attention(q, k, v, score_mod=tabled)
+        torch.testing.assert_close(out.double(), reference(q, k, v, tabled)[0], atol=2e-4,
+                                   rtol=2e-4)
+
+    def erf_method(score, b, h, q_idx, kv_idx):
+        return score.erf()
+
+    with pytest.raises(flexattn.UnsupportedConstruct, match="erf"):
+        flexattn.flex_attention(q, k, v, score_mod=erf_method)
