@@ -492,6 +492,14 @@ def flex_attention(query, key, value, score_mod=None, block_mask=None, scale=Non
         if t.dim() != 4:
             raise FlexAttentionError(f"flexattn: {name} must have 4 dims [B, H, L, D]; got "
                                      f"shape {tuple(t.shape)}")
+    # The kernels read any strides but a non-unit last one: such an operand is copied (autograd
+    # sees the copy, so gradients still reach the caller's tensor).
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    if k.stride(-1) != 1:
+        k = k.contiguous()
+    if v.stride(-1) != 1:
+        v = v.contiguous()
     device = _norm_device(q.device)
     if torch.compiler.is_compiling():
         key = _plan_key(score_mod, block_mask, device, scale, enable_gqa, deterministic)

@@ -309,3 +309,17 @@ def test_inference_mode_captures_and_unknown_methods():
 
     with pytest.raises(flexattn.UnsupportedConstruct, match="erf"):
         flexattn.flex_attention(q, k, v, score_mod=erf_method)
+
+
+def test_non_unit_last_stride_is_copied_and_differentiable():
+    base = rand(1, 2, 16, 50, requires_grad=True)
+    q = base.transpose(2, 3)  # [1, 2, 50, 16] with last stride 50
+    k, v = rand(1, 2, 50, 16), rand(1, 2, 50, 16)
+    out = flexattn.flex_attention(q, k, v, score_mod=my_softcap)
+    out.sum().backward()
+    q2 = q.detach().double().requires_grad_()
+    ref_out, _ = reference(q2, k, v, my_softcap)
+    ref_out.sum().backward()
+    torch.testing.assert_close(out.double(), ref_out, atol=2e-4, rtol=2e-4)
+    torch.testing.assert_close(base.grad.double(), q2.grad.transpose(2, 3), atol=5e-4,
+                               rtol=5e-4)
