@@ -297,6 +297,36 @@ _NOOP_SCORE = None
 _NOOP_MASK = None
 
 
+_from_torch = weakref.WeakKeyDictionary()
+
+
+def _from_torch_block_mask(bm) -> BlockMask:
+    """flexattn's BlockMask for one of PyTorch's (made by its create_block_mask): rebuilt from
+    its mask_mod, geometry and device, once per object. One made from block lists
+    (BlockMask.from_kv_blocks, no mask_mod) cannot be rebuilt and is refused."""
+    ours = _from_torch.get(bm) if _is_torch_block_mask(bm) else None
+    if ours is not None:
+        return ours
+    if not _is_torch_block_mask(bm):
+        raise FlexAttentionError("flexattn: block_mask must be a BlockMask (from "
+                                 f"flexattn.create_block_mask); got {type(bm).__name__}")
+    from torch.nn.attention.flex_attention import noop_mask as torch_noop
+
+    if bm.mask_mod is torch_noop and bm.sparsity() > 0.0:
+        raise FlexAttentionError("flexattn: a PyTorch BlockMask made from block lists (no "
+                                 "mask_mod) cannot be used; make it with create_block_mask")
+    B, H, q_len, kv_len = bm.shape
+    ours = create_block_mask(bm.mask_mod, B, H, q_len, kv_len, device=bm.kv_num_blocks.device,
+                             BLOCK_SIZE=tuple(bm.BLOCK_SIZE))
+    _from_torch[bm] = ours
+    return ours
+
+
+def _is_torch_block_mask(bm) -> bool:
+    cls = type(bm)
+    return cls.__name__ == "BlockMask" and cls.__module__.startswith("torch.")
+
+
 def _plan(score_mod, block_mask, device, scale, enable_gqa, deterministic) -> _Plan:
     global _NOOP_SCORE, _NOOP_MASK
     if _NOOP_SCORE is None:
@@ -305,8 +335,7 @@ def _plan(score_mod, block_mask, device, scale, enable_gqa, deterministic) -> _P
     mask_name = "noop"  # the mask's stock name; None for a traced one
     if block_mask is not None:
         if not isinstance(block_mask, BlockMask):
-            raise FlexAttentionError("flexattn: block_mask must be a flexattn.BlockMask (from "
-                                     f"flexattn.create_block_mask); got {type(block_mask).__name__}")
+            block_mask = _from_torch_block_mask(block_mask)
         if block_mask.device != device:
             raise FlexAttentionError(f"flexattn: block_mask is on {block_mask.device}, the query "
                                      f"on {device}")

@@ -323,3 +323,24 @@ def test_non_unit_last_stride_is_copied_and_differentiable():
     torch.testing.assert_close(out.double(), ref_out, atol=2e-4, rtol=2e-4)
     torch.testing.assert_close(base.grad.double(), q2.grad.transpose(2, 3), atol=5e-4,
                                rtol=5e-4)
+
+
+def test_pytorch_block_masks_are_accepted():
+    from torch.nn.attention import flex_attention as tfa
+
+    def near(b, h, q_idx, kv_idx):
+        return (q_idx - kv_idx).abs() <= 20
+
+    q, k, v = rand(2, 2, 130, 16), rand(2, 2, 150, 16), rand(2, 2, 150, 16)
+    for mask in (near, flexattn.causal):
+        torch_bm = tfa.create_block_mask(mask, 2, None, 130, 150, device="cpu", BLOCK_SIZE=32)
+        out, lse = flexattn.flex_attention(q, k, v, block_mask=torch_bm, return_lse=True)
+        check_close(out, lse, *reference(q, k, v, None, mask), torch.float32)
+    lists_only = tfa.BlockMask.from_kv_blocks(torch.ones(1, 1, 1, dtype=torch.int32),
+                                              torch.zeros(1, 1, 1, 2, dtype=torch.int32),
+                                              BLOCK_SIZE=128, seq_lengths=(130, 150))
+    if lists_only.sparsity() > 0:
+        with pytest.raises(flexattn.FlexAttentionError, match="block lists"):
+            flexattn.flex_attention(q, k, v, block_mask=lists_only)
+    with pytest.raises(flexattn.FlexAttentionError, match="BlockMask"):
+        flexattn.flex_attention(q, k, v, block_mask="causal")
