@@ -387,6 +387,22 @@ class _FlexAttentionFn(torch.autograd.Function):
         return (*_backward(*ctx.saved_tensors, grad_out, ctx.plan), None)
 
 
+class _EmptyAttentionFn(torch.autograd.Function):
+    """No query rows or no keys (the library takes neither): every row has no key to attend,
+    so out = 0 and lse = -inf, and every gradient is 0, as for fully masked rows."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        B, Hq, Lq = q.shape[0], q.shape[1], q.shape[2]
+        ctx.inputs = (q, k, v)  # only their shapes, dtypes and devices are used
+        return (q.new_zeros((B, Hq, Lq, v.shape[-1])),
+                q.new_full((B, Hq, Lq), float("-inf"), dtype=torch.float32))
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        return tuple(torch.zeros_like(t) for t in ctx.inputs)
+
+
 def _refuse_lse_grad(grad_lse):
     if grad_lse is None:
         return
@@ -530,6 +546,9 @@ def flex_attention(query, key, value, score_mod=None, block_mask=None, scale=Non
     if v.stride(-1) != 1:
         v = v.contiguous()
     device = _norm_device(q.device)
+    if q.shape[0] * q.shape[1] * q.shape[2] == 0 or k.shape[2] == 0:
+        out, lse = _EmptyAttentionFn.apply(q, k, v)
+        return _results(out, lse, return_lse, return_aux)
     if torch.compiler.is_compiling():
         key = _plan_key(score_mod, block_mask, device, scale, enable_gqa, deterministic)
         out, lse = torch.ops.flexattn.flex_attention(q, k, v, key)

@@ -344,3 +344,17 @@ def test_pytorch_block_masks_are_accepted():
             flexattn.flex_attention(q, k, v, block_mask=lists_only)
     with pytest.raises(flexattn.FlexAttentionError, match="BlockMask"):
         flexattn.flex_attention(q, k, v, block_mask="causal")
+
+
+def test_empty_queries_or_keys():
+    for qs, ks in (((1, 2, 0, 16), (1, 2, 8, 16)), ((0, 2, 8, 16), (0, 2, 8, 16)),
+                   ((1, 2, 8, 16), (1, 2, 0, 16))):
+        q, k = rand(*qs, requires_grad=True), rand(*ks, requires_grad=True)
+        v = rand(*ks[:3], 24, requires_grad=True)
+        out, lse = flexattn.flex_attention(q, k, v, return_lse=True)
+        assert out.shape == (*qs[:3], 24) and lse.shape == qs[:3]
+        assert (out == 0).all() and torch.isneginf(lse).all()
+        out.sum().backward()
+        assert all(t.grad is not None and (t.grad == 0).all() for t in (q, k, v))
+    with pytest.raises(flexattn.FlexAttentionError, match="D"):
+        flexattn.flex_attention(rand(1, 1, 4, 0), rand(1, 1, 4, 0), rand(1, 1, 4, 0))
