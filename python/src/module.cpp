@@ -16,6 +16,7 @@
 #include <chrono>
 #include <concepts>
 #include <string>
+#include <utility>
 #include <type_traits>
 #include <variant>
 #include <vector>
@@ -205,45 +206,47 @@ AttentionOptions options(float scale, bool gqa, uintptr_t stream, bool determini
   return o;
 }
 
-void check_rank4(const TensorView& v, const char* what) {
-  if (v.rank != 4) {
-    throw Error(std::string("flexattn: ") + what + " must have 4 dims [B, H, L, D]; got " +
-                std::to_string(v.rank));
+// The operands forward and backward share, read and rank-checked once.
+struct Operands {
+  TensorView q, k, v, out, lse;
+};
+Operands operands(nb::handle q, nb::handle k, nb::handle v, nb::handle out, nb::handle lse) {
+  Operands o{torch_view(q, "query"), torch_view(k, "key"), torch_view(v, "value"),
+             torch_view(out, "out"), torch_view(lse, "lse")};
+  // The dense mask (lists_for) reads [B, H, L, D] shapes before the library's own checks.
+  for (const auto& [view, what] : {std::pair{&o.q, "query"}, std::pair{&o.k, "key"}}) {
+    if (view->rank != 4) {
+      throw Error(std::string("flexattn: ") + what + " must have 4 dims [B, H, L, D]; got " +
+                  std::to_string(view->rank));
+    }
   }
+  return o;
 }
 
 void forward(nb::handle q, nb::handle k, nb::handle v, nb::handle out, nb::handle lse,
              const Score& score, const Mask& mask, const PyBlockMask* bm, float scale, bool gqa,
              uintptr_t stream) {
-  const TensorView qv = torch_view(q, "query"), kv = torch_view(k, "key"),
-                   vv = torch_view(v, "value");
-  const TensorView ov = torch_view(out, "out"), lv = torch_view(lse, "lse");
-  check_rank4(qv, "query");
-  check_rank4(kv, "key");
+  const Operands o = operands(q, k, v, out, lse);
   const AttentionOptions opts = options(scale, gqa, stream, true);
   nb::gil_scoped_release unlocked;
-  const BlockMaskData lists = lists_for(bm, qv, kv, opts.stream);
+  const BlockMaskData lists = lists_for(bm, o.q, o.k, opts.stream);
   visit_pair(score, mask, [&](const auto& sm, const auto& mm) {
-    flex_attention_into(qv, kv, vv, ov, lv, sm, BlockMask(mm, lists), opts);
+    flex_attention_into(o.q, o.k, o.v, o.out, o.lse, sm, BlockMask(mm, lists), opts);
   });
 }
 
 void backward(nb::handle q, nb::handle k, nb::handle v, nb::handle out, nb::handle lse,
-              nb::handle dout, nb::handle dq, nb::handle dk, nb::handle dv, const Score& score, const Mask& mask, const PyBlockMask* bm, float scale, bool gqa,
-              uintptr_t stream, bool deterministic) {
-  const TensorView qv = torch_view(q, "query"), kv = torch_view(k, "key"),
-                   vv = torch_view(v, "value");
-  const TensorView ov = torch_view(out, "out"), lv = torch_view(lse, "lse");
-  const TensorView gv = torch_view(dout, "grad_out");
-  const TensorView dqv = torch_view(dq, "grad_query"), dkv = torch_view(dk, "grad_key"),
-                   dvv = torch_view(dv, "grad_value");
-  check_rank4(qv, "query");
-  check_rank4(kv, "key");
+              nb::handle dout, nb::handle dq, nb::handle dk, nb::handle dv, const Score& score,
+              const Mask& mask, const PyBlockMask* bm, float scale, bool gqa, uintptr_t stream,
+              bool deterministic) {
+  const Operands o = operands(q, k, v, out, lse);
+  const TensorView gv = torch_view(dout, "grad_out"), dqv = torch_view(dq, "grad_query"),
+                   dkv = torch_view(dk, "grad_key"), dvv = torch_view(dv, "grad_value");
   const AttentionOptions opts = options(scale, gqa, stream, deterministic);
   nb::gil_scoped_release unlocked;
-  const BlockMaskData lists = lists_for(bm, qv, kv, opts.stream);
+  const BlockMaskData lists = lists_for(bm, o.q, o.k, opts.stream);
   visit_pair(score, mask, [&](const auto& sm, const auto& mm) {
-    flex_attention_backward_into(qv, kv, vv, ov, lv, gv, dqv, dkv, dvv, sm,
+    flex_attention_backward_into(o.q, o.k, o.v, o.out, o.lse, gv, dqv, dkv, dvv, sm,
                                  BlockMask(mm, lists), opts);
   });
 }
