@@ -12,6 +12,7 @@
 #include "detail/cuda/dispatch.h"
 #include "detail/runtime/dispatch.h"
 #include "mods.h"
+#include "param.h"
 #include "tensor.h"
 
 namespace flexattn {
@@ -48,6 +49,7 @@ void flex_attention_into(const TensorView& q, const TensorView& k, const TensorV
   detail::check_mask_mod<MaskMod>();
   const detail::FwdArgs args =
       detail::make_forward_args(q, k, v, out, lse, block_mask.data(), opts);
+  detail::check_params(score_mod, args.q.device, "flex_attention", false);
   if constexpr (detail::runtime::involves_runtime<ScoreMod, MaskMod>) {
     detail::runtime::check_pair<ScoreMod, MaskMod>();
     detail::runtime::forward(args, detail::runtime::spec_of(score_mod),
@@ -70,6 +72,7 @@ void flex_attention_backward_into(const TensorView& q, const TensorView& k, cons
   detail::check_mask_mod<MaskMod>();
   const detail::BwdArgs args = detail::make_backward_args(q, k, v, out, lse, dout, dq, dk, dv,
                                                           block_mask.data(), opts);
+  detail::check_params(score_mod, args.q.device, "flex_attention_backward", true);
   if constexpr (detail::runtime::involves_runtime<ScoreMod, MaskMod>) {
     detail::runtime::check_pair<ScoreMod, MaskMod>();
     detail::runtime::backward(args, detail::runtime::spec_of(score_mod),

@@ -6,6 +6,7 @@
 #include "math.h"
 #include "mods.h"
 #include "paged.h"
+#include "param.h"
 #include "runtime.h"
 #include "tensor.h"
 #include "threads.h"

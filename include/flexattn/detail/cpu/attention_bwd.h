@@ -43,6 +43,7 @@
 #include <memory>
 #include <new>
 #include <numeric>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -51,6 +52,7 @@
 #include "../../mods.h"
 #include "../args.h"
 #include "kernels.h"
+#include "param_grads.h"
 
 namespace flexattn::detail::cpu {
 namespace bwd {
@@ -262,6 +264,12 @@ void backward(const BwdArgs& a, const ScoreMod& score_mod, const MaskMod& mask_m
   std::vector<Scratch> scratch;
   scratch.reserve(size_t(nthreads));
   for (int t = 0; t < nthreads; ++t) scratch.emplace_back(D, Dv, !kNoopScore);
+  // Gradients of the score_mod's learnable Params (param_grads.h); an empty stand-in otherwise.
+  struct NoParams {};
+  constexpr bool kParams = HasParams<ScoreMod>;
+  using Grads = std::conditional_t<kParams, ParamGrads<ScoreMod>, NoParams>;
+  std::optional<Grads> pgrads;
+  if constexpr (kParams) pgrads.emplace(score_mod, plan.items(), nthreads, int64_t(kTileQ) * kLdS);
   AlignedFloats delta(size_t(d.B * d.Hq * Lq));
   // dQ partials [B][Hq][C][Lq][D] unless dQ accumulates in place.
   AlignedFloats dq_part(plan.dq_direct ? 0 : size_t(d.B * d.Hq * C * Lq * D));
@@ -367,6 +375,9 @@ void backward(const BwdArgs& a, const ScoreMod& score_mod, const MaskMod& mask_m
                 float* row = Sm + int64_t(r) * kLdS;
                 float* grow = ws.g + int64_t(r) * kLdS;
                 const bool part = ws.partial_row[r];
+                if constexpr (kParams) {  // the PDual pass after dP needs the raw scores
+                  std::memcpy(pgrads->raw(t) + int64_t(r) * kLdS, row, sizeof(float) * size_t(N));
+                }
                 for (int col = 0; col < N; ++col) {
                   if (part && !mask_mod(int(b), int(h), m0 + r, n0 + col)) {
                     row[col] = kNegInf;
@@ -420,6 +431,10 @@ void backward(const BwdArgs& a, const ScoreMod& score_mod, const MaskMod& mask_m
                  fix_do ? Dv : lddo, ws.dv, Dv, true);                                  // dV += P^T dO
             if (fix_do) add_kept_rows(ws.baddo, ws.nbaddo, ws.dokeeps, dO, lddo, Dv, ws.dv);
             gemm(Trans::N, Trans::T, M, N, int(Dv), dO, lddo, V, ldv, ws.dp, kLdS, false);  // dP (M, N)
+            if constexpr (kParams) {
+              pgrads->add_tile(score_mod, item, t, Sm, ws.dp, kLdS, delta_head + m0, M, N, int(b),
+                               int(h), m0, n0);
+            }
             bwd_dscores(Sm, kLdS, ws.dp, kLdS, Gm, kLdS, M, N, delta_head + m0, scale);  // dS (M, N)
             float* dq_rows = dq_head + m0 * lddq;
             gemm(Trans::N, Trans::N, M, int(D), N, Sm, kLdS, fix_k ? ws.kfix : K, fix_k ? D : ldk,
@@ -482,6 +497,8 @@ void backward(const BwdArgs& a, const ScoreMod& score_mod, const MaskMod& mask_m
       }
     }
   });
+
+  if constexpr (kParams) pgrads->finish();
 
   // ---- pass 3: sum the partials in index order ----------------------------------------------------
   constexpr int64_t kRowsPerItem = 64;
