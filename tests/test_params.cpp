@@ -297,3 +297,34 @@ TEST(ParamErrors, RefusedWithMessages) {
 
 }  // namespace
 }  // namespace flexattn
+
+namespace flexattn {
+namespace {
+
+// A runtime variant's learnable capture (runtime.h: Capture::grad) gets the same gradients.
+TEST(ParamGradsRuntime, LearnableCaptureOfARuntimeScoreMod) {
+  Problem p;
+  p.shape = {.B = 1, .Hq = 4, .Hkv = 2, .Lq = 50, .Lkv = 60, .D = 16, .Dv = 16};
+  std::mt19937_64 rng(testing::test_seed());
+  Tables t = make_table({4, 32}, DType::bf16, rng, 0.5f);
+  const RuntimeScoreMod lib(
+      "int d = q_idx - kv_idx;\n"
+      "d = d < -15 ? -15 : (d > 16 ? 16 : d);\n"
+      "return score + table(h, d + 15);",
+      {{"table", t.tensor, t.grad}});
+  auto make = [&] { return RelBias<DTable>{dtable_of(t.dvalues, 32)}; };
+  check_param_grads(p, lib, {&t}, make, noop_mask());
+  // Refusals: a mask_mod capture cannot be learnable; the grad must fit the tensor.
+  EXPECT_THROW(RuntimeMaskMod("table(h, 0) > 0.0f", {{"table", t.tensor, t.grad}}), Error);
+  Tensor small = Tensor::empty({4, 31}, DType::f32);
+  try {
+    RuntimeScoreMod("score + table(h, 0)", {{"table", t.tensor, small}});
+    ADD_FAILURE() << "a grad of the wrong shape was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("capture 'table' cannot be learnable"), std::string::npos)
+        << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace flexattn

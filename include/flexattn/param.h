@@ -251,6 +251,28 @@ class Param {
   Param(const Tensor& value, Tensor& grad) : Param(value.view(), grad.view()) {}
 #endif
 
+  // A runtime variant's learnable capture (runtime.h): the slot's value of storage Tag (a
+  // detail::runtime tag: F32, F16 or Bf16) and rank, with the slot's contiguous gradient.
+  template <class Tag>
+  FLEXATTN_HD static Param of_slot(const detail::runtime::Slot& s, int rank) {
+    Param p;
+    p.data_ = s.data;
+    p.grad_ = s.grad;
+    p.storage_ = fstd::is_same_v<Tag, detail::runtime::F16>
+                     ? kF16
+                     : (fstd::is_same_v<Tag, detail::runtime::Bf16> ? kBf16 : kF32);
+    p.rank_ = rank;
+    int64_t n = 1;
+    for (int d = rank - 1; d >= 0; --d) {
+      p.size_[d] = s.size[d];
+      p.stride_[d] = s.stride[d];
+      p.gstride_[d] = n;
+      n *= s.size[d];
+    }
+    p.numel_ = n;
+    return p;
+  }
+
   template <class... I>
   FLEXATTN_HD ParamValue operator()(I... idx) const {
     int64_t off = 0, goff = 0;

@@ -61,10 +61,15 @@
 
 namespace flexattn {
 
-// One named tensor a runtime score_mod / mask_mod reads.
+// One named tensor a runtime score_mod / mask_mod reads. With `grad` defined the capture is
+// learnable (a score_mod's only; param.h): its reads are Param reads, and flex_attention_backward
+// overwrites `grad` (f32, contiguous, the tensor's shape and device; the tensor f32, f16 or bf16)
+// with the gradient, as for a compiled functor's params(). On the CPU only so far: the GPU
+// backward refuses a learnable capture with an Error.
 struct Capture {
   std::string name;
   Tensor tensor;
+  Tensor grad = {};
 };
 
 namespace detail::runtime {

@@ -6,6 +6,7 @@
 #include <set>
 #include <string>
 
+#include "flexattn/param.h"
 #include "internal.h"
 
 namespace flexattn {
@@ -97,8 +98,19 @@ std::shared_ptr<const ModSpec> make_spec(const char* what, ModKind kind, std::st
                     " elements; at most 2^31 - 1 are allowed");
       }
     }
+    if (c.grad.defined()) {
+      if (kind != ModKind::score) {
+        throw Error(cap + "has a grad: only a score_mod's captures can be learnable");
+      }
+      try {
+        (void)Param(c.tensor, const_cast<Tensor&>(c.grad));  // its checks, named below
+      } catch (const Error& e) {
+        throw Error(cap + "cannot be learnable: " + e.what());
+      }
+    }
     spec->code_key += c.name + ":" + to_string(c.tensor.dtype()) + ":" +
-                      std::to_string(c.tensor.rank()) + "\n";
+                      std::to_string(c.tensor.rank()) + (c.grad.defined() ? ":learnable" : "") +
+                      "\n";
   }
   spec->source = std::move(source);
   spec->tile_kind = std::move(tile_kind);
@@ -119,10 +131,16 @@ std::string body(const ModSpec& spec, const std::string& text, const char* file,
       "::flexattn::max, ::flexattn::where, ::flexattn::TileKind, ::flexattn::Dual;\n";
   for (size_t i = 0; i < spec.captures.size(); ++i) {
     const Capture& c = spec.captures[i];
-    out += "    [[maybe_unused]] const ::flexattn::detail::runtime::CaptureView<"
-           "::flexattn::detail::runtime::" + std::string(tag_of(c.tensor.dtype())) + ", " +
-           std::to_string(c.tensor.rank()) + "> " + c.name + "{this->slot[" +
-           std::to_string(i) + "]};\n";
+    const std::string tag = "::flexattn::detail::runtime::" + std::string(tag_of(c.tensor.dtype()));
+    const std::string rank = std::to_string(c.tensor.rank()), slot = std::to_string(i);
+    if (c.grad.defined()) {  // learnable: reads are Param reads (param.h)
+      out += "    [[maybe_unused]] const ::flexattn::Param " + c.name +
+             " = ::flexattn::Param::of_slot<" + tag + ">(this->slot[" + slot + "], " + rank +
+             ");\n";
+    } else {
+      out += "    [[maybe_unused]] const ::flexattn::detail::runtime::CaptureView<" + tag + ", " +
+             rank + "> " + c.name + "{this->slot[" + slot + "]};\n";
+    }
   }
   const bool statements = contains_word(text, "return");
   if (statements) {
@@ -131,6 +149,20 @@ std::string body(const ModSpec& spec, const std::string& text, const char* file,
     out += "    return " + wrap + "(\n#line 1 \"" + std::string(file) + "\"\n" + text + "\n);\n";
   }
   return out;
+}
+
+// The params() of a score_mod with learnable captures (param.h): one Param per such capture.
+std::string params_of(const ModSpec& spec) {
+  std::string list;
+  for (size_t i = 0; i < spec.captures.size(); ++i) {
+    const Capture& c = spec.captures[i];
+    if (!c.grad.defined()) continue;
+    list += std::string(list.empty() ? "" : ", ") + "::flexattn::Param::of_slot<"
+            "::flexattn::detail::runtime::" + tag_of(c.tensor.dtype()) + ">(this->slot[" +
+            std::to_string(i) + "], " + std::to_string(c.tensor.rank()) + ")";
+  }
+  if (list.empty()) return "";
+  return "  auto params() const { return ::flexattn::params(" + list + "); }\n";
 }
 
 }  // namespace
@@ -158,7 +190,7 @@ std::string functor_source(const ModSpec* score, const ModSpec* mask) {
            "  template <class T>\n"
            "  FLEXATTN_HD T operator()(T score, int b, int h, int q_idx, int kv_idx) const {\n"
            "    (void)score, (void)b, (void)h, (void)q_idx, (void)kv_idx;\n" +
-           body(*score, score->source, "score_mod", "T") + "  }\n};\n";
+           body(*score, score->source, "score_mod", "T") + "  }\n" + params_of(*score) + "};\n";
   }
   if (mask == nullptr) {
     out += "using Mask = ::flexattn::NoopMask;\n";
@@ -194,6 +226,9 @@ ModState state_of(const ModSpec* spec) {
     const Tensor& t = spec->captures[i].tensor;
     Slot& s = st.slot[i];
     s.data = t.data();
+    s.grad = spec->captures[i].grad.defined()
+                 ? static_cast<float*>(const_cast<Tensor&>(spec->captures[i].grad).data())
+                 : nullptr;
     int64_t stride = 1;
     for (int d = t.rank() - 1; d >= 0; --d) {
       s.stride[d] = stride;

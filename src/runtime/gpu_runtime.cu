@@ -110,7 +110,8 @@ std::string program_source(const Pair* pair, bool uses_mods) {
       "#include <flexattn/detail/cuda/mainloop_decode.cuh>\n"
       "#include <flexattn/detail/cuda/mainloop_fwd_sm80.cuh>\n"
       "#include <flexattn/detail/cuda/mainloop_fwd_sm90.cuh>\n"
-      "#include <flexattn/detail/runtime/captures.h>\n";
+      "#include <flexattn/detail/runtime/captures.h>\n"
+      "#include <flexattn/param.h>\n";
   if (uses_mods) src += functor_source(pair->score, pair->mask);
   return src + "namespace flexattn_rt {\nstruct Unit {};\n}  // namespace flexattn_rt\n";
 }

@@ -17,6 +17,14 @@ void forward(const FwdArgs& args, const ModSpec* score, const ModSpec* mask) {
 
 void backward(const BwdArgs& args, const ModSpec* score, const ModSpec* mask) {
   check_capture_devices("flex_attention_backward", args.q.device, score, mask);
+  if (args.q.device == Device::cuda && score != nullptr) {
+    for (const Capture& c : score->captures) {
+      if (c.grad.defined()) {
+        throw Error("flexattn::flex_attention_backward: the score_mod's capture '" + c.name +
+                    "' is learnable; their gradients are computed on the CPU only so far");
+      }
+    }
+  }
   if (args.q.device == Device::cpu) {
     cpu_run(static_cast<int>(CpuOp::backward), const_cast<BwdArgs*>(&args), score, mask);
   } else {

@@ -6,7 +6,8 @@
 //
 // 1. Every header alone (`#include <flexattn/HEADER>`), for compute_80 and compute_90a.
 // 2. Every kernel template of the CUDA backend instantiated (NVRTC name expressions, as a run-time
-//    path will ask for them) with a user-style score_mod (a captured table, tanh, the indices) and
+//    path will ask for them) with a user-style score_mod (a captured table, tanh, the indices; the
+//    sm80 forward also with a learnable Param table) and
 //    a composed mask_mod, for both dtypes, head dims 64 and 128; the Hopper kernels must come out
 //    with their wgmma and tensor-copy instructions on compute_90a (their bodies are empty where
 //    the architecture lacks them, which would pass silently).
@@ -66,6 +67,7 @@ Result compile(const std::string& source, const std::string& arch,
 // A user's variant as a run-time path would receive it, and the kernels it needs.
 const char* kVariantSource = R"(
 #include <flexattn/mods.h>
+#include <flexattn/param.h>
 #include <flexattn/detail/cuda/block_mask_build.cuh>
 #include <flexattn/detail/cuda/bwd_postprocess.cuh>
 #include <flexattn/detail/cuda/bwd_preprocess.cuh>
@@ -85,6 +87,14 @@ struct UserScore {
   }
 };
 using UserMask = flexattn::AndMask<flexattn::CausalMask, flexattn::SlidingWindowMask>;
+// A learnable table (param.h): the forward runs it through PDual and converts back to float.
+struct ParamScore {
+  flexattn::Param table;
+  template <class T>
+  FLEXATTN_HD T operator()(T s, int, int h, int q, int kv) const {
+    return s + flexattn::exp(table(h, (q - kv) & 31)) * 0.1f;
+  }
+};
 )";
 
 std::vector<std::string> kernel_names(const std::string& T, int D) {
@@ -92,6 +102,7 @@ std::vector<std::string> kernel_names(const std::string& T, int D) {
   const std::string mods = ", " + T + ", UserScore, UserMask, RtcUnit>";
   return {
       "&fc::fwd_kernel_sm80<fc::FwdConfig<" + d + ">" + mods,
+      "&fc::fwd_kernel_sm80<fc::FwdConfig<" + d + ">, " + T + ", ParamScore, UserMask, RtcUnit>",
       "&fc::fwd_kernel_sm90<fc::FwdConfigSm90<" + d + ">" + mods,
       "&fc::bwd_kernel_sm80<fc::BwdConfig<" + d + ">" + mods,
       "&fc::bwd_kernel_sm90<fc::BwdTraitsSm90<" + d + ">" + mods,

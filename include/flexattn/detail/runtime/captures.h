@@ -19,6 +19,7 @@ struct Slot {
   const void* data;
   int64_t stride[kMaxCaptureRank];  // elements
   int32_t size[kMaxCaptureRank];
+  float* grad;  // a learnable capture's f32 gradient (contiguous, same shape); else null
 };
 
 // A runtime functor's state: the generated Score / Mask types derive from it and add only member
