@@ -102,17 +102,28 @@ class _Traced:
         self.result = trace(fn, what)
         self._per_device = {}
 
-    def cpp(self, device: torch.device):
+    def cpp(self, device: torch.device, learn: bool = False):
+        """The C++ mod on `device`. learn (score_mods, autograd on): the captures that require
+        grad are learnable (runtime.h's Capture::grad); returns (mod, [(capture, grad buffer)])."""
         caps = self.result.captures
+        flags = tuple(learn and t.requires_grad for _, t in caps)
         versions = tuple(_version_of(t) for _, t in caps)
-        entry = self._per_device.get(device)
+        entry = self._per_device.get((device, flags))
         if entry is None or entry[0] != versions:
-            prepared = [(name, _prepare_capture(t, device)) for name, t in caps]
+            prepared, learnables = [], []
+            for (name, t), flag in zip(caps, flags):
+                value = _prepare_capture(t, device)
+                if flag:
+                    grad = torch.empty(value.shape, dtype=torch.float32, device=device)
+                    prepared.append((name, value, grad))
+                    learnables.append((t, grad))
+                else:
+                    prepared.append((name, value))
             make = _C.runtime_score if self.what == "score_mod" else _C.runtime_mask
             # `prepared` stays referenced beside the C++ object: it reads their memory.
-            entry = (versions, make(self.result.source, prepared), prepared)
-            self._per_device[device] = entry
-        return entry[1]
+            entry = (versions, make(self.result.source, prepared), prepared, learnables)
+            self._per_device[(device, flags)] = entry
+        return entry[1], entry[3]
 
 
 _traced_weak = weakref.WeakKeyDictionary()
@@ -202,7 +213,7 @@ class BlockMask:
             return _C.stock_mask("noop"), False
         if self._runtime_mask is None:
             self._runtime_mask = _traced(self.mask_mod, "mask_mod")
-        return self._runtime_mask.cpp(self.device), False
+        return self._runtime_mask.cpp(self.device)[0], False
 
 
 def _norm_device(device) -> torch.device:
@@ -250,7 +261,7 @@ def create_block_mask(mask_mod, B, H, Q_LEN, KV_LEN, device=None, BLOCK_SIZE=128
         stock = (_stock_mask_obj(tag, device, keep), tag[0])
         builder = stock[0]
     else:
-        builder = _traced(mask_mod, "mask_mod").cpp(device)
+        builder = _traced(mask_mod, "mask_mod").cpp(device)[0]
     stream = _stream(device)
     with _on_device(device):
         data = _C.create_block_mask(builder, B, H, Q_LEN, KV_LEN, bq, bkv, _device_code(device),
@@ -286,11 +297,13 @@ def _on_device(device):
 class _Plan:
     """What one call runs: the C++ score and mask objects, the lists, the options."""
 
-    __slots__ = ("score", "mask", "lists", "scale", "gqa", "deterministic", "keep")
+    __slots__ = ("score", "mask", "lists", "scale", "gqa", "deterministic", "keep", "learnables")
 
-    def __init__(self, score, mask, lists, scale, gqa, deterministic, keep):
+    def __init__(self, score, mask, lists, scale, gqa, deterministic, keep, learnables):
         self.score, self.mask, self.lists = score, mask, lists
         self.scale, self.gqa, self.deterministic, self.keep = scale, gqa, deterministic, keep
+        # [(captured tensor that requires grad, the f32 buffer the backward fills)]
+        self.learnables = learnables
 
 
 _NOOP_SCORE = None
@@ -332,6 +345,7 @@ def _plan(score_mod, block_mask, device, scale, enable_gqa, deterministic) -> _P
     if _NOOP_SCORE is None:
         _NOOP_SCORE, _NOOP_MASK = _C.stock_score("noop"), _C.stock_mask("noop")
     stock = _stock_of(score_mod)
+    learnables = []
     mask_name = "noop"  # the mask's stock name; None for a traced one
     if block_mask is not None:
         if not isinstance(block_mask, BlockMask):
@@ -346,7 +360,8 @@ def _plan(score_mod, block_mask, device, scale, enable_gqa, deterministic) -> _P
     elif stock is not None and stock[0] == "noop":
         score, score_name = _NOOP_SCORE, "noop"
     else:
-        score, score_name = _traced(score_mod, "score_mod").cpp(device), None
+        score, learnables = _traced(score_mod, "score_mod").cpp(device, torch.is_grad_enabled())
+        score_name = None
     if block_mask is None:
         mask, lists = _NOOP_MASK, None
     else:
@@ -356,7 +371,8 @@ def _plan(score_mod, block_mask, device, scale, enable_gqa, deterministic) -> _P
         scale = 0.0  # the library's default, 1 / sqrt(head dim)
     elif scale == 0.0:
         scale = 1e-45  # the library reads 0 as "default"; the smallest float is 0 in effect
-    return _Plan(score, mask, lists, float(scale), bool(enable_gqa), deterministic, block_mask)
+    return _Plan(score, mask, lists, float(scale), bool(enable_gqa), deterministic, block_mask,
+                 learnables)
 
 
 def _forward(q, k, v, plan):
@@ -371,8 +387,9 @@ def _forward(q, k, v, plan):
 
 
 class _FlexAttentionFn(torch.autograd.Function):
+    # The plan's learnable captures follow it as inputs, so autograd gives them gradients.
     @staticmethod
-    def forward(ctx, q, k, v, plan):
+    def forward(ctx, q, k, v, plan, *captures):
         out, lse = _forward(q, k, v, plan)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.plan = plan
@@ -382,9 +399,14 @@ class _FlexAttentionFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, grad_lse):
         _refuse_lse_grad(grad_lse)
+        plan = ctx.plan
         if grad_out is None:
-            return None, None, None, None
-        return (*_backward(*ctx.saved_tensors, grad_out, ctx.plan), None)
+            return (None,) * (4 + len(plan.learnables))
+        dq, dk, dv = _backward(*ctx.saved_tensors, grad_out, plan)
+        # The buffers belong to the cached C++ mod and the next backward overwrites them: copy.
+        dcaps = [buf.reshape(t.shape).to(dtype=t.dtype, device=t.device, copy=True)
+                 for t, buf in plan.learnables]
+        return (dq, dk, dv, None, *dcaps)
 
 
 class _EmptyAttentionFn(torch.autograd.Function):
@@ -430,6 +452,10 @@ _PLANS = {}
 
 def _plan_key(score_mod, block_mask, device, scale, enable_gqa, deterministic) -> str:
     plan = _plan(score_mod, block_mask, device, scale, enable_gqa, deterministic)
+    if plan.learnables:
+        raise FlexAttentionError("flexattn: captured tensors that require grad (learnable "
+                                 "biases) are not supported under torch.compile yet; call "
+                                 "flex_attention outside the compiled region")
     key = f"plan{len(_PLANS)}"
     _PLANS[key] = plan
     return key
@@ -555,9 +581,9 @@ def flex_attention(query, key, value, score_mod=None, block_mask=None, scale=Non
         return _results(out, lse, return_lse, return_aux)
     plan = _plan(score_mod, block_mask, device, scale, enable_gqa, deterministic)
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or
-                                              v.requires_grad)
+                                              v.requires_grad or bool(plan.learnables))
     if needs_grad:
-        out, lse = _FlexAttentionFn.apply(q, k, v, plan)
+        out, lse = _FlexAttentionFn.apply(q, k, v, plan, *[t for t, _ in plan.learnables])
     else:
         out, lse = _forward(q, k, v, plan)
     if kind is not None:

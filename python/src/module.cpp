@@ -96,9 +96,16 @@ Tensor tensor_of(nb::handle a, const char* what) {
   return Tensor::from_blob(v.data, std::move(shape), v.dtype, v.device);
 }
 
-std::vector<Capture> captures_of(const std::vector<std::pair<std::string, nb::handle>>& list) {
+// (name, tensor) or (name, tensor, grad): a grad (f32, contiguous, the tensor's shape) makes the
+// capture learnable (runtime.h, Capture::grad).
+std::vector<Capture> captures_of(const std::vector<nb::tuple>& list) {
   std::vector<Capture> out;
-  for (const auto& [name, a] : list) out.push_back({name, tensor_of(a, name.c_str())});
+  for (const nb::tuple& c : list) {
+    const std::string name = nb::cast<std::string>(c[0]);
+    Capture cap{name, tensor_of(c[1], name.c_str())};
+    if (c.size() > 2 && !c[2].is_none()) cap.grad = tensor_of(c[2], (name + ".grad").c_str());
+    out.push_back(std::move(cap));
+  }
   return out;
 }
 
@@ -309,13 +316,13 @@ NB_MODULE(_C, m) {
       nb::arg("name"), nb::arg("param") = 0, nb::arg("ids") = nb::none());
   m.def(
       "runtime_score",
-      [](std::string source, const std::vector<std::pair<std::string, nb::handle>>& caps) {
+      [](std::string source, const std::vector<nb::tuple>& caps) {
         return Score{RuntimeScoreMod(std::move(source), captures_of(caps))};
       },
       nb::arg("source"), nb::arg("captures"));
   m.def(
       "runtime_mask",
-      [](std::string source, const std::vector<std::pair<std::string, nb::handle>>& caps,
+      [](std::string source, const std::vector<nb::tuple>& caps,
          std::string tile_kind) {
         return Mask{RuntimeMaskMod(std::move(source), captures_of(caps), std::move(tile_kind))};
       },

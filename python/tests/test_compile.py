@@ -68,3 +68,16 @@ def test_compiled_refuses_gradient_through_lse():
         torch.compile(uses_lse, backend="aot_eager")(q, k, v).backward()
     with pytest.raises(flexattn.FlexAttentionError, match="lse"):
         uses_lse(q, k, v).backward()
+
+
+def test_compiled_refuses_learnable_captures():
+    torch._dynamo.reset()
+    bias = torch.randn(32, requires_grad=True)
+
+    def biased(score, b, h, q_idx, kv_idx):
+        return score + bias[kv_idx]
+
+    q, k, v = rand(1, 1, 32, 16), rand(1, 1, 32, 16), rand(1, 1, 32, 16)
+    with pytest.raises(Exception, match="not supported under torch.compile"):
+        torch.compile(lambda q, k, v: flexattn.flex_attention(q, k, v, score_mod=biased),
+                      backend="aot_eager")(q, k, v)
