@@ -3,7 +3,7 @@
 // worker thread, with the instruction set the kernels use).
 //
 //   bench_cpu [--B 1] [--H 8] [--L 4096] [--D 64] [--dtype f32|f16|bf16] [--repeats 5]
-//             [--block 128] [--variants nomask,causal,sliding,document,prefix,alibi,softcap]
+//             [--block 128] [--variants nomask,causal,sliding,document,prefix,alibi,softcap,relbias]
 //             [--no-backward]
 //   bench_cpu --memory [--L 32768] [--D 64]      peak-RSS increase of one forward, B = H = 1
 //   bench_cpu --decode [--B 8] [--H 32] [--Hkv 8] [--L 32768] [--D 128] [--pages 16,128]
@@ -178,6 +178,26 @@ struct Row {
 
 struct Inputs {
   fa::Tensor q, k, v, dout;
+};
+
+// Issue 13's pair: a T5-style bias[h][bucket(q - kv)] (32 buckets), read as a constant table
+// or as a learnable Param whose gradient the backward computes (target: <= 1.2x the constant's
+// backward time).
+FLEXATTN_HD inline int bench_bucket(int d) { return (d < -15 ? -15 : (d > 16 ? 16 : d)) + 15; }
+struct ConstRelBias {
+  const float* table;
+  template <class T>
+  T operator()(T s, int, int h, int q, int kv) const {
+    return s + table[h * 32 + bench_bucket(q - kv)];
+  }
+};
+struct LearnedRelBias {
+  fa::Param table;
+  template <class T>
+  T operator()(T s, int, int h, int q, int kv) const {
+    return s + table(h, bench_bucket(q - kv));
+  }
+  auto params() const { return fa::params(table); }
 };
 
 template <class ScoreMod, class MaskMod>
@@ -463,6 +483,10 @@ int main(int argc, char** argv) {
             random_tensor({o.B, o.H, o.L, o.D}, o.dtype, rng)};
   // Device-side (here: host) document ids must outlive every call that uses the mask.
   const std::vector<int32_t> docs = flexattn::bench::document_ids(o.L, false, rng);
+  std::vector<float> bias_values(size_t(o.H * 32));
+  for (float& x : bias_values) x = std::normal_distribution<float>(0.0f, 0.5f)(rng);
+  const fa::Tensor bias = fa::Tensor::from_host(bias_values.data(), {o.H, 32}, fa::DType::f32);
+  fa::Tensor bias_grad = fa::Tensor::empty({o.H, 32}, fa::DType::f32);
 
   std::vector<Row> rows;
   for (const std::string& v : o.variants) {
@@ -482,6 +506,11 @@ int main(int argc, char** argv) {
       rows.push_back(measure("alibi+causal", o, in, fa::alibi(int(o.H)), fa::causal(), peak));
     } else if (v == "softcap") {
       rows.push_back(measure("softcap30", o, in, fa::softcap(30.0f), fa::noop_mask(), peak));
+    } else if (v == "relbias") {  // the constant table, then the same table learnable
+      rows.push_back(measure("relbias+causal", o, in, ConstRelBias{bias_values.data()},
+                             fa::causal(), peak));
+      rows.push_back(measure("relbias_learned+causal", o, in,
+                             LearnedRelBias{fa::Param(bias, bias_grad)}, fa::causal(), peak));
     } else {
       usage(("unknown variant " + v).c_str());
     }

@@ -108,17 +108,26 @@ FLEXATTN_HD inline double value(float x) { return x; }
 FLEXATTN_HD inline double value(int x) { return x; }
 
 // r.t[g] += t, merging reads of the same entry; zero terms are dropped (the chain rule's zero).
+// Every loop here has the constant trip count kMaxParamReads: unrolled, the arrays become
+// registers, and where only the value is used (the forward, the Dual pass of the backward) the
+// compiler deletes the tangent arithmetic altogether.
 FLEXATTN_HD inline void add_tangent(PDual& r, float* g, float t) {
   if (t == 0.0f || r.n > kMaxParamReads) return;
-  for (int i = 0; i < r.n; ++i) {
-    if (r.g[i] == g) {
+  bool merged = false;
+#pragma unroll
+  for (int i = 0; i < kMaxParamReads; ++i) {
+    if (!merged && i < r.n && r.g[i] == g) {
       r.t[i] += t;
-      return;
+      merged = true;
     }
   }
-  if (r.n < kMaxParamReads) {
-    r.g[r.n] = g;
-    r.t[r.n] = t;
+  if (merged) return;
+#pragma unroll
+  for (int i = 0; i < kMaxParamReads; ++i) {
+    if (i == r.n) {
+      r.g[i] = g;
+      r.t[i] = t;
+    }
   }
   ++r.n;  // past kMaxParamReads: the overflow mark
 }
@@ -131,9 +140,15 @@ FLEXATTN_HD inline PDual combine(float v, const PDual& a, float slope_a, const P
     r.n = kMaxParamReads + 1;  // an operand overflowed: so does the result
     return r;
   }
-  for (int i = 0; i < a.n; ++i) add_tangent(r, a.g[i], math_detail::chain(a.t[i], slope_a));
+#pragma unroll
+  for (int i = 0; i < kMaxParamReads; ++i) {
+    if (i < a.n) add_tangent(r, a.g[i], math_detail::chain(a.t[i], slope_a));
+  }
   if (b != nullptr) {
-    for (int i = 0; i < b->n; ++i) add_tangent(r, b->g[i], math_detail::chain(b->t[i], slope_b));
+#pragma unroll
+    for (int i = 0; i < kMaxParamReads; ++i) {
+      if (i < b->n) add_tangent(r, b->g[i], math_detail::chain(b->t[i], slope_b));
+    }
   }
   return r;
 }

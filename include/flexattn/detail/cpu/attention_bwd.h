@@ -371,17 +371,25 @@ void backward(const BwdArgs& a, const ScoreMod& score_mod, const MaskMod& mask_m
               }
             } else {
               // One dual call gives s' and ds'/ds. Masked scores never reach score_mod.
+              [[maybe_unused]] const auto rec = [&] {
+                if constexpr (kParams) return pgrads->recorder(t);
+                else return 0;
+              }();
               for (int r = 0; r < M; ++r) {
                 float* row = Sm + int64_t(r) * kLdS;
                 float* grow = ws.g + int64_t(r) * kLdS;
                 const bool part = ws.partial_row[r];
-                if constexpr (kParams) {  // the PDual pass after dP needs the raw scores
-                  std::memcpy(pgrads->raw(t) + int64_t(r) * kLdS, row, sizeof(float) * size_t(N));
-                }
                 for (int col = 0; col < N; ++col) {
                   if (part && !mask_mod(int(b), int(h), m0 + r, n0 + col)) {
                     row[col] = kNegInf;
                     grow[col] = 0.0f;
+                    if constexpr (kParams) rec.skip(int64_t(r) * kLdS + col);
+                  } else if constexpr (kParams) {  // PDual: the Params' derivatives too
+                    const PDual sd =
+                        score_mod(PDual(row[col], 1.0f), int(b), int(h), m0 + r, n0 + col);
+                    row[col] = sd.v;
+                    grow[col] = sd.d;
+                    rec.record(int64_t(r) * kLdS + col, sd);
                   } else {
                     const Dual sd = score_mod(Dual{row[col], 1.0f}, int(b), int(h), m0 + r, n0 + col);
                     row[col] = sd.v;
@@ -432,8 +440,7 @@ void backward(const BwdArgs& a, const ScoreMod& score_mod, const MaskMod& mask_m
             if (fix_do) add_kept_rows(ws.baddo, ws.nbaddo, ws.dokeeps, dO, lddo, Dv, ws.dv);
             gemm(Trans::N, Trans::T, M, N, int(Dv), dO, lddo, V, ldv, ws.dp, kLdS, false);  // dP (M, N)
             if constexpr (kParams) {
-              pgrads->add_tile(score_mod, item, t, Sm, ws.dp, kLdS, delta_head + m0, M, N, int(b),
-                               int(h), m0, n0);
+              pgrads->add_tile(item, t, Sm, ws.dp, kLdS, delta_head + m0, M, N);
             }
             bwd_dscores(Sm, kLdS, ws.dp, kLdS, Gm, kLdS, M, N, delta_head + m0, scale);  // dS (M, N)
             float* dq_rows = dq_head + m0 * lddq;

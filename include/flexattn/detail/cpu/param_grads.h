@@ -1,20 +1,21 @@
 // The CPU backward's gradients of a score_mod's learnable Params (param.h).
 //
-// Per kept score (P != 0) of a tile, after dP and before dS:
+// The backward's score pass calls the functor with a PDual score (instead of a Dual): besides s'
+// and ds'/ds it gives d(s')/d(entry) for the entries the score read, which `record` keeps per
+// element of the tile (tangent and buffer offset, one plane per read: most scores read one entry
+// and touch the first plane only). After dP, per kept score (P != 0):
 //   dL/d(score_mod output) = P * (dP - delta)          (dS before the * d(mod)/ds * scale)
-//   grad[entry] += dL/d(output) * d(output)/d(entry)    for every entry the score read
-// where d(output)/d(entry) comes from one more call of the functor with a PDual score. Each work
-// item of the backward adds into its own f32 buffer (items x all the params' entries); the
-// buffers are summed in item order at the end and written over the Params' grads. The items are
-// fixed by the problem, not the threads, so the result is bit-identical run to run and for any
-// thread count.
+//   grad[entry] += dL/d(output) * d(output)/d(entry)
+// Each work item of the backward adds into its own f32 buffer (items x all the params' entries);
+// the buffers are summed in item order at the end and written over the Params' grads. The items
+// are fixed by the problem, not the threads, so the result is bit-identical run to run and for
+// any thread count.
 //
 // HAZARD: rows whose q or dout holds a non-finite value (zeroed copies in the backward's tiles,
 // see attention_bwd.h) contribute what those copies give, not NaN.
 #pragma once
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -34,8 +35,8 @@ class ParamGrads {
   using List = decltype(std::declval<const ScoreMod&>().params());
   static constexpr int kN = int(sizeof(List::p) / sizeof(Param));
 
-  ParamGrads(const ScoreMod& score_mod, int64_t items, int threads, int64_t tile_floats)
-      : list_(score_mod.params()), items_(items) {
+  ParamGrads(const ScoreMod& score_mod, int64_t items, int threads, int64_t tile_elems)
+      : list_(score_mod.params()), items_(items), tile_(tile_elems) {
     for (int i = 0; i < kN; ++i) {
       base_[i] = total_;
       total_ += list_.p[i].numel();
@@ -47,49 +48,111 @@ class ParamGrads {
                   std::to_string(kMaxParamBufferFloats) + " floats of such buffers");
     }
     sums_.assign(size_t(items_ * total_), 0.0f);
-    raw_.resize(size_t(threads));
-    for (auto& r : raw_) r.assign(size_t(tile_floats), 0.0f);
+    per_thread_.resize(size_t(threads));
+    for (Tile& t : per_thread_) {
+      t.count.assign(size_t(tile_), 0);
+      t.tangent.assign(size_t(tile_ * kMaxParamReads), 0.0f);
+      t.offset.assign(size_t(tile_ * kMaxParamReads), 0);
+    }
   }
 
-  // The pre-score_mod scores of thread t's current tile (the PDual pass needs them after the
-  // tile's scores have become probabilities).
-  float* raw(int t) { return raw_[size_t(t)].data(); }
+  // Thread t's recorder for its current tile, taken once per tile and used as a local: its
+  // pointers stay in registers (stores through a member would make the compiler reload them).
+  struct Recorder {
+    int32_t* count;
+    float* tangent;
+    int32_t* offset;
+    int64_t plane;
+    const float* lo[kN];
+    int64_t numel[kN], base[kN];
+    bool* overflow;
+    bool* unlisted;
 
-  // One tile of `item`: P (ld lds), dP (ld lds), delta per row, the raw scores of thread t.
-  void add_tile(const ScoreMod& score_mod, int64_t item, int t, const float* P, const float* dP,
-                int64_t lds, const float* delta, int M, int N, int b, int h, int m0, int n0) {
-    float* acc = sums_.data() + item * total_;
-    const float* raw = raw_[size_t(t)].data();
-    for (int r = 0; r < M; ++r) {
-      for (int col = 0; col < N; ++col) {
-        const float p = P[int64_t(r) * lds + col];
-        if (p == 0.0f) continue;  // masked, or no weight: nothing flows back
-        const float dmod = p * (dP[int64_t(r) * lds + col] - delta[r]);
-        const PDual o = score_mod(PDual(raw[int64_t(r) * lds + col], 1.0f), b, h, m0 + r, n0 + col);
-        if (o.n > kMaxParamReads) {
-          overflow_.store(true, std::memory_order_relaxed);
+    // Element e: what the score pass's PDual says about the entries the score read.
+    void record(int64_t e, const PDual& o) const {
+      if (o.n > kMaxParamReads) {
+        *overflow = true;
+        count[e] = 0;
+        return;
+      }
+      int32_t kept = 0;
+      for (int i = 0; i < o.n; ++i) {
+        int64_t at = -1;
+        for (int j = 0; j < kN; ++j) {
+          if (o.g[i] >= lo[j] && o.g[i] < lo[j] + numel[j]) at = base[j] + (o.g[i] - lo[j]);
+        }
+        if (at < 0) {
+          *unlisted = true;
           continue;
         }
-        for (int i = 0; i < o.n; ++i) {
-          const int64_t at = locate(o.g[i]);
-          if (at < 0) {
-            unlisted_.store(true, std::memory_order_relaxed);
-            continue;
-          }
-          acc[at] += dmod * o.t[i];
-        }
+        tangent[kept * plane + e] = o.t[i];
+        offset[kept * plane + e] = int32_t(at);
+        ++kept;
       }
+      count[e] = kept;
+    }
+    // A masked element: no score, nothing read.
+    void skip(int64_t e) const { count[e] = 0; }
+  };
+  Recorder recorder(int t) {
+    Tile& tile = per_thread_[size_t(t)];
+    Recorder r{tile.count.data(), tile.tangent.data(), tile.offset.data(), tile_, {}, {}, {},
+               &tile.overflow, &tile.unlisted};
+    for (int j = 0; j < kN; ++j) {
+      r.lo[j] = list_.p[j].grad();
+      r.numel[j] = list_.p[j].numel();
+      r.base[j] = base_[j];
+    }
+    return r;
+  }
+
+  // One tile of `item` on thread t: P and dP (leading dim lds, the element index of `record`),
+  // delta per row.
+  void add_tile(int64_t item, int t, const float* P, const float* dP, int64_t lds,
+                const float* delta, int M, int N) {
+    float* acc = sums_.data() + item * total_;
+    const Tile& tile = per_thread_[size_t(t)];
+    const int32_t* count = tile.count.data();
+    const float* tangent = tile.tangent.data();
+    const int32_t* offset = tile.offset.data();
+    for (int r = 0; r < M; ++r) {
+      // Neighbouring scores often read the same entry (a clamped relative bucket, a per-head
+      // slope): their first-plane terms are summed in a register and added once per run, where
+      // adding each to memory would chain every add behind the previous store.
+      int32_t run_at = -1;
+      float run = 0.0f;
+      for (int col = 0; col < N; ++col) {
+        const int64_t e = int64_t(r) * lds + col;
+        const int n = count[e];
+        const float p = P[e];
+        if (n == 0 || p == 0.0f) continue;  // nothing read, or no weight: nothing flows back
+        const float dmod = p * (dP[e] - delta[r]);
+        const int32_t at = offset[e];
+        if (at != run_at) {
+          if (run_at >= 0) acc[run_at] += run;
+          run_at = at;
+          run = 0.0f;
+        }
+        run += dmod * tangent[e];
+        for (int i = 1; i < n; ++i) acc[offset[i * tile_ + e]] += dmod * tangent[i * tile_ + e];
+      }
+      if (run_at >= 0) acc[run_at] += run;
     }
   }
 
   // After every tile: the errors, then the item sums in item order over each Param's grad.
   void finish() {
-    if (overflow_.load()) {
+    bool overflow = false, unlisted = false;
+    for (const Tile& t : per_thread_) {
+      overflow = overflow || t.overflow;
+      unlisted = unlisted || t.unlisted;
+    }
+    if (overflow) {
       throw Error("flexattn::flex_attention_backward: the score_mod reads more than " +
                   std::to_string(kMaxParamReads) + " distinct Param entries for one score; the "
                   "Params' gradients are not set");
     }
-    if (unlisted_.load()) {
+    if (unlisted) {
       throw Error("flexattn::flex_attention_backward: the score_mod reads a Param that its "
                   "params() does not list; the Params' gradients are not set");
     }
@@ -107,22 +170,21 @@ class ParamGrads {
   }
 
  private:
-  // The buffer offset of the grad entry at g, or -1 when no listed Param owns it.
-  int64_t locate(const float* g) const {
-    for (int i = 0; i < kN; ++i) {
-      const float* lo = list_.p[i].grad();
-      if (g >= lo && g < lo + list_.p[i].numel()) return base_[i] + (g - lo);
-    }
-    return -1;
-  }
+  // Per-thread record of the current tile: count per element, then plane k of tangents and
+  // buffer offsets (element e of plane k at k * tile_ + e).
+  struct Tile {
+    std::vector<int32_t> count;  // not a char type: its stores would alias every other object
+    std::vector<float> tangent;
+    std::vector<int32_t> offset;
+    bool overflow = false, unlisted = false;  // this thread's errors, gathered by finish()
+  };
 
   List list_;
-  int64_t items_;
+  int64_t items_, tile_;
   int64_t base_[kN] = {};
   int64_t total_ = 0;
   std::vector<float> sums_;
-  std::vector<std::vector<float>> raw_;
-  std::atomic<bool> overflow_{false}, unlisted_{false};
+  std::vector<Tile> per_thread_;
 };
 
 }  // namespace flexattn::detail::cpu
