@@ -20,6 +20,16 @@
 #define FLEXATTN_FORCEINLINE inline __attribute__((always_inline))
 #endif
 
+// Full unrolling of a loop with a small constant trip count, for every compiler that builds the
+// headers (GCC ignores `#pragma unroll`): unrolled, small local arrays become registers.
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__) || defined(__clang__)
+#define FLEXATTN_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define FLEXATTN_UNROLL _Pragma("GCC unroll 8")
+#else
+#define FLEXATTN_UNROLL
+#endif
+
 namespace flexattn::detail {
 // Which kind of compiler built the including translation unit. The public templates that can
 // reach the CUDA backend take it as a defaulted last template parameter (and the dispatch seam,

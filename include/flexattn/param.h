@@ -114,7 +114,7 @@ FLEXATTN_HD inline double value(int x) { return x; }
 FLEXATTN_HD inline void add_tangent(PDual& r, float* g, float t) {
   if (t == 0.0f || r.n > kMaxParamReads) return;
   bool merged = false;
-#pragma unroll
+FLEXATTN_UNROLL
   for (int i = 0; i < kMaxParamReads; ++i) {
     if (!merged && i < r.n && r.g[i] == g) {
       r.t[i] += t;
@@ -122,7 +122,7 @@ FLEXATTN_HD inline void add_tangent(PDual& r, float* g, float t) {
     }
   }
   if (merged) return;
-#pragma unroll
+FLEXATTN_UNROLL
   for (int i = 0; i < kMaxParamReads; ++i) {
     if (i == r.n) {
       r.g[i] = g;
@@ -140,12 +140,12 @@ FLEXATTN_HD inline PDual combine(float v, const PDual& a, float slope_a, const P
     r.n = kMaxParamReads + 1;  // an operand overflowed: so does the result
     return r;
   }
-#pragma unroll
+FLEXATTN_UNROLL
   for (int i = 0; i < kMaxParamReads; ++i) {
     if (i < a.n) add_tangent(r, a.g[i], math_detail::chain(a.t[i], slope_a));
   }
   if (b != nullptr) {
-#pragma unroll
+FLEXATTN_UNROLL
     for (int i = 0; i < kMaxParamReads; ++i) {
       if (i < b->n) add_tangent(r, b->g[i], math_detail::chain(b->t[i], slope_b));
     }
