@@ -344,7 +344,7 @@ class Sym:
     def __rmod__(self, o): return _mod(self._other(o), self)
     def __pow__(self, o): return _pow(self, self._other(o), o)
     def __rpow__(self, o):
-        base = self._other(o)
+        self._other(o)  # refuses an operand of another type, naming it
         if isinstance(o, (int, float)) and not isinstance(o, bool) and o > 0:
             # c ** x = exp2(x * log2(c)) for a positive constant base
             return self.tracer.emit(_FLOAT, f"exp2({_f(self)} * {_float_literal(math.log2(o))})")

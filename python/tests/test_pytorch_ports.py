@@ -18,7 +18,7 @@ TOL = {F32: dict(atol=1e-4, rtol=1e-4), BF16: dict(atol=2e-2, rtol=2e-2),
 
 
 # The float64 reference is the package tests' one oracle (oracle.py).
-from oracle import index_grids, reference  # noqa: E402
+from oracle import reference  # noqa: E402
 
 
 def make_qkv(B=2, Hq=4, L=128, S=None, E=32, Ev=None, Hkv=None, dtype=F32, seed=0, grad=False):
